@@ -14,3 +14,4 @@
 )]
 
 pub mod musig;
+pub mod election;
