@@ -49,7 +49,9 @@ pub enum ElectionError {
     #[error("cannot elect a coordinator among zero signers")]
     NoSigners,
     /// Unknown method name.
-    #[error("unknown election method (expected lexicographic, hash-based, first-signer or last-signer)")]
+    #[error(
+        "unknown election method (expected lexicographic, hash-based, first-signer or last-signer)"
+    )]
     UnknownMethod,
 }
 
@@ -122,7 +124,12 @@ pub fn elect(method: ElectionMethod, keys: &[[u8; 33]]) -> Result<Election, Elec
             (start, (0..n).map(|i| (start + i) % n).collect())
         }
     };
-    Ok(Election { method, coordinator_index, priority_list, proof })
+    Ok(Election {
+        method,
+        coordinator_index,
+        priority_list,
+        proof,
+    })
 }
 
 /// A 16-byte session id, shown as 32 lowercase hex characters.

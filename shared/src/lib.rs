@@ -13,5 +13,6 @@
     )
 )]
 
-pub mod musig;
 pub mod election;
+pub mod musig;
+pub mod wire;

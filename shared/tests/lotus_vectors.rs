@@ -32,7 +32,6 @@ struct Signer {
     seckey: String,
     pubkey: String,
     extra_input: String,
-    aux: String,
     k1: String,
     k2: String,
     pubnonce_r1: String,

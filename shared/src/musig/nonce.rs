@@ -56,6 +56,27 @@ impl SecretKey {
         Zeroizing::new(scalar_bytes(&self.scalar))
     }
 
+    /// Sign a peer attestation (DESIGN §4 `AttestPeer`): BIP340 over
+    /// [`crate::wire::attestation_digest`], a tagged hash that no transaction sighash can equal.
+    /// This is the only non-MuSig2 signature the key can make.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSecretKey`] (unreachable for a constructed key).
+    pub fn sign_attestation(
+        &self,
+        peer_id: &[u8],
+        expires_at_ms: i64,
+        aux_rand: &[u8; 32],
+    ) -> Result<[u8; 64], Error> {
+        let digest = crate::wire::attestation_digest(&self.public, peer_id, expires_at_ms);
+        let bytes = self.dangerous_to_bytes();
+        let mut keypair =
+            secp256k1::Keypair::from_secret_bytes(*bytes).map_err(|_| Error::InvalidSecretKey)?;
+        let sig = secp256k1::schnorr::sign_with_aux_rand(&digest, &keypair, aux_rand);
+        keypair.non_secure_erase();
+        Ok(sig.to_byte_array())
+    }
+
     /// Constant-time comparison of two secret keys.
     pub fn ct_eq(&self, other: &SecretKey) -> bool {
         bool::from(self.scalar.ct_eq(&other.scalar))

@@ -1,0 +1,899 @@
+//! Peer-to-peer wire messages (DESIGN §5): one canonical binary encoding (protobuf, see
+//! `proto/musig2/v1/p2p.proto`, accepted only when re-encoding reproduces the received bytes)
+//! and stateless validation into typed messages. Stateful checks (phase, sequence windows,
+//! membership, reputation) belong to the coordinator; the helpers for sequence windows live
+//! here so that every node applies the same rule.
+//!
+//! Decoding never panics on any input (property-tested in `tests/wire_props.rs`).
+
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+
+use crate::election::{ElectionMethod, SessionId};
+use crate::musig::{
+    self, KeyAggContext, PartialSignature, PubNonce, Signature, SignatureFormat, Tweak,
+};
+
+/// Generated protobuf types of package `musig2.v1` (shared types and peer-to-peer messages).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/musig2.v1.rs"));
+}
+
+/// Largest message on a direct (request-response) stream, bytes.
+pub const MAX_DIRECT_MESSAGE_BYTES: usize = 100_000;
+/// Largest message on GossipSub, bytes.
+pub const MAX_GOSSIP_MESSAGE_BYTES: usize = 10_000;
+/// Allowed clock difference between sender and receiver, ms (±5 min).
+pub const MAX_TIMESTAMP_SKEW_MS: i64 = 5 * 60 * 1000;
+/// Default largest jump of a sequence number.
+pub const DEFAULT_MAX_SEQUENCE_GAP: u64 = 100;
+/// Most signers in a session.
+pub const MAX_SIGNERS: usize = 100;
+/// Longest BIP340 message, bytes.
+pub const MAX_BIP340_MESSAGE_BYTES: usize = 1024;
+/// Most tweaks on a session.
+pub const MAX_TWEAKS: usize = 8;
+/// Longest human-readable reason, bytes.
+pub const MAX_REASON_BYTES: usize = 256;
+/// Longest broadcast reference, bytes.
+pub const MAX_REFERENCE_BYTES: usize = 128;
+/// Longest advertisement description, bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 256;
+/// Longest binary peer id, bytes.
+pub const MAX_PEER_ID_BYTES: usize = 128;
+/// Longest advertisement lifetime, ms (24 h).
+pub const MAX_ADVERTISEMENT_TTL_MS: i64 = 24 * 3600 * 1000;
+/// Most keys one peer may speak for.
+pub const MAX_KEYS_PER_PEER: usize = 10;
+
+/// Why a message was rejected. [`WireError::reason`] gives a stable label for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Larger than the transport's limit.
+    #[error("message of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Bytes received.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// Not valid protobuf.
+    #[error("undecodable message: {0}")]
+    Decode(String),
+    /// Valid protobuf but not the canonical encoding (unknown fields, field order, defaults).
+    #[error("message is not canonically encoded")]
+    NonCanonical,
+    /// A required field is absent.
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    /// A field has the wrong length.
+    #[error("{field} must be {expected} bytes, got {actual}")]
+    Length {
+        /// Field.
+        field: &'static str,
+        /// Required length.
+        expected: usize,
+        /// Length given.
+        actual: usize,
+    },
+    /// A field is longer than allowed.
+    #[error("{field} exceeds {max}")]
+    TooLong {
+        /// Field.
+        field: &'static str,
+        /// Limit (bytes or entries).
+        max: usize,
+    },
+    /// A key or nonce is not a valid curve point.
+    #[error("{0} is not a valid curve point")]
+    InvalidPoint(&'static str),
+    /// A scalar is not below the group order.
+    #[error("{0} is not a valid scalar")]
+    InvalidScalar(&'static str),
+    /// An enum field is unspecified or unknown.
+    #[error("{0} has an unspecified or unknown value")]
+    InvalidEnum(&'static str),
+    /// Keys are not sorted ascending or repeat.
+    #[error("signer keys must be sorted ascending without duplicates")]
+    UnsortedKeys,
+    /// The timestamp is too far from the receiver's clock.
+    #[error("timestamp is {skew_ms} ms away from local time (limit ±{MAX_TIMESTAMP_SKEW_MS} ms)")]
+    TimestampSkew {
+        /// Signed difference, ms.
+        skew_ms: i64,
+    },
+    /// Expired, or an expiry that is not after creation.
+    #[error("{0} is expired or out of range")]
+    Expired(&'static str),
+    /// The announced session id does not match its derivation.
+    #[error("session id does not match the announced fields")]
+    SessionIdMismatch,
+    /// A sequence number of zero.
+    #[error("sequence numbers start at 1")]
+    ZeroSequence,
+    /// The session context cannot be signed (bad tweak, message length for the format).
+    #[error("invalid session context: {0}")]
+    Context(musig::Error),
+    /// An attestation does not verify or is expired.
+    #[error("invalid attestation: {0}")]
+    Attestation(&'static str),
+}
+
+impl WireError {
+    /// Stable short label (for metrics and peer scoring).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WireError::TooLarge { .. } => "too_large",
+            WireError::Decode(_) => "decode",
+            WireError::NonCanonical => "non_canonical",
+            WireError::Missing(_) => "missing_field",
+            WireError::Length { .. } => "length",
+            WireError::TooLong { .. } => "too_long",
+            WireError::InvalidPoint(_) => "invalid_point",
+            WireError::InvalidScalar(_) => "invalid_scalar",
+            WireError::InvalidEnum(_) => "invalid_enum",
+            WireError::UnsortedKeys => "unsorted_keys",
+            WireError::TimestampSkew { .. } => "timestamp_skew",
+            WireError::Expired(_) => "expired",
+            WireError::SessionIdMismatch => "session_id_mismatch",
+            WireError::ZeroSequence => "zero_sequence",
+            WireError::Context(_) => "context",
+            WireError::Attestation(_) => "attestation",
+        }
+    }
+}
+
+fn arr<const N: usize>(field: &'static str, b: &[u8]) -> Result<[u8; N], WireError> {
+    b.try_into().map_err(|_| WireError::Length {
+        field,
+        expected: N,
+        actual: b.len(),
+    })
+}
+
+fn point(field: &'static str, b: &[u8]) -> Result<[u8; 33], WireError> {
+    let k: [u8; 33] = arr(field, b)?;
+    secp256k1::PublicKey::from_byte_array_compressed(k)
+        .map_err(|_| WireError::InvalidPoint(field))?;
+    Ok(k)
+}
+
+fn text(field: &'static str, s: &str, max: usize) -> Result<String, WireError> {
+    if s.len() > max {
+        return Err(WireError::TooLong { field, max });
+    }
+    Ok(s.to_owned())
+}
+
+/// Decode canonical protobuf bytes with a size limit.
+///
+/// # Errors
+/// [`WireError::TooLarge`], [`WireError::Decode`], [`WireError::NonCanonical`].
+pub fn decode_canonical<M: prost::Message + Default>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<M, WireError> {
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let m = M::decode(bytes).map_err(|e| WireError::Decode(e.to_string()))?;
+    if m.encode_to_vec() != bytes {
+        return Err(WireError::NonCanonical);
+    }
+    Ok(m)
+}
+
+/// A validated session context: sorted distinct keys, message, format and tweaks that KeyAgg
+/// accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionContext {
+    /// Signer keys, sorted ascending, distinct.
+    pub signer_keys: Vec<[u8; 33]>,
+    /// Message to sign.
+    pub message: Vec<u8>,
+    /// Output format.
+    pub format: SignatureFormat,
+    /// Tweaks in order.
+    pub tweaks: Vec<Tweak>,
+}
+
+impl SessionContext {
+    /// Validate a protobuf context (lengths, points, order, format, tweaks, message length).
+    ///
+    /// # Errors
+    /// The first problem found, naming the field.
+    pub fn from_pb(pb: &pb::SessionContext) -> Result<Self, WireError> {
+        if pb.signer_keys.is_empty() {
+            return Err(WireError::Missing("signer_keys"));
+        }
+        if pb.signer_keys.len() > MAX_SIGNERS {
+            return Err(WireError::TooLong {
+                field: "signer_keys",
+                max: MAX_SIGNERS,
+            });
+        }
+        let signer_keys = pb
+            .signer_keys
+            .iter()
+            .map(|k| point("signer_keys", k))
+            .collect::<Result<Vec<_>, _>>()?;
+        if signer_keys
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if a >= b))
+        {
+            return Err(WireError::UnsortedKeys);
+        }
+        let format = format_from_pb(pb.format)?;
+        match format {
+            SignatureFormat::Lotus if pb.message.len() != 32 => {
+                return Err(WireError::Length {
+                    field: "message",
+                    expected: 32,
+                    actual: pb.message.len(),
+                });
+            }
+            SignatureFormat::Bip340 if pb.message.len() > MAX_BIP340_MESSAGE_BYTES => {
+                return Err(WireError::TooLong {
+                    field: "message",
+                    max: MAX_BIP340_MESSAGE_BYTES,
+                });
+            }
+            _ => {}
+        }
+        if pb.tweaks.len() > MAX_TWEAKS {
+            return Err(WireError::TooLong {
+                field: "tweaks",
+                max: MAX_TWEAKS,
+            });
+        }
+        let tweaks = pb
+            .tweaks
+            .iter()
+            .map(tweak_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        let ctx = SessionContext {
+            signer_keys,
+            message: pb.message.clone(),
+            format,
+            tweaks,
+        };
+        ctx.key_agg().map_err(WireError::Context)?;
+        Ok(ctx)
+    }
+
+    /// KeyAgg with the tweaks applied.
+    ///
+    /// # Errors
+    /// Tweak errors (out of range, infinity, unsupported for the format).
+    pub fn key_agg(&self) -> Result<KeyAggContext, musig::Error> {
+        KeyAggContext::with_tweaks(self.format, &self.signer_keys, &self.tweaks)
+    }
+
+    /// The protobuf form.
+    pub fn to_pb(&self) -> pb::SessionContext {
+        pb::SessionContext {
+            signer_keys: self.signer_keys.iter().map(|k| k.to_vec()).collect(),
+            message: self.message.clone(),
+            format: format_to_pb(self.format) as i32,
+            tweaks: self.tweaks.iter().map(tweak_to_pb).collect(),
+        }
+    }
+
+    /// SHA-256 of the canonical encoding: the value a signer binds its nonce to.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.to_pb().encode_to_vec()).into()
+    }
+}
+
+/// Convert a protobuf format.
+///
+/// # Errors
+/// [`WireError::InvalidEnum`] for UNSPECIFIED or unknown values.
+pub fn format_from_pb(v: i32) -> Result<SignatureFormat, WireError> {
+    match pb::SignatureFormat::try_from(v) {
+        Ok(pb::SignatureFormat::Bip340) => Ok(SignatureFormat::Bip340),
+        Ok(pb::SignatureFormat::Lotus) => Ok(SignatureFormat::Lotus),
+        _ => Err(WireError::InvalidEnum("format")),
+    }
+}
+
+/// The protobuf format.
+pub fn format_to_pb(f: SignatureFormat) -> pb::SignatureFormat {
+    match f {
+        SignatureFormat::Bip340 => pb::SignatureFormat::Bip340,
+        SignatureFormat::Lotus => pb::SignatureFormat::Lotus,
+    }
+}
+
+/// Convert a protobuf election method (UNSPECIFIED → `default`).
+///
+/// # Errors
+/// [`WireError::InvalidEnum`] for unknown values.
+pub fn election_from_pb(v: i32, default: ElectionMethod) -> Result<ElectionMethod, WireError> {
+    Ok(match pb::ElectionMethod::try_from(v) {
+        Ok(pb::ElectionMethod::Unspecified) => default,
+        Ok(pb::ElectionMethod::Lexicographic) => ElectionMethod::Lexicographic,
+        Ok(pb::ElectionMethod::HashBased) => ElectionMethod::HashBased,
+        Ok(pb::ElectionMethod::FirstSigner) => ElectionMethod::FirstSigner,
+        Ok(pb::ElectionMethod::LastSigner) => ElectionMethod::LastSigner,
+        Err(_) => return Err(WireError::InvalidEnum("election_method")),
+    })
+}
+
+/// The protobuf election method.
+pub fn election_to_pb(m: ElectionMethod) -> pb::ElectionMethod {
+    match m {
+        ElectionMethod::Lexicographic => pb::ElectionMethod::Lexicographic,
+        ElectionMethod::HashBased => pb::ElectionMethod::HashBased,
+        ElectionMethod::FirstSigner => pb::ElectionMethod::FirstSigner,
+        ElectionMethod::LastSigner => pb::ElectionMethod::LastSigner,
+    }
+}
+
+fn tweak_from_pb(t: &pb::Tweak) -> Result<Tweak, WireError> {
+    use pb::tweak::Kind;
+    let scalar = |b: &[u8]| -> Result<[u8; 32], WireError> {
+        let a: [u8; 32] = arr("tweak", b)?;
+        PartialSignature::from_bytes(&a).map_err(|_| WireError::InvalidScalar("tweak"))?;
+        Ok(a)
+    };
+    match &t.kind {
+        None => Err(WireError::Missing("tweak.kind")),
+        Some(Kind::Plain(b)) => Ok(Tweak::Plain(scalar(b)?)),
+        Some(Kind::Xonly(b)) => Ok(Tweak::XOnly(scalar(b)?)),
+        Some(Kind::Taproot(tr)) => Ok(Tweak::Taproot {
+            merkle_root: if tr.merkle_root.is_empty() {
+                None
+            } else {
+                Some(arr("merkle_root", &tr.merkle_root)?)
+            },
+        }),
+    }
+}
+
+fn tweak_to_pb(t: &Tweak) -> pb::Tweak {
+    use pb::tweak::Kind;
+    pb::Tweak {
+        kind: Some(match t {
+            Tweak::Plain(b) => Kind::Plain(b.to_vec()),
+            Tweak::XOnly(b) => Kind::Xonly(b.to_vec()),
+            Tweak::Taproot { merkle_root } => Kind::Taproot(pb::TaprootTweak {
+                merkle_root: merkle_root.map(|r| r.to_vec()).unwrap_or_default(),
+            }),
+        }),
+    }
+}
+
+/// The header every message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Session (all zeros for advertisements).
+    pub session_id: SessionId,
+    /// Signer key the sender speaks for.
+    pub sender: [u8; 33],
+    /// Per-(sender, session) sequence number, from 1.
+    pub sequence: u64,
+    /// Send time, ms since the epoch.
+    pub timestamp_ms: i64,
+}
+
+/// SESSION_ANNOUNCE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// What is signed.
+    pub context: SessionContext,
+    /// Election method.
+    pub election_method: ElectionMethod,
+    /// Creation time (session id input).
+    pub created_at_ms: i64,
+    /// Session id entropy.
+    pub entropy: [u8; 16],
+    /// Expiry.
+    pub expires_at_ms: i64,
+}
+
+/// Why a session was aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortCode {
+    /// Closed on request.
+    Closed,
+    /// Invalid partial signature (culprits named).
+    InvalidPartialSignature,
+    /// Invalid nonce (culprits named).
+    InvalidNonce,
+    /// Timed out.
+    Timeout,
+    /// A signer refused.
+    SignerRefused,
+}
+
+/// SESSION_ABORT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abort {
+    /// Machine-readable reason.
+    pub code: AbortCode,
+    /// Human-readable reason.
+    pub reason: String,
+    /// Blamed keys.
+    pub culprits: Vec<[u8; 33]>,
+}
+
+/// A signer advertisement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertisement {
+    /// Accepted transaction types (distinct, non-empty).
+    pub transaction_types: Vec<pb::TransactionType>,
+    /// Minimum amount.
+    pub min_amount: u64,
+    /// Maximum amount (0 = none).
+    pub max_amount: u64,
+    /// Expiry.
+    pub expires_at_ms: i64,
+    /// Free text.
+    pub description: String,
+}
+
+/// A matchmaking signing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningRequest {
+    /// Request id.
+    pub request_id: [u8; 16],
+    /// Proposed context.
+    pub context: SessionContext,
+    /// Transaction type.
+    pub transaction_type: pb::TransactionType,
+    /// Amount.
+    pub amount: u64,
+    /// Expiry.
+    pub expires_at_ms: i64,
+}
+
+/// Message bodies (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// SESSION_ANNOUNCE.
+    Announce(Box<Announce>),
+    /// SESSION_JOIN.
+    Join,
+    /// NONCE_SHARE.
+    NonceShare(PubNonce),
+    /// PARTIAL_SIG_SHARE.
+    PartialSigShare(PartialSignature),
+    /// SESSION_ABORT.
+    Abort(Abort),
+    /// VALIDATION_ERROR.
+    ValidationError {
+        /// Rejected sequence.
+        rejected_sequence: u64,
+        /// Reason.
+        reason: String,
+    },
+    /// SIGNATURE_FINALIZED.
+    SignatureFinalized(Signature),
+    /// BROADCAST_CONFIRMED.
+    BroadcastConfirmed {
+        /// Application reference.
+        reference: String,
+        /// Failover attempt.
+        attempt: u32,
+    },
+    /// Signer advertisement.
+    Advertisement(Advertisement),
+    /// Matchmaking request.
+    SigningRequest(Box<SigningRequest>),
+    /// Matchmaking answer.
+    SigningResponse {
+        /// Request id.
+        request_id: [u8; 16],
+        /// Accepted.
+        accept: bool,
+    },
+}
+
+impl Body {
+    /// Stable name of the message type (DESIGN §5 names).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Announce(_) => "SESSION_ANNOUNCE",
+            Body::Join => "SESSION_JOIN",
+            Body::NonceShare(_) => "NONCE_SHARE",
+            Body::PartialSigShare(_) => "PARTIAL_SIG_SHARE",
+            Body::Abort(_) => "SESSION_ABORT",
+            Body::ValidationError { .. } => "VALIDATION_ERROR",
+            Body::SignatureFinalized(_) => "SIGNATURE_FINALIZED",
+            Body::BroadcastConfirmed { .. } => "BROADCAST_CONFIRMED",
+            Body::Advertisement(_) => "SIGNER_ADVERTISEMENT",
+            Body::SigningRequest(_) => "SIGNING_REQUEST",
+            Body::SigningResponse { .. } => "SIGNING_RESPONSE",
+        }
+    }
+}
+
+/// A statelessly validated message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Header.
+    pub header: Header,
+    /// Body.
+    pub body: Body,
+}
+
+impl Message {
+    /// Decode canonical bytes and validate them against the receiver's clock.
+    ///
+    /// # Errors
+    /// Any [`WireError`].
+    pub fn decode(bytes: &[u8], limit: usize, now_ms: i64) -> Result<Self, WireError> {
+        Self::from_pb(&decode_canonical::<pb::WireMessage>(bytes, limit)?, now_ms)
+    }
+
+    /// Validate a decoded message.
+    ///
+    /// # Errors
+    /// Any [`WireError`] naming the field.
+    pub fn from_pb(m: &pb::WireMessage, now_ms: i64) -> Result<Self, WireError> {
+        use pb::wire_message::Body as B;
+        let session_id = SessionId(arr("session_id", &m.session_id)?);
+        let sender = point("sender_key", &m.sender_key)?;
+        if m.sequence == 0 {
+            return Err(WireError::ZeroSequence);
+        }
+        let skew_ms = m.timestamp_ms.saturating_sub(now_ms);
+        if skew_ms.saturating_abs() > MAX_TIMESTAMP_SKEW_MS {
+            return Err(WireError::TimestampSkew { skew_ms });
+        }
+        let header = Header {
+            session_id,
+            sender,
+            sequence: m.sequence,
+            timestamp_ms: m.timestamp_ms,
+        };
+        let body = match m.body.as_ref().ok_or(WireError::Missing("body"))? {
+            B::Announce(a) => {
+                let context = SessionContext::from_pb(
+                    a.context
+                        .as_ref()
+                        .ok_or(WireError::Missing("announce.context"))?,
+                )?;
+                let entropy: [u8; 16] = arr("entropy", &a.entropy)?;
+                let expected = SessionId::derive(
+                    &context.signer_keys,
+                    &context.message,
+                    a.created_at_ms,
+                    &entropy,
+                );
+                if expected != session_id {
+                    return Err(WireError::SessionIdMismatch);
+                }
+                if a.expires_at_ms <= now_ms || a.expires_at_ms <= a.created_at_ms {
+                    return Err(WireError::Expired("announce.expires_at_ms"));
+                }
+                if !context.signer_keys.contains(&sender) {
+                    return Err(WireError::InvalidPoint("sender_key not among signer_keys"));
+                }
+                Body::Announce(Box::new(Announce {
+                    context,
+                    election_method: election_from_pb(
+                        a.election_method,
+                        ElectionMethod::Lexicographic,
+                    )?,
+                    created_at_ms: a.created_at_ms,
+                    entropy,
+                    expires_at_ms: a.expires_at_ms,
+                }))
+            }
+            B::Join(_) => Body::Join,
+            B::NonceShare(n) => {
+                let b: [u8; 66] = arr("public_nonce", &n.public_nonce)?;
+                Body::NonceShare(
+                    PubNonce::from_bytes(&b)
+                        .map_err(|_| WireError::InvalidPoint("public_nonce"))?,
+                )
+            }
+            B::PartialSigShare(p) => {
+                let b: [u8; 32] = arr("partial_signature", &p.partial_signature)?;
+                Body::PartialSigShare(
+                    PartialSignature::from_bytes(&b)
+                        .map_err(|_| WireError::InvalidScalar("partial_signature"))?,
+                )
+            }
+            B::Abort(a) => Body::Abort(Abort {
+                code: match pb::AbortCode::try_from(a.code) {
+                    Ok(pb::AbortCode::Closed) => AbortCode::Closed,
+                    Ok(pb::AbortCode::InvalidPartialSignature) => {
+                        AbortCode::InvalidPartialSignature
+                    }
+                    Ok(pb::AbortCode::InvalidNonce) => AbortCode::InvalidNonce,
+                    Ok(pb::AbortCode::Timeout) => AbortCode::Timeout,
+                    Ok(pb::AbortCode::SignerRefused) => AbortCode::SignerRefused,
+                    _ => return Err(WireError::InvalidEnum("abort.code")),
+                },
+                reason: text("abort.reason", &a.reason, MAX_REASON_BYTES)?,
+                culprits: {
+                    if a.culprits.len() > MAX_SIGNERS {
+                        return Err(WireError::TooLong {
+                            field: "abort.culprits",
+                            max: MAX_SIGNERS,
+                        });
+                    }
+                    a.culprits
+                        .iter()
+                        .map(|k| point("abort.culprits", k))
+                        .collect::<Result<_, _>>()?
+                },
+            }),
+            B::ValidationError(v) => Body::ValidationError {
+                rejected_sequence: v.rejected_sequence,
+                reason: text("validation_error.reason", &v.reason, MAX_REASON_BYTES)?,
+            },
+            B::SignatureFinalized(s) => {
+                Body::SignatureFinalized(Signature(arr("signature", &s.signature)?))
+            }
+            B::BroadcastConfirmed(b) => Body::BroadcastConfirmed {
+                reference: text(
+                    "broadcast_reference",
+                    &b.broadcast_reference,
+                    MAX_REFERENCE_BYTES,
+                )?,
+                attempt: b.attempt,
+            },
+            B::Advertisement(a) => {
+                if a.transaction_types.is_empty() {
+                    return Err(WireError::Missing("transaction_types"));
+                }
+                if a.transaction_types.len() > 6 {
+                    return Err(WireError::TooLong {
+                        field: "transaction_types",
+                        max: 6,
+                    });
+                }
+                let mut types = Vec::with_capacity(a.transaction_types.len());
+                for t in &a.transaction_types {
+                    let t = match pb::TransactionType::try_from(*t) {
+                        Ok(pb::TransactionType::Unspecified) | Err(_) => {
+                            return Err(WireError::InvalidEnum("transaction_types"));
+                        }
+                        Ok(t) => t,
+                    };
+                    if types.contains(&t) {
+                        return Err(WireError::InvalidEnum("transaction_types (duplicate)"));
+                    }
+                    types.push(t);
+                }
+                if a.max_amount != 0 && a.max_amount < a.min_amount {
+                    return Err(WireError::InvalidScalar("max_amount below min_amount"));
+                }
+                if a.expires_at_ms <= now_ms
+                    || a.expires_at_ms > now_ms.saturating_add(MAX_ADVERTISEMENT_TTL_MS)
+                {
+                    return Err(WireError::Expired("advertisement.expires_at_ms"));
+                }
+                Body::Advertisement(Advertisement {
+                    transaction_types: types,
+                    min_amount: a.min_amount,
+                    max_amount: a.max_amount,
+                    expires_at_ms: a.expires_at_ms,
+                    description: text("description", &a.description, MAX_DESCRIPTION_BYTES)?,
+                })
+            }
+            B::SigningRequest(r) => {
+                let context = SessionContext::from_pb(
+                    r.context
+                        .as_ref()
+                        .ok_or(WireError::Missing("signing_request.context"))?,
+                )?;
+                let transaction_type = match pb::TransactionType::try_from(r.transaction_type) {
+                    Ok(pb::TransactionType::Unspecified) | Err(_) => {
+                        return Err(WireError::InvalidEnum("transaction_type"));
+                    }
+                    Ok(t) => t,
+                };
+                if r.expires_at_ms <= now_ms {
+                    return Err(WireError::Expired("signing_request.expires_at_ms"));
+                }
+                Body::SigningRequest(Box::new(SigningRequest {
+                    request_id: arr("request_id", &r.request_id)?,
+                    context,
+                    transaction_type,
+                    amount: r.amount,
+                    expires_at_ms: r.expires_at_ms,
+                }))
+            }
+            B::SigningResponse(r) => Body::SigningResponse {
+                request_id: arr("request_id", &r.request_id)?,
+                accept: r.accept,
+            },
+        };
+        Ok(Message { header, body })
+    }
+
+    /// The protobuf form.
+    pub fn to_pb(&self) -> pb::WireMessage {
+        use pb::wire_message::Body as B;
+        let body = match &self.body {
+            Body::Announce(a) => B::Announce(pb::SessionAnnounce {
+                context: Some(a.context.to_pb()),
+                election_method: election_to_pb(a.election_method) as i32,
+                created_at_ms: a.created_at_ms,
+                entropy: a.entropy.to_vec(),
+                expires_at_ms: a.expires_at_ms,
+            }),
+            Body::Join => B::Join(pb::SessionJoin {}),
+            Body::NonceShare(n) => B::NonceShare(pb::NonceShare {
+                public_nonce: n.to_bytes().to_vec(),
+            }),
+            Body::PartialSigShare(p) => B::PartialSigShare(pb::PartialSigShare {
+                partial_signature: p.to_bytes().to_vec(),
+            }),
+            Body::Abort(a) => B::Abort(pb::SessionAbort {
+                code: match a.code {
+                    AbortCode::Closed => pb::AbortCode::Closed,
+                    AbortCode::InvalidPartialSignature => pb::AbortCode::InvalidPartialSignature,
+                    AbortCode::InvalidNonce => pb::AbortCode::InvalidNonce,
+                    AbortCode::Timeout => pb::AbortCode::Timeout,
+                    AbortCode::SignerRefused => pb::AbortCode::SignerRefused,
+                } as i32,
+                reason: a.reason.clone(),
+                culprits: a.culprits.iter().map(|k| k.to_vec()).collect(),
+            }),
+            Body::ValidationError {
+                rejected_sequence,
+                reason,
+            } => B::ValidationError(pb::ValidationError {
+                rejected_sequence: *rejected_sequence,
+                reason: reason.clone(),
+            }),
+            Body::SignatureFinalized(s) => B::SignatureFinalized(pb::SignatureFinalized {
+                signature: s.0.to_vec(),
+            }),
+            Body::BroadcastConfirmed { reference, attempt } => {
+                B::BroadcastConfirmed(pb::BroadcastConfirmation {
+                    broadcast_reference: reference.clone(),
+                    attempt: *attempt,
+                })
+            }
+            Body::Advertisement(a) => B::Advertisement(pb::SignerAdvertisement {
+                transaction_types: a.transaction_types.iter().map(|t| *t as i32).collect(),
+                min_amount: a.min_amount,
+                max_amount: a.max_amount,
+                expires_at_ms: a.expires_at_ms,
+                description: a.description.clone(),
+            }),
+            Body::SigningRequest(r) => B::SigningRequest(pb::SigningRequest {
+                request_id: r.request_id.to_vec(),
+                context: Some(r.context.to_pb()),
+                transaction_type: r.transaction_type as i32,
+                amount: r.amount,
+                expires_at_ms: r.expires_at_ms,
+            }),
+            Body::SigningResponse { request_id, accept } => {
+                B::SigningResponse(pb::SigningResponse {
+                    request_id: request_id.to_vec(),
+                    accept: *accept,
+                })
+            }
+        };
+        pb::WireMessage {
+            session_id: self.header.session_id.0.to_vec(),
+            sender_key: self.header.sender.to_vec(),
+            sequence: self.header.sequence,
+            timestamp_ms: self.header.timestamp_ms,
+            body: Some(body),
+        }
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_pb().encode_to_vec()
+    }
+}
+
+/// Tag of the BIP340 tagged hash a signer signs to attest a peer.
+pub const ATTESTATION_TAG: &str = "MuSig2P2P/peer-attestation/v1";
+
+/// The digest an attestation signs: `TH(ATTESTATION_TAG, key || u8(len(peer_id)) || peer_id ||
+/// int64_be(expires_at_ms))`.
+pub fn attestation_digest(key: &[u8; 33], peer_id: &[u8], expires_at_ms: i64) -> [u8; 32] {
+    let tag = Sha256::digest(ATTESTATION_TAG.as_bytes());
+    let mut h = Sha256::new();
+    h.update(tag);
+    h.update(tag);
+    h.update(key);
+    h.update([u8::try_from(peer_id.len()).unwrap_or(u8::MAX)]);
+    h.update(peer_id);
+    h.update(expires_at_ms.to_be_bytes());
+    h.finalize().into()
+}
+
+/// A verified peer attestation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    /// Attested signer key.
+    pub signer_key: [u8; 33],
+    /// Binary peer id.
+    pub peer_id: Vec<u8>,
+    /// Expiry.
+    pub expires_at_ms: i64,
+    /// BIP340 signature.
+    pub signature: [u8; 64],
+}
+
+impl Attestation {
+    /// Validate and verify a protobuf attestation for `peer_id` at `now_ms`.
+    ///
+    /// # Errors
+    /// [`WireError::Attestation`] (wrong peer, expired, bad signature) or field errors.
+    pub fn verify_pb(
+        a: &pb::PeerAttestation,
+        peer_id: &[u8],
+        now_ms: i64,
+    ) -> Result<Self, WireError> {
+        let signer_key = point("attestation.signer_key", &a.signer_key)?;
+        if a.peer_id.is_empty() || a.peer_id.len() > MAX_PEER_ID_BYTES {
+            return Err(WireError::TooLong {
+                field: "attestation.peer_id",
+                max: MAX_PEER_ID_BYTES,
+            });
+        }
+        let signature: [u8; 64] = arr("attestation.signature", &a.signature)?;
+        let att = Attestation {
+            signer_key,
+            peer_id: a.peer_id.clone(),
+            expires_at_ms: a.expires_at_ms,
+            signature,
+        };
+        if att.peer_id != peer_id {
+            return Err(WireError::Attestation(
+                "attested peer id is not the sender's",
+            ));
+        }
+        if att.expires_at_ms <= now_ms {
+            return Err(WireError::Attestation("expired"));
+        }
+        att.verify_signature()?;
+        Ok(att)
+    }
+
+    /// Check the BIP340 signature only.
+    ///
+    /// # Errors
+    /// [`WireError::Attestation`].
+    pub fn verify_signature(&self) -> Result<(), WireError> {
+        let digest = attestation_digest(&self.signer_key, &self.peer_id, self.expires_at_ms);
+        let pk = secp256k1::PublicKey::from_byte_array_compressed(self.signer_key)
+            .map_err(|_| WireError::InvalidPoint("attestation.signer_key"))?;
+        let sig = secp256k1::schnorr::Signature::from_byte_array(self.signature);
+        pk.x_only_public_key()
+            .0
+            .verify(&digest, &sig)
+            .map_err(|_| WireError::Attestation("bad signature"))
+    }
+
+    /// The protobuf form.
+    pub fn to_pb(&self) -> pb::PeerAttestation {
+        pb::PeerAttestation {
+            signer_key: self.signer_key.to_vec(),
+            peer_id: self.peer_id.clone(),
+            expires_at_ms: self.expires_at_ms,
+            signature: self.signature.to_vec(),
+        }
+    }
+}
+
+/// Outcome of checking a sequence number against the last accepted one.
+///
+/// A message is accepted iff `last < seq <= last + max_gap` (first value 1, `last` = 0).
+pub fn sequence_ok(last: u64, seq: u64, max_gap: u64) -> bool {
+    seq > last && seq <= last.saturating_add(max_gap)
+}

@@ -1,0 +1,349 @@
+//! Wire decoding never panics on any input, valid messages round-trip byte for byte, and every
+//! stateless rule rejects what it should.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use proptest::prelude::*;
+use prost::Message as _;
+use shared::election::{ElectionMethod, SessionId};
+use shared::musig::{
+    AggNonce, KeyAggContext, SecretKey, SignatureFormat, SigningSession, Tweak, nonce_gen,
+};
+use shared::wire::{
+    self, Abort, AbortCode, Announce, Attestation, Body, Header, Message, SessionContext,
+    WireError, decode_canonical, pb,
+};
+
+const NOW: i64 = 1_766_329_380_000;
+
+fn keys(n: usize) -> (Vec<SecretKey>, Vec<[u8; 33]>) {
+    let mut sks: Vec<SecretKey> = (1..=n)
+        .map(|i| SecretKey::from_bytes(&[i as u8; 32]).unwrap())
+        .collect();
+    sks.sort_by_key(|k| k.public_key());
+    let pks = sks.iter().map(SecretKey::public_key).collect();
+    (sks, pks)
+}
+
+fn context(format: SignatureFormat, n: usize) -> SessionContext {
+    SessionContext {
+        signer_keys: keys(n).1,
+        message: vec![7u8; 32],
+        format,
+        tweaks: vec![Tweak::Taproot { merkle_root: None }],
+    }
+}
+
+fn announce(n: usize) -> Message {
+    let ctx = context(SignatureFormat::Lotus, n);
+    let entropy = [9u8; 16];
+    let id = SessionId::derive(&ctx.signer_keys, &ctx.message, NOW, &entropy);
+    Message {
+        header: Header {
+            session_id: id,
+            sender: ctx.signer_keys[0],
+            sequence: 1,
+            timestamp_ms: NOW,
+        },
+        body: Body::Announce(Box::new(Announce {
+            context: ctx,
+            election_method: ElectionMethod::HashBased,
+            created_at_ms: NOW,
+            entropy,
+            expires_at_ms: NOW + 7_200_000,
+        })),
+    }
+}
+
+/// One valid message of every body type.
+fn samples() -> Vec<Message> {
+    let (sks, pks) = keys(3);
+    let ctx = KeyAggContext::new(SignatureFormat::Bip340, &pks).unwrap();
+    let mut rng = rand::rng();
+    let (sec, pubn) = nonce_gen(&mut rng, &sks[0], &ctx, b"msg").unwrap();
+    let mut nonces = vec![pubn];
+    let mut others = Vec::new();
+    for sk in &sks[1..] {
+        let (s, p) = nonce_gen(&mut rng, sk, &ctx, b"msg").unwrap();
+        nonces.push(p);
+        others.push(s);
+    }
+    let agg = AggNonce::sum(SignatureFormat::Bip340, &nonces).unwrap();
+    let session = SigningSession::new(&ctx, &agg, b"msg").unwrap();
+    let psig = session.sign(sec, &sks[0]).unwrap();
+    let header = |seq| Header {
+        session_id: SessionId([1; 16]),
+        sender: pks[0],
+        sequence: seq,
+        timestamp_ms: NOW,
+    };
+    let bodies = vec![
+        Body::Join,
+        Body::NonceShare(pubn),
+        Body::PartialSigShare(psig),
+        Body::Abort(Abort {
+            code: AbortCode::InvalidPartialSignature,
+            reason: "bad psig".into(),
+            culprits: vec![pks[1]],
+        }),
+        Body::ValidationError {
+            rejected_sequence: 4,
+            reason: "stale".into(),
+        },
+        Body::SignatureFinalized(shared::musig::Signature([5; 64])),
+        Body::BroadcastConfirmed {
+            reference: "txid".into(),
+            attempt: 1,
+        },
+        Body::Advertisement(wire::Advertisement {
+            transaction_types: vec![pb::TransactionType::Spend, pb::TransactionType::Swap],
+            min_amount: 1,
+            max_amount: 10,
+            expires_at_ms: NOW + 60_000,
+            description: "desk".into(),
+        }),
+        Body::SigningRequest(Box::new(wire::SigningRequest {
+            request_id: [3; 16],
+            context: context(SignatureFormat::Bip340, 2),
+            transaction_type: pb::TransactionType::Custody,
+            amount: 5,
+            expires_at_ms: NOW + 1000,
+        })),
+        Body::SigningResponse {
+            request_id: [3; 16],
+            accept: true,
+        },
+    ];
+    let mut out: Vec<Message> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| Message {
+            header: header(i as u64 + 1),
+            body,
+        })
+        .collect();
+    out.push(announce(3));
+    out
+}
+
+static SAMPLES: std::sync::LazyLock<Vec<Vec<u8>>> =
+    std::sync::LazyLock::new(|| samples().iter().map(Message::encode).collect());
+
+#[test]
+fn every_body_type_round_trips_canonically() {
+    let all = samples();
+    assert_eq!(all.len(), 11);
+    for m in all {
+        let bytes = m.encode();
+        let back = Message::decode(&bytes, wire::MAX_DIRECT_MESSAGE_BYTES, NOW).unwrap();
+        assert_eq!(back, m, "{}", m.body.kind());
+        assert_eq!(back.encode(), bytes);
+    }
+}
+
+#[test]
+fn non_canonical_encodings_are_rejected() {
+    let bytes = samples()[1].encode();
+    // An unknown field appended (field 99, varint 1) decodes in protobuf but is not canonical.
+    let mut extra = bytes.clone();
+    extra.extend_from_slice(&[0x98, 0x06, 0x01]);
+    assert_eq!(
+        Message::decode(&extra, 100_000, NOW).unwrap_err(),
+        WireError::NonCanonical
+    );
+    // A default value written explicitly (sequence = 0 is omitted canonically).
+    let mut pbm = samples()[0].to_pb();
+    pbm.sequence = 0;
+    let mut with_zero = vec![0x18, 0x00];
+    with_zero.extend(pbm.encode_to_vec());
+    assert_eq!(
+        decode_canonical::<pb::WireMessage>(&with_zero, 100_000).unwrap_err(),
+        WireError::NonCanonical
+    );
+}
+
+#[test]
+fn stateless_rules_reject() {
+    let ok = samples()[1].clone();
+    let lim = wire::MAX_DIRECT_MESSAGE_BYTES;
+    let reason = |m: &pb::WireMessage| Message::from_pb(m, NOW).unwrap_err().reason();
+
+    // Size limits: gossip and direct.
+    let largest = announce(100).encode();
+    assert!(
+        Message::decode(&largest, wire::MAX_GOSSIP_MESSAGE_BYTES, NOW).is_ok(),
+        "100 signers fit gossip"
+    );
+    let big = vec![0u8; wire::MAX_GOSSIP_MESSAGE_BYTES + 1];
+    assert!(matches!(
+        Message::decode(&big, wire::MAX_GOSSIP_MESSAGE_BYTES, NOW),
+        Err(WireError::TooLarge { .. })
+    ));
+    assert!(
+        !matches!(
+            Message::decode(&big, lim, NOW),
+            Err(WireError::TooLarge { .. })
+        ),
+        "fits a direct stream"
+    );
+    assert!(matches!(
+        Message::decode(&vec![0u8; lim + 1], lim, NOW),
+        Err(WireError::TooLarge { .. })
+    ));
+
+    // Timestamp skew ±5 min, both directions; the boundary is accepted.
+    for (delta, accepted) in [
+        (300_000, true),
+        (-300_000, true),
+        (300_001, false),
+        (-300_001, false),
+    ] {
+        let mut m = ok.to_pb();
+        m.timestamp_ms = NOW + delta;
+        assert_eq!(Message::from_pb(&m, NOW).is_ok(), accepted, "delta {delta}");
+    }
+    let mut m = ok.to_pb();
+    m.sequence = 0;
+    assert_eq!(reason(&m), "zero_sequence");
+    let mut m = ok.to_pb();
+    m.session_id = vec![1; 15];
+    assert_eq!(reason(&m), "length");
+    let mut m = ok.to_pb();
+    m.sender_key = vec![2; 33];
+    m.sender_key[1..].copy_from_slice(&[0xff; 32]);
+    assert_eq!(reason(&m), "invalid_point");
+    let mut m = ok.to_pb();
+    m.body = None;
+    assert_eq!(reason(&m), "missing_field");
+    let mut m = ok.to_pb();
+    m.body = Some(pb::wire_message::Body::NonceShare(pb::NonceShare {
+        public_nonce: [[2u8].as_slice(), &[0xff; 32], &[2], &[0xff; 32]].concat(),
+    }));
+    assert_eq!(reason(&m), "invalid_point");
+    let mut m = ok.to_pb();
+    m.body = Some(pb::wire_message::Body::PartialSigShare(
+        pb::PartialSigShare {
+            partial_signature: vec![0xff; 32],
+        },
+    ));
+    assert_eq!(reason(&m), "invalid_scalar");
+
+    // Announcements: id must match, expiry after now, context sorted, Lotus message 32 bytes.
+    let a = announce(3).to_pb();
+    let mut m = a.clone();
+    m.session_id[0] ^= 1;
+    assert_eq!(reason(&m), "session_id_mismatch");
+    let with_announce = |f: &dyn Fn(&mut pb::SessionAnnounce)| {
+        let mut m = a.clone();
+        if let Some(pb::wire_message::Body::Announce(x)) = m.body.as_mut() {
+            f(x);
+        }
+        m
+    };
+    assert_eq!(
+        reason(&with_announce(&|x| x.expires_at_ms = NOW - 1)),
+        "expired"
+    );
+    assert_eq!(
+        reason(&with_announce(&|x| x
+            .context
+            .as_mut()
+            .unwrap()
+            .signer_keys
+            .reverse())),
+        "unsorted_keys"
+    );
+    assert_eq!(
+        reason(&with_announce(&|x| x.context.as_mut().unwrap().format = 0)),
+        "invalid_enum"
+    );
+    let dup = with_announce(&|x| {
+        let k = x.context.as_ref().unwrap().signer_keys[0].clone();
+        x.context.as_mut().unwrap().signer_keys[1] = k;
+    });
+    assert_eq!(reason(&dup), "unsorted_keys");
+    let short = with_announce(&|x| x.context.as_mut().unwrap().message = vec![1; 31]);
+    assert!(matches!(
+        Message::from_pb(&short, NOW).unwrap_err(),
+        WireError::Length {
+            field: "message",
+            ..
+        } | WireError::SessionIdMismatch
+    ));
+}
+
+#[test]
+fn attestations_verify_and_bind_the_peer() {
+    let sk = SecretKey::from_bytes(&[4; 32]).unwrap();
+    let peer = b"\x00\x24peer-id-bytes";
+    let sig = sk.sign_attestation(peer, NOW + 1000, &[0; 32]).unwrap();
+    let att = Attestation {
+        signer_key: sk.public_key(),
+        peer_id: peer.to_vec(),
+        expires_at_ms: NOW + 1000,
+        signature: sig,
+    };
+    Attestation::verify_pb(&att.to_pb(), peer, NOW).unwrap();
+    assert!(
+        Attestation::verify_pb(&att.to_pb(), b"other", NOW).is_err(),
+        "other peer"
+    );
+    assert!(
+        Attestation::verify_pb(&att.to_pb(), peer, NOW + 1000).is_err(),
+        "expired"
+    );
+    let mut forged = att.to_pb();
+    forged.expires_at_ms += 1;
+    assert!(
+        Attestation::verify_pb(&forged, peer, NOW).is_err(),
+        "altered expiry"
+    );
+    let other = SecretKey::from_bytes(&[5; 32]).unwrap();
+    let mut wrong_key = att.to_pb();
+    wrong_key.signer_key = other.public_key().to_vec();
+    assert!(
+        Attestation::verify_pb(&wrong_key, peer, NOW).is_err(),
+        "other key"
+    );
+}
+
+#[test]
+fn sequence_window() {
+    assert!(wire::sequence_ok(0, 1, 100));
+    assert!(wire::sequence_ok(0, 100, 100));
+    assert!(!wire::sequence_ok(0, 101, 100));
+    assert!(!wire::sequence_ok(5, 5, 100), "replay");
+    assert!(!wire::sequence_ok(5, 4, 100), "old");
+    assert!(wire::sequence_ok(u64::MAX - 1, u64::MAX, 100));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = Message::decode(&bytes, wire::MAX_DIRECT_MESSAGE_BYTES, NOW);
+        let _ = decode_canonical::<pb::SignedEnvelope>(&bytes, wire::MAX_DIRECT_MESSAGE_BYTES);
+        let _ = decode_canonical::<pb::SessionContext>(&bytes, wire::MAX_DIRECT_MESSAGE_BYTES)
+            .map(|c| SessionContext::from_pb(&c));
+        if let Ok(env) = decode_canonical::<pb::SignedEnvelope>(&bytes, 100_000) {
+            if let Some(a) = env.attestation.as_ref() {
+                let _ = Attestation::verify_pb(a, &env.peer_public_key, NOW);
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_valid_messages_never_panic(which in 0usize..11, pos in any::<usize>(), val in any::<u8>(), cut in any::<usize>()) {
+        let bytes = &SAMPLES[which];
+        let mut m = bytes.to_vec();
+        let i = pos % m.len();
+        m[i] = val;
+        let _ = Message::decode(&m, wire::MAX_DIRECT_MESSAGE_BYTES, NOW);
+        let _ = Message::decode(&bytes[..cut % (bytes.len() + 1)], wire::MAX_DIRECT_MESSAGE_BYTES, NOW);
+    }
+}
