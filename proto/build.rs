@@ -29,14 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
 
-    // Generate only the service files; everything else is shared's.
-    let mut services = fds.clone();
-    services.file.retain(|f| {
-        matches!(
-            f.name(),
-            "musig2/v1/signer.proto" | "musig2/v1/coordinator.proto"
-        )
-    });
+    // Generate the service files; the types they import are shared's (extern paths, which
+    // prost does not generate again).
+    let services = protox::compile(&files[..2], [root])?;
     let mut builder = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true);

@@ -330,10 +330,10 @@ proptest! {
         let _ = decode_canonical::<pb::SignedEnvelope>(&bytes, wire::MAX_DIRECT_MESSAGE_BYTES);
         let _ = decode_canonical::<pb::SessionContext>(&bytes, wire::MAX_DIRECT_MESSAGE_BYTES)
             .map(|c| SessionContext::from_pb(&c));
-        if let Ok(env) = decode_canonical::<pb::SignedEnvelope>(&bytes, 100_000) {
-            if let Some(a) = env.attestation.as_ref() {
-                let _ = Attestation::verify_pb(a, &env.peer_public_key, NOW);
-            }
+        if let Ok(env) = decode_canonical::<pb::SignedEnvelope>(&bytes, 100_000)
+            && let Some(a) = env.attestation.as_ref()
+        {
+            let _ = Attestation::verify_pb(a, &env.peer_public_key, NOW);
         }
     }
 

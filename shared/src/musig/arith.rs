@@ -70,9 +70,11 @@ pub(crate) fn neg(p: &Point) -> Point {
     p.map(PublicKey::negate)
 }
 
-/// Sum of a list of points; `None` if the sum is infinity.
+/// Sum of a list of points; `None` if the sum (or the list) is empty/infinity. One call into
+/// libsecp256k1, which adds in Jacobian coordinates and normalises once.
 pub(crate) fn sum<'a>(points: impl IntoIterator<Item = &'a PublicKey>) -> Point {
-    points.into_iter().fold(None, |acc, p| add(&acc, &Some(*p)))
+    let refs: Vec<&PublicKey> = points.into_iter().collect();
+    PublicKey::combine_keys(&refs).ok()
 }
 
 pub(crate) fn ser33(p: &PublicKey) -> [u8; 33] {
@@ -122,6 +124,16 @@ pub(crate) fn has_square_y(p: &PublicKey) -> bool {
 /// Whether 32 big-endian bytes are a field element (below p).
 pub(crate) fn is_field_element(bytes: &[u8; 32]) -> bool {
     bool::from(FieldElement::from_bytes(&FieldBytes::from(*bytes)).is_some())
+}
+
+/// Concatenate byte strings into a fixed-size array (extra input is ignored, missing input
+/// stays zero; callers pass exactly `N` bytes).
+pub(crate) fn join<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (o, b) in out.iter_mut().zip(parts.iter().flat_map(|p| p.iter())) {
+        *o = *b;
+    }
+    out
 }
 
 /// A SHA-256 state that has absorbed `SHA256(tag) || SHA256(tag)` (BIP340 tagged hash prefix).

@@ -4,8 +4,8 @@
 use secp256k1::PublicKey;
 
 use super::arith::{
-    self, Point, Scalar, add, base_mul, has_even_y, mul, parse33, scalar_checked, scalar_reduce,
-    ser33, tagged, tags, x32,
+    self, Scalar, add, base_mul, has_even_y, mul, parse33, scalar_checked, scalar_reduce, ser33,
+    tagged, tags, x32,
 };
 use super::{Contribution, Error, SignatureFormat, invalid};
 
@@ -79,7 +79,8 @@ impl KeyAggContext {
         let coefs: Vec<Scalar> = match format {
             SignatureFormat::Bip340 => {
                 // GetSecondKey: the first key that differs from key 0.
-                let second = keys.iter().skip(1).find(|k| **k != keys[0]);
+                let first = keys.first();
+                let second = keys.iter().skip(1).find(|k| Some(*k) != first);
                 keys.iter()
                     .map(|k| {
                         if Some(k) == second {
@@ -94,7 +95,7 @@ impl KeyAggContext {
                 .iter()
                 .enumerate()
                 .map(|(i, k)| {
-                    if i == 1 && *k == keys[0] {
+                    if i == 1 && Some(k) == keys.first() {
                         Scalar::ONE
                     } else {
                         coef_hash(k)
@@ -102,11 +103,14 @@ impl KeyAggContext {
                 })
                 .collect(),
         };
-        let terms: Vec<Point> = points.iter().zip(&coefs).map(|(p, a)| mul(p, a)).collect();
-        let aggregate = terms
+        // A coefficient is never zero (a hash output reduced mod n is zero with negligible
+        // probability, and such a term would be infinity, which the sum then skips).
+        let terms: Vec<PublicKey> = points
             .iter()
-            .fold(None, |acc, t| add(&acc, t))
-            .ok_or(Error::AggregateKeyInfinity)?;
+            .zip(&coefs)
+            .filter_map(|(p, a)| mul(p, a))
+            .collect();
+        let aggregate = arith::sum(&terms).ok_or(Error::AggregateKeyInfinity)?;
         Ok(KeyAggContext {
             format,
             keys,

@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::arith::{
-    Point, Scalar, base_mul, is_zero, parse33, parse33_ext, scalar_bytes, scalar_checked,
+    Point, Scalar, base_mul, is_zero, join, parse33, parse33_ext, scalar_bytes, scalar_checked,
     scalar_reduce, ser33, ser33_ext, tagged, tags,
 };
 use super::{Contribution, Error, KeyAggContext, SignatureFormat, invalid};
@@ -147,11 +147,9 @@ impl SecNonce {
 
     /// The 97-byte BIP327 encoding, in a zeroizing buffer. For test vectors only.
     pub fn dangerous_to_bytes(&self) -> Zeroizing<[u8; 97]> {
-        let mut out = Zeroizing::new([0u8; 97]);
-        out[..32].copy_from_slice(&scalar_bytes(&self.k1));
-        out[32..64].copy_from_slice(&scalar_bytes(&self.k2));
-        out[64..].copy_from_slice(&self.pk);
-        out
+        let k1 = Zeroizing::new(scalar_bytes(&self.k1));
+        let k2 = Zeroizing::new(scalar_bytes(&self.k2));
+        Zeroizing::new(join(&[k1.as_slice(), k2.as_slice(), &self.pk]))
     }
 
     fn new(k1: Scalar, k2: Scalar, pk: [u8; 33]) -> Result<Self, Error> {
@@ -238,10 +236,7 @@ impl PubNonce {
 
     /// The 66-byte encoding.
     pub fn to_bytes(&self) -> [u8; 66] {
-        let mut out = [0u8; 66];
-        out[..33].copy_from_slice(&ser33(&self.r1));
-        out[33..].copy_from_slice(&ser33(&self.r2));
-        out
+        join(&[&ser33(&self.r1), &ser33(&self.r2)])
     }
 }
 
@@ -294,10 +289,7 @@ impl AggNonce {
 
     /// The 66-byte encoding (`cbytes_ext`).
     pub fn to_bytes(&self) -> [u8; 66] {
-        let mut out = [0u8; 66];
-        out[..33].copy_from_slice(&ser33_ext(&self.r1));
-        out[33..].copy_from_slice(&ser33_ext(&self.r2));
-        out
+        join(&[&ser33_ext(&self.r1), &ser33_ext(&self.r2)])
     }
 }
 

@@ -6,7 +6,7 @@ use secp256k1::PublicKey;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::arith::{
-    Point, Scalar, add, base_mul, has_even_y, has_square_y, is_zero, mul, mul_point, neg,
+    Point, Scalar, add, base_mul, has_even_y, has_square_y, is_zero, join, mul, mul_point, neg,
     scalar_bytes, scalar_checked, scalar_reduce, ser33, sha256, tagged, tags, x32,
 };
 use super::nonce::{AggNonce, PubNonce, SecNonce, SecretKey};
@@ -321,10 +321,7 @@ impl<'a> SigningSession<'a> {
                 }
             }
         }
-        let mut sig = [0u8; 64];
-        sig[..32].copy_from_slice(&x32(&self.r));
-        sig[32..].copy_from_slice(&scalar_bytes(&s));
-        Ok(Signature(sig))
+        Ok(Signature(join(&[&x32(&self.r), &scalar_bytes(&s)])))
     }
 }
 
