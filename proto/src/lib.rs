@@ -20,3 +20,5 @@ pub mod v1 {
 /// The encoded file descriptor set of every `musig2.v1` file (for gRPC reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/musig2_descriptor.bin"));
+
+pub mod transport;

@@ -1,17 +1,172 @@
-//! `musig2-signer`: the isolated signer (DESIGN §4). This build only parses its command line;
-//! the gRPC service, key store, nonce store, policy and audit journal are the signer issue's work.
+//! `musig2-signer`: parse arguments, load config, start tracing, run.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use signer_svc::config::Config;
+use signer_svc::keystore::{self, DEFAULT_KDF_ITERATIONS, DEFAULT_KDF_MEMORY_KIB, KeyStore, MIN_KDF_MEMORY_KIB};
+use zeroize::Zeroizing;
 
 /// The isolated MuSig2 signer: holds private keys and secret nonces, answers key listing, nonce
 /// generation and partial signing over gRPC with mutual TLS. No other network.
 #[derive(Debug, Parser)]
 #[command(name = "musig2-signer", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!(
-        "musig2-signer: the service is not built yet (see the signer issue); only --help and --version work"
-    )
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gRPC with mutual TLS until SIGINT/SIGTERM.
+    Serve {
+        /// TOML configuration (environment overrides: MUSIG2_SIGNER__SECTION__KEY).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create a new random key in a key file (created if missing); prints only its public key.
+    Keygen(KeyArgs),
+    /// Import a secret key (64 hex characters in a file) into a key file.
+    Import {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// File holding the secret key as 64 hex characters.
+        #[arg(long)]
+        secret_file: PathBuf,
+    },
+    /// List the public keys of a key file (no passphrase needed).
+    List {
+        /// Key file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Audit journal tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of a journal; exit 1 if it is broken.
+    Verify {
+        /// Journal file.
+        file: PathBuf,
+        /// Require this head hash (hex) as the last record, to detect removed final records.
+        #[arg(long)]
+        expect_head: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// Key file.
+    #[arg(long)]
+    file: PathBuf,
+    /// Label for the new key (unique in the file).
+    #[arg(long)]
+    label: String,
+    /// File holding the passphrase.
+    #[arg(long, conflicts_with = "passphrase_env")]
+    passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase.
+    #[arg(long)]
+    passphrase_env: Option<String>,
+    /// Argon2id memory for a new file, KiB.
+    #[arg(long, default_value_t = DEFAULT_KDF_MEMORY_KIB)]
+    kdf_memory_kib: u32,
+    /// Argon2id passes for a new file.
+    #[arg(long, default_value_t = DEFAULT_KDF_ITERATIONS)]
+    kdf_iterations: u32,
+}
+
+fn add_key(args: &KeyArgs, secret: shared::musig::SecretKey) -> anyhow::Result<[u8; 33]> {
+    if args.kdf_memory_kib < MIN_KDF_MEMORY_KIB || args.kdf_iterations == 0 {
+        anyhow::bail!("--kdf-memory-kib must be at least {MIN_KDF_MEMORY_KIB} and --kdf-iterations at least 1");
+    }
+    let pass = keystore::read_passphrase(args.passphrase_file.as_deref(), args.passphrase_env.as_deref())?;
+    let mut store = if args.file.exists() { KeyStore::open(&args.file, &pass)? } else { KeyStore::empty() };
+    let public = secret.public_key();
+    store.add(args.label.clone(), secret)?;
+    store.save(&args.file, &pass, args.kdf_memory_kib, args.kdf_iterations)?;
+    Ok(public)
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    signer_svc::init_tracing(config.log.json, &config.log.level);
+    let pass = keystore::read_passphrase(config.keys.passphrase_file.as_deref(), config.keys.passphrase_env.as_deref())?;
+    let file = config.keys.file.clone();
+    let keys = tokio::task::spawn_blocking(move || KeyStore::open(&file, &pass)).await??;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = signer_svc::server::start(&config, keys, shutdown.clone()).await?;
+    // Machine-readable line for supervisors and tests.
+    println!("listening {}", running.addr);
+    musig2_proto::transport::shutdown_signal(shutdown).await;
+    tracing::info!("shutting down");
+    match tokio::time::timeout(std::time::Duration::from_secs(10), running.task).await {
+        Ok(r) => r??,
+        Err(_) => tracing::warn!("grace period over; exiting with requests in flight"),
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(serve(config))?;
+        }
+        Command::Keygen(args) => {
+            let public = add_key(&args, shared::musig::SecretKey::generate(&mut rand::rng()))?;
+            println!("{}", hex::encode(public));
+        }
+        Command::Import { key, secret_file } => {
+            let text = Zeroizing::new(std::fs::read_to_string(&secret_file)?);
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            hex::decode_to_slice(text.trim(), bytes.as_mut())
+                .map_err(|_| anyhow::anyhow!("{}: expected 64 hex characters", secret_file.display()))?;
+            let secret = shared::musig::SecretKey::from_bytes(&bytes)
+                .map_err(|_| anyhow::anyhow!("{}: not a valid secp256k1 secret key", secret_file.display()))?;
+            println!("{}", hex::encode(add_key(&key, secret)?));
+        }
+        Command::List { file } => {
+            for e in keystore::list_public(&file)? {
+                println!("{}\t{}", e.public_key, e.label);
+            }
+        }
+        Command::Audit { command: AuditCommand::Verify { file, expect_head } } => {
+            let report = match signer_svc::journal::verify_file(&file) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("FAILED: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            println!("records {}\nhead {}", report.records, report.head);
+            if let Some(torn) = report.torn_tail {
+                println!("warning: torn final record of {torn} bytes (crash mid-write); the whole records verify");
+            }
+            if let Some(h) = expect_head
+                && !h.eq_ignore_ascii_case(&report.head)
+            {
+                eprintln!("FAILED: head is {}, expected {h} (records removed from the end?)", report.head);
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("OK");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("musig2-signer: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -1,0 +1,380 @@
+//! Mutual TLS for both services, and their small HTTP metrics endpoint.
+//!
+//! Servers speak TLS 1.3 only (rustls with the ring provider), require a client certificate that
+//! chains to the configured CA **and** is on an allow-list (SHA-256 fingerprint of the DER
+//! certificate, or subject common name). A client that fails either check never completes the
+//! handshake, so no handler ever sees it. There is no plaintext listener and no switch to turn
+//! client authentication off.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// TLS setup failures, each naming the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// File.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built (e.g. an empty CA file).
+    #[error("client CA: {0}")]
+    Verifier(String),
+    /// An allow-list entry is malformed.
+    #[error("allow-list entry {0:?} is neither a 64-hex-digit SHA-256 fingerprint nor a name")]
+    AllowList(String),
+}
+
+/// Install the ring crypto provider for the process (idempotent). Call at the start of every
+/// binary and test helper: two providers in one build make rustls refuse to guess.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Read every certificate of a PEM file.
+///
+/// # Errors
+/// [`TlsError::Pem`] naming the file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem_err = |reason: String| TlsError::Pem { path: path.display().to_string(), reason };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_err("no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// Read a private key from a PEM file.
+///
+/// # Errors
+/// [`TlsError::Pem`] naming the file (the key itself never appears in the error).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError::Pem { path: path.display().to_string(), reason: e.to_string() })
+}
+
+/// Who may connect: certificate fingerprints and/or subject common names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    fingerprints: HashSet<[u8; 32]>,
+    common_names: HashSet<String>,
+}
+
+impl AllowList {
+    /// Build from entries: `sha256:<64 hex>` (or bare 64 hex digits, colons allowed) is a
+    /// fingerprint; `cn:<name>` (or any other text) is a subject common name.
+    ///
+    /// # Errors
+    /// [`TlsError::AllowList`] for an empty entry or a malformed fingerprint.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, TlsError> {
+        let mut list = AllowList::default();
+        for e in entries {
+            let e = e.as_ref().trim();
+            let bad = || TlsError::AllowList(e.to_string());
+            if let Some(fp) = e.strip_prefix("sha256:") {
+                list.fingerprints.insert(parse_fingerprint(fp).ok_or_else(bad)?);
+            } else if let Some(cn) = e.strip_prefix("cn:") {
+                if cn.is_empty() {
+                    return Err(bad());
+                }
+                list.common_names.insert(cn.to_string());
+            } else if let Some(fp) = parse_fingerprint(e) {
+                list.fingerprints.insert(fp);
+            } else if e.is_empty() {
+                return Err(bad());
+            } else {
+                list.common_names.insert(e.to_string());
+            }
+        }
+        Ok(list)
+    }
+
+    /// Whether the list is empty (which would admit nobody).
+    pub fn is_empty(&self) -> bool {
+        self.fingerprints.is_empty() && self.common_names.is_empty()
+    }
+
+    /// Whether an end-entity certificate is allowed.
+    pub fn permits(&self, cert: &CertificateDer<'_>) -> bool {
+        let fp: [u8; 32] = Sha256::digest(cert.as_ref()).into();
+        if self.fingerprints.contains(&fp) {
+            return true;
+        }
+        if self.common_names.is_empty() {
+            return false;
+        }
+        match x509_parser::parse_x509_certificate(cert.as_ref()) {
+            Ok((_, parsed)) => parsed
+                .subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .any(|cn| self.common_names.contains(cn)),
+            Err(_) => false,
+        }
+    }
+}
+
+fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// SHA-256 fingerprint of a DER certificate, lowercase hex (what allow-lists hold).
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// WebPKI chain verification to the configured CA, then the allow-list.
+#[derive(Debug)]
+struct AllowListVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allow: AllowList,
+}
+
+impl ClientCertVerifier for AllowListVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if self.allow.permits(end_entity) {
+            Ok(verified)
+        } else {
+            tracing::warn!(fingerprint = %fingerprint(end_entity), "client certificate chains to the CA but is not on the allow-list");
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Files and rules of a mutual-TLS server.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Server certificate chain (PEM).
+    pub cert: std::path::PathBuf,
+    /// Server private key (PEM).
+    pub key: std::path::PathBuf,
+    /// CA that client certificates must chain to (PEM).
+    pub client_ca: std::path::PathBuf,
+    /// Allowed clients.
+    pub allow: AllowList,
+}
+
+impl ServerTls {
+    /// Build the rustls configuration: TLS 1.3 only, ALPN h2, client certificate mandatory,
+    /// chained to `client_ca` and on the allow-list.
+    ///
+    /// # Errors
+    /// Any [`TlsError`], naming the file at fault; an empty allow-list is refused.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        if self.allow.is_empty() {
+            return Err(TlsError::AllowList("<empty list: nobody could connect>".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for ca in load_certs(&self.client_ca)? {
+            roots.add(ca).map_err(|e| TlsError::Verifier(e.to_string()))?;
+        }
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier = AllowListVerifier { inner, allow: self.allow.clone() };
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_single_cert(load_certs(&self.cert)?, load_key(&self.key)?)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Most TLS handshakes in progress at once; further connections wait in the kernel backlog.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// A client that has not finished its handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accept TCP connections and complete TLS handshakes concurrently (bounded), yielding only
+/// authenticated streams, until `shutdown` fires. Plaintext and unauthenticated clients are
+/// dropped after a failed handshake (logged at debug level).
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING_HANDSHAKES);
+    let acceptor = TlsAcceptor::from(config);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Client side of mutual TLS for a tonic channel.
+///
+/// # Errors
+/// Unreadable files.
+pub fn client_tls(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    server_name: &str,
+) -> Result<tonic::transport::ClientTlsConfig, std::io::Error> {
+    let ca = std::fs::read(ca)?;
+    let cert = std::fs::read(cert)?;
+    let key = std::fs::read(key)?;
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .domain_name(server_name))
+}
+
+/// Serve a text body (Prometheus exposition format) on `GET /metrics` over plain HTTP/1.1 until
+/// `shutdown`. The body is produced on each request by `render`; it must hold no secret.
+pub async fn serve_metrics<F>(addr: SocketAddr, render: F, shutdown: CancellationToken) -> std::io::Result<SocketAddr>
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    use http_body_util::Full;
+    use hyper::{Response, StatusCode, body::Bytes, service::service_fn};
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let render = Arc::new(render);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            };
+            let render = render.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let render = render.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            Response::builder()
+                                .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                                .body(Full::new(Bytes::from(render())))
+                        } else {
+                            Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"not found\n")))
+                        };
+                        resp.map_err(|e| std::io::Error::other(e.to_string()))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+/// Resolve when SIGINT or SIGTERM arrives (or `token` is cancelled elsewhere), then cancel
+/// `token` so every task observes shutdown.
+pub async fn shutdown_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+        () = token.cancelled() => {},
+    }
+    token.cancel();
+}

@@ -1,0 +1,262 @@
+//! Signer configuration: a TOML file with `MUSIG2_SIGNER__SECTION__KEY` environment overrides,
+//! parsed strictly (unknown keys refused) and validated as a whole before anything binds. Every
+//! problem is reported at once, each naming its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::PolicyConfig;
+
+/// Prefix of environment overrides: `MUSIG2_SIGNER__NONCES__TTL_SECS=60` sets `nonces.ttl_secs`.
+pub const ENV_PREFIX: &str = "MUSIG2_SIGNER__";
+
+/// The whole configuration (see `signer-svc/signer.example.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address (TLS only).
+    pub listen: SocketAddr,
+    /// Mutual TLS.
+    pub tls: TlsConfig,
+    /// Key file and passphrase source.
+    pub keys: KeysConfig,
+    /// Secret nonce store.
+    #[serde(default)]
+    pub nonces: NonceConfig,
+    /// Audit journal.
+    pub audit: AuditConfig,
+    /// Optional Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// Signing policy.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Mutual TLS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+    /// Allowed clients: `sha256:<hex fingerprint>` or `cn:<common name>`. At least one.
+    pub allowed_clients: Vec<String>,
+}
+
+/// Where the keys are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Encrypted key file (made by `musig2-signer keygen`).
+    pub file: PathBuf,
+    /// File holding the passphrase (e.g. a mounted Kubernetes secret). Exactly one source.
+    pub passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase. Exactly one source.
+    pub passphrase_env: Option<String>,
+}
+
+/// Secret nonce store limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceConfig {
+    /// Seconds an unused nonce (and a completed signature kept for retries) lives.
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: u64,
+    /// Most nonces held at once; past it GenerateNonce answers RESOURCE_EXHAUSTED.
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+}
+
+fn default_ttl_secs() -> u64 {
+    600
+}
+fn default_capacity() -> usize {
+    10_000
+}
+
+impl Default for NonceConfig {
+    fn default() -> Self {
+        NonceConfig { ttl_secs: default_ttl_secs(), capacity: default_capacity() }
+    }
+}
+
+/// Audit journal location.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Append-only, hash-chained journal file (created if missing).
+    pub journal: PathBuf,
+}
+
+/// Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Plain-HTTP listen address serving `/metrics` (no secrets in it).
+    pub listen: SocketAddr,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// JSON lines instead of text.
+    #[serde(default)]
+    pub json: bool,
+    /// `tracing` filter, e.g. `info` or `signer_svc=debug`.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { json: false, level: default_level() }
+    }
+}
+
+/// Configuration errors, all collected.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Read the file, apply environment overrides, parse and validate.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem with its key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::parse(&text, &vars, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Parse TOML text with the given environment; relative paths resolve against `base`.
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn parse(text: &str, env: &[(String, String)], base: &Path) -> Result<Self, ConfigError> {
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError(vec![format!("TOML: {e}")]))?;
+        apply_env(&mut value, env, ENV_PREFIX)?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| ConfigError(vec![format!("{}: {}", e.path(), e.inner())]))?;
+        config.resolve(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.tls.cert);
+        abs(&mut self.tls.key);
+        abs(&mut self.tls.client_ca);
+        abs(&mut self.keys.file);
+        if let Some(p) = self.keys.passphrase_file.as_mut() {
+            abs(p);
+        }
+        abs(&mut self.audit.journal);
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        for (key, p) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+            ("keys.file", &self.keys.file),
+        ] {
+            if !p.is_file() {
+                errs.push(format!("{key}: {} is not a readable file", p.display()));
+            }
+        }
+        if self.tls.allowed_clients.is_empty() {
+            errs.push("tls.allowed_clients: at least one client must be allowed".into());
+        } else if let Err(e) = musig2_proto::transport::AllowList::parse(&self.tls.allowed_clients) {
+            errs.push(format!("tls.allowed_clients: {e}"));
+        }
+        match (&self.keys.passphrase_file, &self.keys.passphrase_env) {
+            (Some(_), Some(_)) | (None, None) => errs.push(
+                "keys: set exactly one of passphrase_file and passphrase_env".into(),
+            ),
+            (Some(p), None) if !p.is_file() => {
+                errs.push(format!("keys.passphrase_file: {} is not a readable file", p.display()));
+            }
+            _ => {}
+        }
+        if self.nonces.ttl_secs == 0 || self.nonces.ttl_secs > 86_400 {
+            errs.push("nonces.ttl_secs: must be between 1 and 86400".into());
+        }
+        if self.nonces.capacity == 0 || self.nonces.capacity > 10_000_000 {
+            errs.push("nonces.capacity: must be between 1 and 10000000".into());
+        }
+        match self.audit.journal.parent() {
+            Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {}
+            _ => errs.push(format!("audit.journal: directory of {} does not exist", self.audit.journal.display())),
+        }
+        if let Some(m) = &self.metrics
+            && m.listen == self.listen
+        {
+            errs.push("metrics.listen: must differ from listen".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            errs.push(format!("log.level: {:?} is not a valid filter", self.log.level));
+        }
+        errs.extend(self.policy.validate());
+        if errs.is_empty() { Ok(()) } else { Err(ConfigError(errs)) }
+    }
+}
+
+/// Apply `PREFIX` + `A__B__C=value` overrides to the table (`a.b.c`); values are parsed as TOML
+/// (so `true`, `42`, `["x"]` work) and fall back to strings.
+///
+/// # Errors
+/// [`ConfigError`] when an override would replace a table by a value.
+pub fn apply_env(table: &mut toml::Table, env: &[(String, String)], prefix: &str) -> Result<(), ConfigError> {
+    let mut errs = Vec::new();
+    for (k, v) in env {
+        let Some(path) = k.strip_prefix(prefix) else { continue };
+        let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.clone()));
+        if let Err(e) = set_path(table, &parts, value) {
+            errs.push(format!("{k}: {e}"));
+        }
+    }
+    if errs.is_empty() { Ok(()) } else { Err(ConfigError(errs)) }
+}
+
+fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Result<(), String> {
+    match parts {
+        [] => Ok(()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            match table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("{first} is not a table")),
+            }
+        }
+    }
+}

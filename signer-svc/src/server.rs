@@ -1,0 +1,86 @@
+//! Start the signer: everything is loaded and validated before anything binds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use musig2_proto::transport::{AllowList, ServerTls, tls_incoming};
+use musig2_proto::v1::signer_service_server::SignerServiceServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::journal::Journal;
+use crate::keystore::KeyStore;
+use crate::metrics::Metrics;
+use crate::nonces::NonceStore;
+use crate::service::Signer;
+
+/// Largest gRPC request accepted, bytes (100 keys, 100 nonces and a 1 KiB message fit easily).
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// A running signer.
+#[derive(Debug)]
+pub struct Running {
+    /// gRPC (mutual TLS) address.
+    pub addr: SocketAddr,
+    /// Metrics address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Resolves when the server has stopped.
+    pub task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Load TLS, journal and policy, bind, and serve until `shutdown` is cancelled.
+///
+/// # Errors
+/// Any configuration, TLS, journal or bind error, with its cause.
+pub async fn start(config: &Config, keys: KeyStore, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    musig2_proto::transport::install_crypto_provider();
+    let tls = ServerTls {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+        allow: AllowList::parse(&config.tls.allowed_clients)?,
+    }
+    .server_config()?;
+    let policy = config.policy.compile().map_err(|e| anyhow::anyhow!("policy: {}", e.join("; ")))?;
+    let journal_path = config.audit.journal.clone();
+    let journal = Arc::new(tokio::task::spawn_blocking(move || Journal::open(&journal_path)).await??);
+    tracing::info!(journal = %config.audit.journal.display(), head_seq = journal.head_seq(), "audit journal open");
+    let metrics = Arc::new(Metrics::new());
+    metrics.journal_seq(journal.head_seq());
+    let nonces = NonceStore::new(Duration::from_secs(config.nonces.ttl_secs), config.nonces.capacity);
+    let keys = Arc::new(keys);
+    for k in keys.keys() {
+        tracing::info!(label = %k.label, public_key = %hex::encode(k.secret.public_key()), "key loaded");
+    }
+    let signer = Signer::new(keys, nonces, policy, journal, metrics.clone());
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let metrics_addr = match &config.metrics {
+        Some(m) => {
+            let metrics = metrics.clone();
+            Some(musig2_proto::transport::serve_metrics(m.listen, move || metrics.render(), shutdown.clone()).await?)
+        }
+        None => None,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SignerServiceServer<Signer>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(musig2_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let service = SignerServiceServer::new(signer).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let incoming = tls_incoming(listener, tls, shutdown.clone());
+    tracing::info!(%addr, metrics = ?metrics_addr, "signer serving (TLS 1.3, client certificates required)");
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(256)
+            .timeout(Duration::from_secs(30))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await }),
+    );
+    Ok(Running { addr, metrics_addr, task })
+}
