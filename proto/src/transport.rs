@@ -56,7 +56,10 @@ pub fn install_crypto_provider() {
 /// # Errors
 /// [`TlsError::Pem`] naming the file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem_err = |reason: String| TlsError::Pem { path: path.display().to_string(), reason };
+    let pem_err = |reason: String| TlsError::Pem {
+        path: path.display().to_string(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -72,8 +75,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// # Errors
 /// [`TlsError::Pem`] naming the file (the key itself never appears in the error).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| TlsError::Pem { path: path.display().to_string(), reason: e.to_string() })
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Who may connect: certificate fingerprints and/or subject common names.
@@ -95,7 +100,8 @@ impl AllowList {
             let e = e.as_ref().trim();
             let bad = || TlsError::AllowList(e.to_string());
             if let Some(fp) = e.strip_prefix("sha256:") {
-                list.fingerprints.insert(parse_fingerprint(fp).ok_or_else(bad)?);
+                list.fingerprints
+                    .insert(parse_fingerprint(fp).ok_or_else(bad)?);
             } else if let Some(cn) = e.strip_prefix("cn:") {
                 if cn.is_empty() {
                     return Err(bad());
@@ -151,7 +157,10 @@ fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
 
 /// SHA-256 fingerprint of a DER certificate, lowercase hex (what allow-lists hold).
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// WebPKI chain verification to the configured CA, then the allow-list.
@@ -177,12 +186,16 @@ impl ClientCertVerifier for AllowListVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         if self.allow.permits(end_entity) {
             Ok(verified)
         } else {
             tracing::warn!(fingerprint = %fingerprint(end_entity), "client certificate chains to the CA but is not on the allow-list");
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
     fn verify_tls12_signature(
@@ -227,17 +240,24 @@ impl ServerTls {
     /// Any [`TlsError`], naming the file at fault; an empty allow-list is refused.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         if self.allow.is_empty() {
-            return Err(TlsError::AllowList("<empty list: nobody could connect>".into()));
+            return Err(TlsError::AllowList(
+                "<empty list: nobody could connect>".into(),
+            ));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         for ca in load_certs(&self.client_ca)? {
-            roots.add(ca).map_err(|e| TlsError::Verifier(e.to_string()))?;
+            roots
+                .add(ca)
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
         }
         let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
-        let verifier = AllowListVerifier { inner, allow: self.allow.clone() };
+        let verifier = AllowListVerifier {
+            inner,
+            allow: self.allow.clone(),
+        };
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(verifier))
@@ -259,8 +279,9 @@ pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>
-{
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>,
+> {
     let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING_HANDSHAKES);
     let acceptor = TlsAcceptor::from(config);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
@@ -319,7 +340,11 @@ pub fn client_tls(
 
 /// Serve a text body (Prometheus exposition format) on `GET /metrics` over plain HTTP/1.1 until
 /// `shutdown`. The body is produced on each request by `render`; it must hold no secret.
-pub async fn serve_metrics<F>(addr: SocketAddr, render: F, shutdown: CancellationToken) -> std::io::Result<SocketAddr>
+pub async fn serve_metrics<F>(
+    addr: SocketAddr,
+    render: F,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr>
 where
     F: Fn() -> String + Send + Sync + 'static,
 {
@@ -341,16 +366,23 @@ where
                     async move {
                         let resp = if req.uri().path() == "/metrics" {
                             Response::builder()
-                                .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
                                 .body(Full::new(Bytes::from(render())))
                         } else {
-                            Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"not found\n")))
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"not found\n")))
                         };
                         resp.map_err(|e| std::io::Error::other(e.to_string()))
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
             });
         }
     });

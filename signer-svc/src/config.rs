@@ -85,7 +85,10 @@ fn default_capacity() -> usize {
 
 impl Default for NonceConfig {
     fn default() -> Self {
-        NonceConfig { ttl_secs: default_ttl_secs(), capacity: default_capacity() }
+        NonceConfig {
+            ttl_secs: default_ttl_secs(),
+            capacity: default_capacity(),
+        }
     }
 }
 
@@ -123,7 +126,10 @@ fn default_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { json: false, level: default_level() }
+        LogConfig {
+            json: false,
+            level: default_level(),
+        }
     }
 }
 
@@ -189,15 +195,19 @@ impl Config {
         }
         if self.tls.allowed_clients.is_empty() {
             errs.push("tls.allowed_clients: at least one client must be allowed".into());
-        } else if let Err(e) = musig2_proto::transport::AllowList::parse(&self.tls.allowed_clients) {
+        } else if let Err(e) = musig2_proto::transport::AllowList::parse(&self.tls.allowed_clients)
+        {
             errs.push(format!("tls.allowed_clients: {e}"));
         }
         match (&self.keys.passphrase_file, &self.keys.passphrase_env) {
-            (Some(_), Some(_)) | (None, None) => errs.push(
-                "keys: set exactly one of passphrase_file and passphrase_env".into(),
-            ),
+            (Some(_), Some(_)) | (None, None) => {
+                errs.push("keys: set exactly one of passphrase_file and passphrase_env".into())
+            }
             (Some(p), None) if !p.is_file() => {
-                errs.push(format!("keys.passphrase_file: {} is not a readable file", p.display()));
+                errs.push(format!(
+                    "keys.passphrase_file: {} is not a readable file",
+                    p.display()
+                ));
             }
             _ => {}
         }
@@ -209,7 +219,10 @@ impl Config {
         }
         match self.audit.journal.parent() {
             Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {}
-            _ => errs.push(format!("audit.journal: directory of {} does not exist", self.audit.journal.display())),
+            _ => errs.push(format!(
+                "audit.journal: directory of {} does not exist",
+                self.audit.journal.display()
+            )),
         }
         if let Some(m) = &self.metrics
             && m.listen == self.listen
@@ -217,10 +230,17 @@ impl Config {
             errs.push("metrics.listen: must differ from listen".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            errs.push(format!("log.level: {:?} is not a valid filter", self.log.level));
+            errs.push(format!(
+                "log.level: {:?} is not a valid filter",
+                self.log.level
+            ));
         }
         errs.extend(self.policy.validate());
-        if errs.is_empty() { Ok(()) } else { Err(ConfigError(errs)) }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errs))
+        }
     }
 }
 
@@ -229,10 +249,16 @@ impl Config {
 ///
 /// # Errors
 /// [`ConfigError`] when an override would replace a table by a value.
-pub fn apply_env(table: &mut toml::Table, env: &[(String, String)], prefix: &str) -> Result<(), ConfigError> {
+pub fn apply_env(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+    prefix: &str,
+) -> Result<(), ConfigError> {
     let mut errs = Vec::new();
     for (k, v) in env {
-        let Some(path) = k.strip_prefix(prefix) else { continue };
+        let Some(path) = k.strip_prefix(prefix) else {
+            continue;
+        };
         let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
         let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
             .ok()
@@ -242,7 +268,11 @@ pub fn apply_env(table: &mut toml::Table, env: &[(String, String)], prefix: &str
             errs.push(format!("{k}: {e}"));
         }
     }
-    if errs.is_empty() { Ok(()) } else { Err(ConfigError(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError(errs))
+    }
 }
 
 fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Result<(), String> {
@@ -253,7 +283,10 @@ fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Re
             Ok(())
         }
         [first, rest @ ..] => {
-            match table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+            match table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
                 toml::Value::Table(t) => set_path(t, rest, value),
                 _ => Err(format!("{first} is not a table")),
             }

@@ -130,7 +130,11 @@ pub fn verify_bytes(path: &str, data: &[u8]) -> Result<Report, JournalError> {
     let mut prev = GENESIS;
     let mut seq = 0u64;
     let mut offset = 0usize;
-    let broken = |line: usize, reason: String| JournalError::Broken { path: path.to_string(), line, reason };
+    let broken = |line: usize, reason: String| JournalError::Broken {
+        path: path.to_string(),
+        line,
+        reason,
+    };
     let mut rest = data;
     let mut line_no = 0usize;
     while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
@@ -138,17 +142,32 @@ pub fn verify_bytes(path: &str, data: &[u8]) -> Result<Report, JournalError> {
         let (line, tail) = rest.split_at(nl);
         rest = tail.get(1..).unwrap_or(&[]);
         let text = std::str::from_utf8(line).map_err(|_| broken(line_no, "not UTF-8".into()))?;
-        let (body, hash) = text.rsplit_once('\t').ok_or_else(|| broken(line_no, "no chain hash".into()))?;
-        let parsed: Body = serde_json::from_str(body).map_err(|e| broken(line_no, format!("unreadable record: {e}")))?;
+        let (body, hash) = text
+            .rsplit_once('\t')
+            .ok_or_else(|| broken(line_no, "no chain hash".into()))?;
+        let parsed: Body = serde_json::from_str(body)
+            .map_err(|e| broken(line_no, format!("unreadable record: {e}")))?;
         if parsed.seq != seq + 1 {
-            return Err(broken(line_no, format!("sequence {} follows {seq} (record removed or reordered)", parsed.seq)));
+            return Err(broken(
+                line_no,
+                format!(
+                    "sequence {} follows {seq} (record removed or reordered)",
+                    parsed.seq
+                ),
+            ));
         }
         if parsed.prev != hex::encode(prev) {
-            return Err(broken(line_no, "previous-hash link does not match (record removed, reordered or edited)".into()));
+            return Err(broken(
+                line_no,
+                "previous-hash link does not match (record removed, reordered or edited)".into(),
+            ));
         }
         let expected = chain(&prev, body.as_bytes());
         if hash != hex::encode(expected) {
-            return Err(broken(line_no, "chain hash does not match the record (record edited)".into()));
+            return Err(broken(
+                line_no,
+                "chain hash does not match the record (record edited)".into(),
+            ));
         }
         prev = expected;
         seq = parsed.seq;
@@ -168,7 +187,10 @@ pub fn verify_bytes(path: &str, data: &[u8]) -> Result<Report, JournalError> {
 /// I/O errors and [`JournalError::Broken`].
 pub fn verify_file(path: &Path) -> Result<Report, JournalError> {
     let p = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| JournalError::Io { path: p.clone(), source })?;
+    let data = std::fs::read(path).map_err(|source| JournalError::Io {
+        path: p.clone(),
+        source,
+    })?;
     verify_bytes(&p, &data)
 }
 
@@ -206,13 +228,23 @@ impl Journal {
     /// A broken chain refuses the start: the operator must look at it.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
         let p = path.display().to_string();
-        let io = |source| JournalError::Io { path: p.clone(), source };
+        let io = |source| JournalError::Io {
+            path: p.clone(),
+            source,
+        };
         let created = !path.exists();
-        let mut file = std::fs::OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io)?;
         if created {
             file.sync_all().map_err(io)?;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
             }
         }
         let mut data = Vec::new();
@@ -225,9 +257,19 @@ impl Journal {
             line: 0,
             reason: "bad head".into(),
         })?;
-        let journal = Journal { path: path.to_path_buf(), inner: Mutex::new(Inner { file, prev, seq: report.records, len: report.valid_len }) };
+        let journal = Journal {
+            path: path.to_path_buf(),
+            inner: Mutex::new(Inner {
+                file,
+                prev,
+                seq: report.records,
+                len: report.valid_len,
+            }),
+        };
         if let Some(torn) = report.torn_tail {
-            let tail = data.get(usize::try_from(report.valid_len).unwrap_or(usize::MAX)..).unwrap_or(&[]);
+            let tail = data
+                .get(usize::try_from(report.valid_len).unwrap_or(usize::MAX)..)
+                .unwrap_or(&[]);
             let digest = hex::encode(Sha256::digest(tail));
             tracing::warn!(journal = %p, bytes = torn, sha256 = %digest, "audit journal ends in a torn record (crash mid-write); cutting it off");
             {
@@ -237,15 +279,26 @@ impl Journal {
             }
             journal.append(
                 RecordKind::RecoveredTornTail,
-                Event { detail: Some(format!("cut {torn} bytes, sha256 {digest}")), ..Event::default() },
+                Event {
+                    detail: Some(format!("cut {torn} bytes, sha256 {digest}")),
+                    ..Event::default()
+                },
             )?;
         }
-        journal.append(RecordKind::Start, Event { detail: Some(format!("head {} at seq {}", report.head, report.records)), ..Event::default() })?;
+        journal.append(
+            RecordKind::Start,
+            Event {
+                detail: Some(format!("head {} at seq {}", report.head, report.records)),
+                ..Event::default()
+            },
+        )?;
         Ok(journal)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Append one record and fsync it. Blocking: call from `spawn_blocking` in async code.
@@ -255,13 +308,29 @@ impl Journal {
     pub fn append(&self, kind: RecordKind, event: Event) -> Result<u64, JournalError> {
         let p = self.path.display().to_string();
         let mut inner = self.lock();
-        let body = Body { seq: inner.seq + 1, time_ms: now_ms(), kind, prev: hex::encode(inner.prev), event };
-        let body = serde_json::to_string(&body).map_err(|e| JournalError::Io { path: p.clone(), source: std::io::Error::other(e) })?;
+        let body = Body {
+            seq: inner.seq + 1,
+            time_ms: now_ms(),
+            kind,
+            prev: hex::encode(inner.prev),
+            event,
+        };
+        let body = serde_json::to_string(&body).map_err(|e| JournalError::Io {
+            path: p.clone(),
+            source: std::io::Error::other(e),
+        })?;
         let hash = chain(&inner.prev, body.as_bytes());
         let line = format!("{body}\t{}\n", hex::encode(hash));
-        if let Err(source) = inner.file.write_all(line.as_bytes()).and_then(|()| inner.file.sync_data()) {
+        if let Err(source) = inner
+            .file
+            .write_all(line.as_bytes())
+            .and_then(|()| inner.file.sync_data())
+        {
             // Never leave a partial line for the next record to extend.
-            let _ = inner.file.set_len(inner.len).and_then(|()| inner.file.sync_data());
+            let _ = inner
+                .file
+                .set_len(inner.len)
+                .and_then(|()| inner.file.sync_data());
             return Err(JournalError::Io { path: p, source });
         }
         inner.prev = hash;

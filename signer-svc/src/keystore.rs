@@ -99,7 +99,10 @@ pub struct StoredKey {
 
 impl std::fmt::Debug for StoredKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredKey").field("label", &self.label).field("secret", &self.secret).finish()
+        f.debug_struct("StoredKey")
+            .field("label", &self.label)
+            .field("secret", &self.secret)
+            .finish()
     }
 }
 
@@ -117,7 +120,10 @@ impl KeyStore {
 
     /// The secret for a public key.
     pub fn get(&self, public: &[u8; 33]) -> Option<&SecretKey> {
-        self.keys.iter().find(|k| k.secret.public_key() == *public).map(|k| &k.secret)
+        self.keys
+            .iter()
+            .find(|k| k.secret.public_key() == *public)
+            .map(|k| &k.secret)
     }
 
     /// An empty store (for creating a new file).
@@ -131,7 +137,9 @@ impl KeyStore {
     /// [`KeyStoreError::Duplicate`].
     pub fn add(&mut self, label: String, secret: SecretKey) -> Result<(), KeyStoreError> {
         if self.keys.iter().any(|k| k.label == label) {
-            return Err(KeyStoreError::Duplicate(format!("label {label:?} already used")));
+            return Err(KeyStoreError::Duplicate(format!(
+                "label {label:?} already used"
+            )));
         }
         if self.get(&secret.public_key()).is_some() {
             return Err(KeyStoreError::Duplicate(format!(
@@ -155,24 +163,41 @@ impl KeyStore {
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or_else(|| format_err(&p, "nonce must be 24 bytes of hex"))?;
-        let ct = hex::decode(&file.ciphertext).map_err(|_| format_err(&p, "ciphertext is not hex"))?;
+        let ct =
+            hex::decode(&file.ciphertext).map_err(|_| format_err(&p, "ciphertext is not hex"))?;
         let cipher = XChaCha20Poly1305::new(key.as_slice().into());
         let plain = Zeroizing::new(
             cipher
-                .decrypt(&XNonce::from(nonce), Payload { msg: &ct, aad: &aad(&file) })
+                .decrypt(
+                    &XNonce::from(nonce),
+                    Payload {
+                        msg: &ct,
+                        aad: &aad(&file),
+                    },
+                )
                 .map_err(|_| KeyStoreError::Decrypt(p.clone()))?,
         );
         if plain.len() != 32 * file.keys.len() {
-            return Err(format_err(&p, "ciphertext length does not match the key list"));
+            return Err(format_err(
+                &p,
+                "ciphertext length does not match the key list",
+            ));
         }
         let mut store = KeyStore::empty();
         for (entry, chunk) in file.keys.iter().zip(plain.chunks_exact(32)) {
             let mut bytes = Zeroizing::new([0u8; 32]);
             bytes.copy_from_slice(chunk);
-            let secret = SecretKey::from_bytes(&bytes)
-                .map_err(|_| format_err(&p, &format!("key {:?} is not a valid secret key", entry.label)))?;
+            let secret = SecretKey::from_bytes(&bytes).map_err(|_| {
+                format_err(
+                    &p,
+                    &format!("key {:?} is not a valid secret key", entry.label),
+                )
+            })?;
             if hex::encode(secret.public_key()) != entry.public_key {
-                return Err(format_err(&p, &format!("key {:?} does not match its public key", entry.label)));
+                return Err(format_err(
+                    &p,
+                    &format!("key {:?} does not match its public key", entry.label),
+                ));
             }
             store.add(entry.label.clone(), secret)?;
         }
@@ -183,10 +208,18 @@ impl KeyStore {
     ///
     /// # Errors
     /// Any [`KeyStoreError`].
-    pub fn save(&self, path: &Path, passphrase: &[u8], memory_kib: u32, iterations: u32) -> Result<(), KeyStoreError> {
+    pub fn save(
+        &self,
+        path: &Path,
+        passphrase: &[u8],
+        memory_kib: u32,
+        iterations: u32,
+    ) -> Result<(), KeyStoreError> {
         let p = path.display().to_string();
         if passphrase.len() < MIN_PASSPHRASE_LEN {
-            return Err(KeyStoreError::Passphrase(format!("must be at least {MIN_PASSPHRASE_LEN} bytes")));
+            return Err(KeyStoreError::Passphrase(format!(
+                "must be at least {MIN_PASSPHRASE_LEN} bytes"
+            )));
         }
         let mut rng = rand::rng();
         let mut salt = [0u8; 16];
@@ -207,7 +240,10 @@ impl KeyStore {
             keys: self
                 .keys
                 .iter()
-                .map(|k| PublicEntry { label: k.label.clone(), public_key: hex::encode(k.secret.public_key()) })
+                .map(|k| PublicEntry {
+                    label: k.label.clone(),
+                    public_key: hex::encode(k.secret.public_key()),
+                })
                 .collect(),
             ciphertext: String::new(),
         };
@@ -218,7 +254,13 @@ impl KeyStore {
         }
         let cipher = XChaCha20Poly1305::new(key.as_slice().into());
         let ct = cipher
-            .encrypt(&XNonce::from(nonce), Payload { msg: &plain, aad: &aad(&file) })
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad(&file),
+                },
+            )
             .map_err(|_| format_err(&p, "encryption failed"))?;
         file.ciphertext = hex::encode(ct);
         let json = serde_json::to_vec_pretty(&file).map_err(|e| format_err(&p, &e.to_string()))?;
@@ -236,26 +278,42 @@ pub fn list_public(path: &Path) -> Result<Vec<PublicEntry>, KeyStoreError> {
 
 fn read_file(path: &Path) -> Result<KeyFile, KeyStoreError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| KeyStoreError::Io { path: p.clone(), source })?;
-    let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| format_err(&p, &e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|source| KeyStoreError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let file: KeyFile =
+        serde_json::from_slice(&bytes).map_err(|e| format_err(&p, &e.to_string()))?;
     if file.version != 1 || file.cipher != "xchacha20poly1305" || file.kdf.algorithm != "argon2id" {
         return Err(format_err(&p, "unsupported version, cipher or KDF"));
     }
     if file.kdf.memory_kib < MIN_KDF_MEMORY_KIB {
-        return Err(format_err(&p, &format!("KDF memory below {MIN_KDF_MEMORY_KIB} KiB")));
+        return Err(format_err(
+            &p,
+            &format!("KDF memory below {MIN_KDF_MEMORY_KIB} KiB"),
+        ));
     }
     Ok(file)
 }
 
 fn format_err(path: &str, reason: &str) -> KeyStoreError {
-    KeyStoreError::Format { path: path.to_string(), reason: reason.to_string() }
+    KeyStoreError::Format {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Associated data: everything in clear, so none of it can be swapped.
 fn aad(f: &KeyFile) -> Vec<u8> {
     let mut out = b"musig2-signer keyfile v1\0".to_vec();
     let k = &f.kdf;
-    out.extend(format!("{}|{}|{}|{}|{}|{}|{}\0", k.algorithm, k.memory_kib, k.iterations, k.parallelism, k.salt, f.cipher, f.nonce).as_bytes());
+    out.extend(
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}\0",
+            k.algorithm, k.memory_kib, k.iterations, k.parallelism, k.salt, f.cipher, f.nonce
+        )
+        .as_bytes(),
+    );
     for e in &f.keys {
         out.extend((e.label.len() as u32).to_be_bytes());
         out.extend(e.label.as_bytes());
@@ -264,7 +322,11 @@ fn aad(f: &KeyFile) -> Vec<u8> {
     out
 }
 
-fn derive(k: &KdfParams, passphrase: &[u8], path: &str) -> Result<Zeroizing<[u8; 32]>, KeyStoreError> {
+fn derive(
+    k: &KdfParams,
+    passphrase: &[u8],
+    path: &str,
+) -> Result<Zeroizing<[u8; 32]>, KeyStoreError> {
     let salt = hex::decode(&k.salt).map_err(|_| format_err(path, "salt is not hex"))?;
     let params = Params::new(k.memory_kib, k.iterations, k.parallelism, Some(32))
         .map_err(|e| format_err(path, &format!("KDF parameters: {e}")))?;
@@ -280,8 +342,16 @@ fn derive(k: &KdfParams, passphrase: &[u8], path: &str) -> Result<Zeroizing<[u8;
 /// # Errors
 /// I/O errors.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("keyfile")));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("keyfile")
+    ));
     {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -299,23 +369,35 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 ///
 /// # Errors
 /// [`KeyStoreError::Passphrase`] naming the source, never the content.
-pub fn read_passphrase(file: Option<&Path>, env: Option<&str>) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
+pub fn read_passphrase(
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
     let mut raw = match (file, env) {
         (Some(f), None) => Zeroizing::new(
-            std::fs::read(f).map_err(|e| KeyStoreError::Passphrase(format!("{}: {e}", f.display())))?,
+            std::fs::read(f)
+                .map_err(|e| KeyStoreError::Passphrase(format!("{}: {e}", f.display())))?,
         ),
         (None, Some(var)) => Zeroizing::new(
             std::env::var(var)
-                .map_err(|_| KeyStoreError::Passphrase(format!("environment variable {var} is not set")))?
+                .map_err(|_| {
+                    KeyStoreError::Passphrase(format!("environment variable {var} is not set"))
+                })?
                 .into_bytes(),
         ),
-        _ => return Err(KeyStoreError::Passphrase("give exactly one of a file and a variable".into())),
+        _ => {
+            return Err(KeyStoreError::Passphrase(
+                "give exactly one of a file and a variable".into(),
+            ));
+        }
     };
     while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         raw.pop();
     }
     if raw.len() < MIN_PASSPHRASE_LEN {
-        return Err(KeyStoreError::Passphrase(format!("must be at least {MIN_PASSPHRASE_LEN} bytes")));
+        return Err(KeyStoreError::Passphrase(format!(
+            "must be at least {MIN_PASSPHRASE_LEN} bytes"
+        )));
     }
     Ok(raw)
 }

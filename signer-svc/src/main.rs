@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use signer_svc::config::Config;
-use signer_svc::keystore::{self, DEFAULT_KDF_ITERATIONS, DEFAULT_KDF_MEMORY_KIB, KeyStore, MIN_KDF_MEMORY_KIB};
+use signer_svc::keystore::{
+    self, DEFAULT_KDF_ITERATIONS, DEFAULT_KDF_MEMORY_KIB, KeyStore, MIN_KDF_MEMORY_KIB,
+};
 use zeroize::Zeroizing;
 
 /// The isolated MuSig2 signer: holds private keys and secret nonces, answers key listing, nonce
@@ -84,10 +86,19 @@ struct KeyArgs {
 
 fn add_key(args: &KeyArgs, secret: shared::musig::SecretKey) -> anyhow::Result<[u8; 33]> {
     if args.kdf_memory_kib < MIN_KDF_MEMORY_KIB || args.kdf_iterations == 0 {
-        anyhow::bail!("--kdf-memory-kib must be at least {MIN_KDF_MEMORY_KIB} and --kdf-iterations at least 1");
+        anyhow::bail!(
+            "--kdf-memory-kib must be at least {MIN_KDF_MEMORY_KIB} and --kdf-iterations at least 1"
+        );
     }
-    let pass = keystore::read_passphrase(args.passphrase_file.as_deref(), args.passphrase_env.as_deref())?;
-    let mut store = if args.file.exists() { KeyStore::open(&args.file, &pass)? } else { KeyStore::empty() };
+    let pass = keystore::read_passphrase(
+        args.passphrase_file.as_deref(),
+        args.passphrase_env.as_deref(),
+    )?;
+    let mut store = if args.file.exists() {
+        KeyStore::open(&args.file, &pass)?
+    } else {
+        KeyStore::empty()
+    };
     let public = secret.public_key();
     store.add(args.label.clone(), secret)?;
     store.save(&args.file, &pass, args.kdf_memory_kib, args.kdf_iterations)?;
@@ -97,7 +108,10 @@ fn add_key(args: &KeyArgs, secret: shared::musig::SecretKey) -> anyhow::Result<[
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     signer_svc::init_tracing(config.log.json, &config.log.level);
-    let pass = keystore::read_passphrase(config.keys.passphrase_file.as_deref(), config.keys.passphrase_env.as_deref())?;
+    let pass = keystore::read_passphrase(
+        config.keys.passphrase_file.as_deref(),
+        config.keys.passphrase_env.as_deref(),
+    )?;
     let file = config.keys.file.clone();
     let keys = tokio::task::spawn_blocking(move || KeyStore::open(&file, &pass)).await??;
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -116,7 +130,9 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(serve(config))?;
         }
         Command::Keygen(args) => {
@@ -126,10 +142,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import { key, secret_file } => {
             let text = Zeroizing::new(std::fs::read_to_string(&secret_file)?);
             let mut bytes = Zeroizing::new([0u8; 32]);
-            hex::decode_to_slice(text.trim(), bytes.as_mut())
-                .map_err(|_| anyhow::anyhow!("{}: expected 64 hex characters", secret_file.display()))?;
-            let secret = shared::musig::SecretKey::from_bytes(&bytes)
-                .map_err(|_| anyhow::anyhow!("{}: not a valid secp256k1 secret key", secret_file.display()))?;
+            hex::decode_to_slice(text.trim(), bytes.as_mut()).map_err(|_| {
+                anyhow::anyhow!("{}: expected 64 hex characters", secret_file.display())
+            })?;
+            let secret = shared::musig::SecretKey::from_bytes(&bytes).map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: not a valid secp256k1 secret key",
+                    secret_file.display()
+                )
+            })?;
             println!("{}", hex::encode(add_key(&key, secret)?));
         }
         Command::List { file } => {
@@ -137,7 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}\t{}", e.public_key, e.label);
             }
         }
-        Command::Audit { command: AuditCommand::Verify { file, expect_head } } => {
+        Command::Audit {
+            command: AuditCommand::Verify { file, expect_head },
+        } => {
             let report = match signer_svc::journal::verify_file(&file) {
                 Ok(r) => r,
                 Err(e) => {
@@ -147,12 +170,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             println!("records {}\nhead {}", report.records, report.head);
             if let Some(torn) = report.torn_tail {
-                println!("warning: torn final record of {torn} bytes (crash mid-write); the whole records verify");
+                println!(
+                    "warning: torn final record of {torn} bytes (crash mid-write); the whole records verify"
+                );
             }
             if let Some(h) = expect_head
                 && !h.eq_ignore_ascii_case(&report.head)
             {
-                eprintln!("FAILED: head is {}, expected {h} (records removed from the end?)", report.head);
+                eprintln!(
+                    "FAILED: head is {}, expected {h} (records removed from the end?)",
+                    report.head
+                );
                 return Ok(ExitCode::FAILURE);
             }
             println!("OK");

@@ -65,13 +65,41 @@ impl Metrics {
         let refusals = Family::<Rule, Counter>::default();
         let nonces_held = Gauge::default();
         let journal_seq = Gauge::default();
-        registry.register("requests", "gRPC requests by method and status code", requests.clone());
-        registry.register("request_duration_seconds", "gRPC handling time by method", latency.clone());
-        registry.register("nonces_issued", "Nonces issued by format", nonces_issued.clone());
-        registry.register("partial_signatures", "Partial signatures produced by format", partial_signatures.clone());
-        registry.register("policy_refusals", "Policy refusals by rule id", refusals.clone());
-        registry.register("nonces_held", "Nonce slots in memory (pending and completed)", nonces_held.clone());
-        registry.register("journal_sequence", "Sequence number of the last audit journal record", journal_seq.clone());
+        registry.register(
+            "requests",
+            "gRPC requests by method and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "gRPC handling time by method",
+            latency.clone(),
+        );
+        registry.register(
+            "nonces_issued",
+            "Nonces issued by format",
+            nonces_issued.clone(),
+        );
+        registry.register(
+            "partial_signatures",
+            "Partial signatures produced by format",
+            partial_signatures.clone(),
+        );
+        registry.register(
+            "policy_refusals",
+            "Policy refusals by rule id",
+            refusals.clone(),
+        );
+        registry.register(
+            "nonces_held",
+            "Nonce slots in memory (pending and completed)",
+            nonces_held.clone(),
+        );
+        registry.register(
+            "journal_sequence",
+            "Sequence number of the last audit journal record",
+            journal_seq.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -85,18 +113,38 @@ impl Metrics {
     }
 
     pub(crate) fn request(&self, method: &str, code: &str, took: Duration) {
-        self.requests.get_or_create(&MethodCode { method: method.into(), code: code.into() }).inc();
-        self.latency.get_or_create(&Method { method: method.into() }).observe(took.as_secs_f64());
+        self.requests
+            .get_or_create(&MethodCode {
+                method: method.into(),
+                code: code.into(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&Method {
+                method: method.into(),
+            })
+            .observe(took.as_secs_f64());
     }
     pub(crate) fn nonce_issued(&self, f: SignatureFormat, held: usize) {
-        self.nonces_issued.get_or_create(&Format { format: f.as_str().into() }).inc();
-        self.nonces_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.nonces_issued
+            .get_or_create(&Format {
+                format: f.as_str().into(),
+            })
+            .inc();
+        self.nonces_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
     pub(crate) fn partial_signed(&self, f: SignatureFormat) {
-        self.partial_signatures.get_or_create(&Format { format: f.as_str().into() }).inc();
+        self.partial_signatures
+            .get_or_create(&Format {
+                format: f.as_str().into(),
+            })
+            .inc();
     }
     pub(crate) fn refusal(&self, rule: &str) {
-        self.refusals.get_or_create(&Rule { rule: rule.into() }).inc();
+        self.refusals
+            .get_or_create(&Rule { rule: rule.into() })
+            .inc();
     }
     pub(crate) fn journal_seq(&self, seq: u64) {
         self.journal_seq.set(i64::try_from(seq).unwrap_or(i64::MAX));
@@ -105,7 +153,10 @@ impl Metrics {
     /// OpenMetrics text.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }

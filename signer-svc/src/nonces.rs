@@ -92,7 +92,11 @@ pub struct NonceStore {
 impl NonceStore {
     /// A store with a TTL and a capacity.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        NonceStore { ttl, capacity, map: Mutex::new(Map::default()) }
+        NonceStore {
+            ttl,
+            capacity,
+            map: Mutex::new(Map::default()),
+        }
     }
 
     /// The TTL.
@@ -101,7 +105,9 @@ impl NonceStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Drop expired slots (their secret nonces are zeroized on drop).
@@ -130,7 +136,11 @@ impl NonceStore {
     ///
     /// # Errors
     /// [`InsertError::Full`] when a new slot would pass the capacity.
-    pub fn get_or_insert(&self, key: SlotKey, make: impl FnOnce() -> SlotState) -> Result<(SlotRef, bool), InsertError> {
+    pub fn get_or_insert(
+        &self,
+        key: SlotKey,
+        make: impl FnOnce() -> SlotState,
+    ) -> Result<(SlotRef, bool), InsertError> {
         let now = Instant::now();
         let mut map = self.lock();
         Self::purge(&mut map, now);
@@ -141,7 +151,10 @@ impl NonceStore {
             return Err(InsertError::Full(self.capacity));
         }
         let expires = now + self.ttl;
-        let slot = Arc::new(Slot { expires, state: tokio::sync::Mutex::new(make()) });
+        let slot = Arc::new(Slot {
+            expires,
+            state: tokio::sync::Mutex::new(make()),
+        });
         map.slots.insert(key, slot.clone());
         map.order.push_back((expires, key));
         Ok((slot, true))

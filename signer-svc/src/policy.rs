@@ -64,8 +64,14 @@ pub struct RuleConfig {
 #[derive(Debug, Clone)]
 enum Kind {
     Formats(Vec<SignatureFormat>),
-    KeySets { sets: Vec<Vec<[u8; 33]>>, aggregates: Vec<[u8; 33]> },
-    RateLimit { max: u32, window: Duration },
+    KeySets {
+        sets: Vec<Vec<[u8; 33]>>,
+        aggregates: Vec<[u8; 33]>,
+    },
+    RateLimit {
+        max: u32,
+        window: Duration,
+    },
     MaxMessage(usize),
 }
 
@@ -199,7 +205,8 @@ impl PolicyConfig {
                         for k in &set {
                             match key_hex(k) {
                                 Some(k) => parsed.push(k),
-                                None => errs.push(format!("{at}.key_sets: {k:?} is not a 33-byte hex key")),
+                                None => errs
+                                    .push(format!("{at}.key_sets: {k:?} is not a 33-byte hex key")),
                             }
                         }
                         parsed.sort_unstable();
@@ -209,7 +216,9 @@ impl PolicyConfig {
                     for k in r.aggregate_keys.clone().unwrap_or_default() {
                         match key_hex(&k) {
                             Some(k) => aggregates.push(k),
-                            None => errs.push(format!("{at}.aggregate_keys: {k:?} is not a 33-byte hex key")),
+                            None => errs.push(format!(
+                                "{at}.aggregate_keys: {k:?} is not a 33-byte hex key"
+                            )),
                         }
                     }
                     if sets.is_empty() && aggregates.is_empty() {
@@ -218,11 +227,14 @@ impl PolicyConfig {
                     Kind::KeySets { sets, aggregates }
                 }
                 "rate_limit" => match (r.max_signatures, r.window_secs) {
-                    (Some(max), Some(w)) if max > 0 && w > 0 => {
-                        Kind::RateLimit { max, window: Duration::from_secs(w) }
-                    }
+                    (Some(max), Some(w)) if max > 0 && w > 0 => Kind::RateLimit {
+                        max,
+                        window: Duration::from_secs(w),
+                    },
                     _ => {
-                        errs.push(format!("{at}: max_signatures and window_secs must both be positive"));
+                        errs.push(format!(
+                            "{at}: max_signatures and window_secs must both be positive"
+                        ));
                         continue;
                     }
                 },
@@ -245,10 +257,20 @@ impl PolicyConfig {
                 }
                 Kind::MaxMessage(n) => format!("message longer than {n} bytes"),
             });
-            rules.push(Rule { id: r.id.clone(), message, warn_only: r.warn_only, keys, kind });
+            rules.push(Rule {
+                id: r.id.clone(),
+                message,
+                warn_only: r.warn_only,
+                keys,
+                kind,
+            });
         }
         if errs.is_empty() {
-            Ok(Policy { warn_only: self.warn_only, rules, usage: Mutex::new(HashMap::new()) })
+            Ok(Policy {
+                warn_only: self.warn_only,
+                rules,
+                usage: Mutex::new(HashMap::new()),
+            })
         } else {
             Err(errs)
         }
@@ -258,7 +280,11 @@ impl PolicyConfig {
 impl Policy {
     /// A policy with no rules.
     pub fn allow_all() -> Self {
-        Policy { warn_only: false, rules: Vec::new(), usage: Mutex::new(HashMap::new()) }
+        Policy {
+            warn_only: false,
+            rules: Vec::new(),
+            usage: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Check a request for `key`; at [`Stage::Sign`] a passing rate limit counts the signature.
@@ -287,7 +313,10 @@ impl Policy {
                     if stage == Stage::Nonce {
                         true
                     } else {
-                        let mut usage = self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut usage = self
+                            .usage
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         let q = usage.entry((i, *key)).or_default();
                         while q.front().is_some_and(|t| now.duration_since(*t) >= *window) {
                             q.pop_front();
@@ -301,7 +330,10 @@ impl Policy {
                 }
             };
             if !pass {
-                let refusal = Refusal { rule: rule.id.clone(), message: rule.message.clone() };
+                let refusal = Refusal {
+                    rule: rule.id.clone(),
+                    message: rule.message.clone(),
+                };
                 if self.warn_only || rule.warn_only {
                     tracing::warn!(rule = %rule.id, key = %hex::encode(key), "policy would refuse (warn-only): {}", rule.message);
                 } else {

@@ -33,7 +33,11 @@ pub struct Running {
 ///
 /// # Errors
 /// Any configuration, TLS, journal or bind error, with its cause.
-pub async fn start(config: &Config, keys: KeyStore, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(
+    config: &Config,
+    keys: KeyStore,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     musig2_proto::transport::install_crypto_provider();
     let tls = ServerTls {
         cert: config.tls.cert.clone(),
@@ -42,13 +46,20 @@ pub async fn start(config: &Config, keys: KeyStore, shutdown: CancellationToken)
         allow: AllowList::parse(&config.tls.allowed_clients)?,
     }
     .server_config()?;
-    let policy = config.policy.compile().map_err(|e| anyhow::anyhow!("policy: {}", e.join("; ")))?;
+    let policy = config
+        .policy
+        .compile()
+        .map_err(|e| anyhow::anyhow!("policy: {}", e.join("; ")))?;
     let journal_path = config.audit.journal.clone();
-    let journal = Arc::new(tokio::task::spawn_blocking(move || Journal::open(&journal_path)).await??);
+    let journal =
+        Arc::new(tokio::task::spawn_blocking(move || Journal::open(&journal_path)).await??);
     tracing::info!(journal = %config.audit.journal.display(), head_seq = journal.head_seq(), "audit journal open");
     let metrics = Arc::new(Metrics::new());
     metrics.journal_seq(journal.head_seq());
-    let nonces = NonceStore::new(Duration::from_secs(config.nonces.ttl_secs), config.nonces.capacity);
+    let nonces = NonceStore::new(
+        Duration::from_secs(config.nonces.ttl_secs),
+        config.nonces.capacity,
+    );
     let keys = Arc::new(keys);
     for k in keys.keys() {
         tracing::info!(label = %k.label, public_key = %hex::encode(k.secret.public_key()), "key loaded");
@@ -60,7 +71,14 @@ pub async fn start(config: &Config, keys: KeyStore, shutdown: CancellationToken)
     let metrics_addr = match &config.metrics {
         Some(m) => {
             let metrics = metrics.clone();
-            Some(musig2_proto::transport::serve_metrics(m.listen, move || metrics.render(), shutdown.clone()).await?)
+            Some(
+                musig2_proto::transport::serve_metrics(
+                    m.listen,
+                    move || metrics.render(),
+                    shutdown.clone(),
+                )
+                .await?,
+            )
         }
         None => None,
     };
@@ -82,5 +100,9 @@ pub async fn start(config: &Config, keys: KeyStore, shutdown: CancellationToken)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await }),
     );
-    Ok(Running { addr, metrics_addr, task })
+    Ok(Running {
+        addr,
+        metrics_addr,
+        task,
+    })
 }

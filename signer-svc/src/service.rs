@@ -43,11 +43,14 @@ fn now_ms() -> i64 {
 }
 
 fn key33(field: &str, b: &[u8]) -> Result<[u8; 33], Status> {
-    b.try_into().map_err(|_| Status::invalid_argument(format!("{field} must be 33 bytes, got {}", b.len())))
+    b.try_into()
+        .map_err(|_| Status::invalid_argument(format!("{field} must be 33 bytes, got {}", b.len())))
 }
 
 fn session16(b: &[u8]) -> Result<[u8; 16], Status> {
-    b.try_into().map_err(|_| Status::invalid_argument(format!("session_id must be 16 bytes, got {}", b.len())))
+    b.try_into().map_err(|_| {
+        Status::invalid_argument(format!("session_id must be 16 bytes, got {}", b.len()))
+    })
 }
 
 /// A request decoded and checked against the key store: what both nonce and sign calls need.
@@ -64,8 +67,20 @@ struct Checked<'a> {
 
 impl Signer {
     /// Assemble the service.
-    pub fn new(keys: Arc<KeyStore>, nonces: NonceStore, policy: Policy, journal: Arc<Journal>, metrics: Arc<Metrics>) -> Self {
-        Signer { keys, nonces, policy, journal, metrics }
+    pub fn new(
+        keys: Arc<KeyStore>,
+        nonces: NonceStore,
+        policy: Policy,
+        journal: Arc<Journal>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Signer {
+            keys,
+            nonces,
+            policy,
+            journal,
+            metrics,
+        }
     }
 
     fn check<'a>(
@@ -77,17 +92,21 @@ impl Signer {
         let key = key33("public_key", public_key)?;
         let session_id = session16(session_id)?;
         let context = context.ok_or_else(|| Status::invalid_argument("context is missing"))?;
-        let context = SessionContext::from_pb(context).map_err(|e| Status::invalid_argument(format!("context: {e}")))?;
-        let secret = self
-            .keys
-            .get(&key)
-            .ok_or_else(|| Status::not_found(format!("this signer holds no key {}", hex::encode(key))))?;
+        let context = SessionContext::from_pb(context)
+            .map_err(|e| Status::invalid_argument(format!("context: {e}")))?;
+        let secret = self.keys.get(&key).ok_or_else(|| {
+            Status::not_found(format!("this signer holds no key {}", hex::encode(key)))
+        })?;
         let index = context
             .signer_keys
             .iter()
             .position(|k| *k == key)
-            .ok_or_else(|| Status::invalid_argument("public_key is not among context.signer_keys"))?;
-        let key_agg = context.key_agg().map_err(|e| Status::invalid_argument(format!("context: {e}")))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("public_key is not among context.signer_keys")
+            })?;
+        let key_agg = context
+            .key_agg()
+            .map_err(|e| Status::invalid_argument(format!("context: {e}")))?;
         Ok(Checked {
             key,
             secret,
@@ -101,10 +120,12 @@ impl Signer {
     }
 
     fn policy(&self, stage: Stage, c: &Checked<'_>) -> Result<(), Status> {
-        self.policy.check(stage, &c.key, &c.context, &c.aggregate_key).map_err(|r| {
-            self.metrics.refusal(&r.rule);
-            Status::permission_denied(r.to_string())
-        })
+        self.policy
+            .check(stage, &c.key, &c.context, &c.aggregate_key)
+            .map_err(|r| {
+                self.metrics.refusal(&r.rule);
+                Status::permission_denied(r.to_string())
+            })
     }
 
     async fn journal(&self, kind: RecordKind, event: Event) -> Result<(), Status> {
@@ -117,28 +138,47 @@ impl Signer {
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "audit journal write failed");
-                Err(Status::unavailable("audit journal write failed; nothing was released"))
+                Err(Status::unavailable(
+                    "audit journal write failed; nothing was released",
+                ))
             }
-            Err(_) => Err(Status::internal("audit journal task failed; nothing was released")),
+            Err(_) => Err(Status::internal(
+                "audit journal task failed; nothing was released",
+            )),
         }
     }
 
-    async fn generate_nonce_inner(&self, req: GenerateNonceRequest) -> Result<GenerateNonceResponse, Status> {
+    async fn generate_nonce_inner(
+        &self,
+        req: GenerateNonceRequest,
+    ) -> Result<GenerateNonceResponse, Status> {
         let c = self.check(&req.public_key, &req.session_id, req.context.as_ref())?;
         self.policy(Stage::Nonce, &c)?;
-        let expires_at_ms = now_ms().saturating_add(i64::try_from(self.nonces.ttl().as_millis()).unwrap_or(i64::MAX));
+        let expires_at_ms = now_ms()
+            .saturating_add(i64::try_from(self.nonces.ttl().as_millis()).unwrap_or(i64::MAX));
         // Made before taking the store lock; dropped (zeroized) if the slot already exists.
-        let (secnonce, public) = nonce_gen(&mut rand::rng(), c.secret, &c.key_agg, &c.context.message)
-            .map_err(|e| Status::internal(format!("nonce generation failed: {e}")))?;
+        let (secnonce, public) =
+            nonce_gen(&mut rand::rng(), c.secret, &c.key_agg, &c.context.message)
+                .map_err(|e| Status::internal(format!("nonce generation failed: {e}")))?;
         let public_nonce = public.to_bytes();
         let slot_key = (c.session_id, c.key);
         let (slot, created) = self
             .nonces
-            .get_or_insert(slot_key, || SlotState::Pending { secnonce: Box::new(secnonce), context_hash: c.context_hash, public_nonce })
-            .map_err(|InsertError::Full(n)| Status::resource_exhausted(format!("nonce store is full ({n} nonces); retry later")))?;
+            .get_or_insert(slot_key, || SlotState::Pending {
+                secnonce: Box::new(secnonce),
+                context_hash: c.context_hash,
+                public_nonce,
+            })
+            .map_err(|InsertError::Full(n)| {
+                Status::resource_exhausted(format!("nonce store is full ({n} nonces); retry later"))
+            })?;
         let state = slot.state.lock().await;
         match &*state {
-            SlotState::Pending { context_hash, public_nonce: existing, .. } => {
+            SlotState::Pending {
+                context_hash,
+                public_nonce: existing,
+                ..
+            } => {
                 if *context_hash != c.context_hash {
                     return Err(Status::failed_precondition(
                         "a nonce for this session and key was already issued for a different context",
@@ -171,11 +211,19 @@ impl Signer {
             self.nonces.remove(&slot_key);
             return Err(e);
         }
-        self.metrics.nonce_issued(c.context.format, self.nonces.len());
-        Ok(GenerateNonceResponse { public_nonce: public_nonce.to_vec(), context_hash: c.context_hash.to_vec(), expires_at_ms })
+        self.metrics
+            .nonce_issued(c.context.format, self.nonces.len());
+        Ok(GenerateNonceResponse {
+            public_nonce: public_nonce.to_vec(),
+            context_hash: c.context_hash.to_vec(),
+            expires_at_ms,
+        })
     }
 
-    async fn partial_sign_inner(&self, req: PartialSignRequest) -> Result<PartialSignResponse, Status> {
+    async fn partial_sign_inner(
+        &self,
+        req: PartialSignRequest,
+    ) -> Result<PartialSignResponse, Status> {
         let c = self.check(&req.public_key, &req.session_id, req.context.as_ref())?;
         let n = c.context.signer_keys.len();
         if req.public_nonces.len() != n {
@@ -187,12 +235,14 @@ impl Signer {
         let mut nonces = Vec::with_capacity(n);
         for (i, b) in req.public_nonces.iter().enumerate() {
             let arr: [u8; 66] = b.as_slice().try_into().map_err(|_| {
-                Status::invalid_argument(format!("public_nonces[{i}] must be 66 bytes, got {}", b.len()))
+                Status::invalid_argument(format!(
+                    "public_nonces[{i}] must be 66 bytes, got {}",
+                    b.len()
+                ))
             })?;
-            nonces.push(
-                PubNonce::from_bytes(&arr)
-                    .map_err(|_| Status::invalid_argument(format!("public_nonces[{i}] is not two valid points")))?,
-            );
+            nonces.push(PubNonce::from_bytes(&arr).map_err(|_| {
+                Status::invalid_argument(format!("public_nonces[{i}] is not two valid points"))
+            })?);
         }
         let request_hash: [u8; 32] = {
             let mut h = Sha256::new();
@@ -215,15 +265,25 @@ impl Signer {
         })?;
         let mut state = slot.state.lock().await;
         let secnonce = match &*state {
-            SlotState::Used { request_hash: h, partial_signature } if *h == request_hash => {
-                return Ok(PartialSignResponse { partial_signature: partial_signature.to_vec(), replayed: true });
+            SlotState::Used {
+                request_hash: h,
+                partial_signature,
+            } if *h == request_hash => {
+                return Ok(PartialSignResponse {
+                    partial_signature: partial_signature.to_vec(),
+                    replayed: true,
+                });
             }
             SlotState::Used { .. } | SlotState::Burned { .. } => {
                 return Err(Status::failed_precondition(
                     "this nonce was already used for a different request; it can never sign again",
                 ));
             }
-            SlotState::Pending { context_hash, public_nonce, .. } => {
+            SlotState::Pending {
+                context_hash,
+                public_nonce,
+                ..
+            } => {
                 if *context_hash != c.context_hash {
                     return Err(Status::failed_precondition(
                         "the session context differs from the one this nonce was issued for",
@@ -244,10 +304,13 @@ impl Signer {
                 }
             }
         };
-        let aggnonce = AggNonce::sum(c.context.format, &nonces)
-            .map_err(|e| Status::invalid_argument(format!("public_nonces: {e}; the nonce is now spent")))?;
-        let session = SigningSession::new(&c.key_agg, &aggnonce, &c.context.message)
-            .map_err(|e| Status::invalid_argument(format!("session: {e}; the nonce is now spent")))?;
+        let aggnonce = AggNonce::sum(c.context.format, &nonces).map_err(|e| {
+            Status::invalid_argument(format!("public_nonces: {e}; the nonce is now spent"))
+        })?;
+        let session =
+            SigningSession::new(&c.key_agg, &aggnonce, &c.context.message).map_err(|e| {
+                Status::invalid_argument(format!("session: {e}; the nonce is now spent"))
+            })?;
         let psig = session
             .sign_at(secnonce, c.secret, c.index)
             .map_err(|e| Status::internal(format!("signing failed: {e}; the nonce is now spent")))?
@@ -261,9 +324,15 @@ impl Signer {
             ..Event::default()
         };
         self.journal(RecordKind::PartialSignature, event).await?;
-        *state = SlotState::Used { request_hash, partial_signature: psig };
+        *state = SlotState::Used {
+            request_hash,
+            partial_signature: psig,
+        };
         self.metrics.partial_signed(c.context.format);
-        Ok(PartialSignResponse { partial_signature: psig.to_vec(), replayed: false })
+        Ok(PartialSignResponse {
+            partial_signature: psig.to_vec(),
+            replayed: false,
+        })
     }
 
     async fn attest_inner(&self, req: AttestPeerRequest) -> Result<AttestPeerResponse, Status> {
@@ -276,13 +345,16 @@ impl Signer {
             )));
         }
         let now = now_ms();
-        if req.expires_at_ms <= now || req.expires_at_ms > now.saturating_add(MAX_ATTESTATION_TTL_MS) {
-            return Err(Status::invalid_argument("expires_at_ms must be in the future and at most 30 days ahead"));
+        if req.expires_at_ms <= now
+            || req.expires_at_ms > now.saturating_add(MAX_ATTESTATION_TTL_MS)
+        {
+            return Err(Status::invalid_argument(
+                "expires_at_ms must be in the future and at most 30 days ahead",
+            ));
         }
-        let secret = self
-            .keys
-            .get(&key)
-            .ok_or_else(|| Status::not_found(format!("this signer holds no key {}", hex::encode(key))))?;
+        let secret = self.keys.get(&key).ok_or_else(|| {
+            Status::not_found(format!("this signer holds no key {}", hex::encode(key)))
+        })?;
         let mut aux = [0u8; 32];
         rand::rng().fill_bytes(&mut aux);
         let sig = secret
@@ -295,7 +367,9 @@ impl Signer {
             ..Event::default()
         };
         self.journal(RecordKind::Attestation, event).await?;
-        Ok(AttestPeerResponse { signature: sig.to_vec() })
+        Ok(AttestPeerResponse {
+            signature: sig.to_vec(),
+        })
     }
 
     fn observe<T>(&self, method: &'static str, started: Instant, r: &Result<T, Status>) {
@@ -313,14 +387,20 @@ impl Signer {
 #[tonic::async_trait]
 impl SignerService for Signer {
     #[tracing::instrument(skip_all)]
-    async fn list_keys(&self, _req: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        _req: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
         let started = Instant::now();
         let r = Ok(ListKeysResponse {
             keys: self
                 .keys
                 .keys()
                 .iter()
-                .map(|k| KeyInfo { public_key: k.secret.public_key().to_vec(), label: k.label.clone() })
+                .map(|k| KeyInfo {
+                    public_key: k.secret.public_key().to_vec(),
+                    label: k.label.clone(),
+                })
                 .collect(),
         });
         self.observe("ListKeys", started, &r);
@@ -328,7 +408,10 @@ impl SignerService for Signer {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn generate_nonce(&self, req: Request<GenerateNonceRequest>) -> Result<Response<GenerateNonceResponse>, Status> {
+    async fn generate_nonce(
+        &self,
+        req: Request<GenerateNonceRequest>,
+    ) -> Result<Response<GenerateNonceResponse>, Status> {
         let started = Instant::now();
         let r = self.generate_nonce_inner(req.into_inner()).await;
         self.observe("GenerateNonce", started, &r);
@@ -336,7 +419,10 @@ impl SignerService for Signer {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn partial_sign(&self, req: Request<PartialSignRequest>) -> Result<Response<PartialSignResponse>, Status> {
+    async fn partial_sign(
+        &self,
+        req: Request<PartialSignRequest>,
+    ) -> Result<Response<PartialSignResponse>, Status> {
         let started = Instant::now();
         let r = self.partial_sign_inner(req.into_inner()).await;
         self.observe("PartialSign", started, &r);
@@ -344,7 +430,10 @@ impl SignerService for Signer {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn attest_peer(&self, req: Request<AttestPeerRequest>) -> Result<Response<AttestPeerResponse>, Status> {
+    async fn attest_peer(
+        &self,
+        req: Request<AttestPeerRequest>,
+    ) -> Result<Response<AttestPeerResponse>, Status> {
         let started = Instant::now();
         let r = self.attest_inner(req.into_inner()).await;
         self.observe("AttestPeer", started, &r);
