@@ -226,6 +226,7 @@ impl Config {
         }
         if let Some(m) = &self.metrics
             && m.listen == self.listen
+            && m.listen.port() != 0
         {
             errs.push("metrics.listen: must differ from listen".into());
         }

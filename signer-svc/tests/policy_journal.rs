@@ -513,3 +513,29 @@ fn cli_keygen_import_list() {
         Err(signer_svc::keystore::KeyStoreError::Decrypt(_))
     ));
 }
+
+#[test]
+fn example_config_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::Pki::new(dir.path());
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/signer.example.toml"))
+        .unwrap();
+    // Point the example's files at real ones; every other key is as shipped.
+    common::write_keyfile(dir.path(), &common::secret_keys(1));
+    std::fs::create_dir_all(dir.path().join("audit")).unwrap();
+    let env: Vec<(String, String)> = [
+        ("TLS__CERT", pki.server.cert.display().to_string()),
+        ("TLS__KEY", pki.server.key.display().to_string()),
+        ("TLS__CLIENT_CA", pki.ca.display().to_string()),
+        (
+            "KEYS__PASSPHRASE_FILE",
+            dir.path().join("passphrase").display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("MUSIG2_SIGNER__{k}"), format!("\"{v}\"")))
+    .collect();
+    let c = signer_svc::config::Config::parse(&text, &env, dir.path()).unwrap();
+    assert_eq!(c.policy.rules.len(), 3);
+    c.policy.compile().unwrap();
+}

@@ -555,3 +555,64 @@ async fn attestation_is_domain_separated_and_verifies() {
     let digest = shared::wire::attestation_digest(&h.keys[0].public_key(), &peer, expires);
     assert_ne!(digest.as_slice(), peer.as_slice());
 }
+
+#[tokio::test]
+async fn health_reflection_and_metrics_without_secrets() {
+    let h = Harness::start(2, "[metrics]\nlisten = \"127.0.0.1:0\"\n").await;
+    let tls = musig2_proto::transport::client_tls(
+        &h.pki.ca,
+        &h.pki.client.cert,
+        &h.pki.client.key,
+        "localhost",
+    )
+    .unwrap();
+    let ch = tonic::transport::Channel::from_shared(format!("https://localhost:{}", h.addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "musig2.v1.SignerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // A session, so that the counters move.
+    run_session(&h, SignatureFormat::Lotus, false, [0x31; 16]).await;
+    let addr = h.metrics_addr.expect("metrics enabled");
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(
+        body.contains("musig2_signer_partial_signatures_total{format=\"lotus\"} 2"),
+        "{body}"
+    );
+    assert!(
+        body.contains("musig2_signer_request_duration_seconds"),
+        "{body}"
+    );
+    for k in &h.keys {
+        let secret = hex::encode(k.dangerous_to_bytes().as_slice());
+        assert!(!body.contains(&secret));
+        assert!(
+            !body.contains(&hex::encode(k.public_key())),
+            "metrics carry no key material"
+        );
+    }
+}
