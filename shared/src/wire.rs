@@ -116,6 +116,9 @@ pub enum WireError {
     /// The announced session id does not match its derivation.
     #[error("session id does not match the announced fields")]
     SessionIdMismatch,
+    /// The sender of an announcement is not one of the session's signers.
+    #[error("the sender key is not a signer of the session")]
+    NotMember,
     /// A sequence number of zero.
     #[error("sequence numbers start at 1")]
     ZeroSequence,
@@ -144,6 +147,7 @@ impl WireError {
             WireError::TimestampSkew { .. } => "timestamp_skew",
             WireError::Expired(_) => "expired",
             WireError::SessionIdMismatch => "session_id_mismatch",
+            WireError::NotMember => "not_member",
             WireError::ZeroSequence => "zero_sequence",
             WireError::Context(_) => "context",
             WireError::Attestation(_) => "attestation",
@@ -499,6 +503,9 @@ pub enum Body {
         /// Accepted.
         accept: bool,
     },
+    /// Peer introduction: attestations for the keys the peer speaks for (signatures are
+    /// verified by the receiver, which knows the peer id).
+    Hello(Vec<pb::PeerAttestation>),
 }
 
 impl Body {
@@ -516,6 +523,7 @@ impl Body {
             Body::Advertisement(_) => "SIGNER_ADVERTISEMENT",
             Body::SigningRequest(_) => "SIGNING_REQUEST",
             Body::SigningResponse { .. } => "SIGNING_RESPONSE",
+            Body::Hello(_) => "PEER_HELLO",
         }
     }
 }
@@ -580,7 +588,7 @@ impl Message {
                     return Err(WireError::Expired("announce.expires_at_ms"));
                 }
                 if !context.signer_keys.contains(&sender) {
-                    return Err(WireError::InvalidPoint("sender_key not among signer_keys"));
+                    return Err(WireError::NotMember);
                 }
                 Body::Announce(Box::new(Announce {
                     context,
@@ -710,6 +718,19 @@ impl Message {
                     expires_at_ms: r.expires_at_ms,
                 }))
             }
+            B::Hello(h) => {
+                if h.attestations.is_empty() || h.attestations.len() > MAX_KEYS_PER_PEER {
+                    return Err(WireError::TooLong {
+                        field: "hello.attestations (1 to 10)",
+                        max: MAX_KEYS_PER_PEER,
+                    });
+                }
+                for a in &h.attestations {
+                    point("hello.attestations.signer_key", &a.signer_key)?;
+                    arr::<64>("hello.attestations.signature", &a.signature)?;
+                }
+                Body::Hello(h.attestations.clone())
+            }
             B::SigningResponse(r) => Body::SigningResponse {
                 request_id: arr("request_id", &r.request_id)?,
                 accept: r.accept,
@@ -776,6 +797,9 @@ impl Message {
                 transaction_type: r.transaction_type as i32,
                 amount: r.amount,
                 expires_at_ms: r.expires_at_ms,
+            }),
+            Body::Hello(a) => B::Hello(pb::PeerHello {
+                attestations: a.clone(),
             }),
             Body::SigningResponse { request_id, accept } => {
                 B::SigningResponse(pb::SigningResponse {

@@ -1,0 +1,15 @@
+//! The MuSig2 coordinator (DESIGN §5): the party's network-facing node. libp2p stack
+//! ([`net`]), per-session state machine ([`session`]), the node event loop that owns the swarm
+//! and every session ([`node`]), and the client of the party's signer ([`signer`]). It holds
+//! no private key and no secret nonce.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod net;
+pub mod node;
+pub mod session;
+pub mod signer;

@@ -1,0 +1,228 @@
+//! The libp2p stack: TCP + Noise + Yamux, Identify, Ping, Kademlia (application-validated
+//! records), GossipSub (signed, strict, application validation) and a request-response protocol
+//! for direct session messages, behind connection, memory and block-list limits.
+// `#[derive(NetworkBehaviour)]` generates an undocumented event enum without Debug.
+#![allow(missing_docs, missing_debug_implementations)]
+
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, identity, kad,
+    memory_connection_limits, noise, ping, request_response, tcp, yamux,
+};
+use shared::wire::{MAX_DIRECT_MESSAGE_BYTES, MAX_GOSSIP_MESSAGE_BYTES};
+
+/// Protocol of direct session messages.
+pub const DIRECT_PROTOCOL: &str = "/musig2/direct/1.0.0";
+/// Identify protocol version.
+pub const IDENTIFY_PROTOCOL: &str = "/musig2/1.0.0";
+/// Longest response on the direct protocol.
+pub const MAX_RESPONSE_BYTES: usize = 1024;
+
+/// Length-prefixed byte frames with hard size limits: a peer cannot make us buffer more than
+/// [`MAX_DIRECT_MESSAGE_BYTES`] per request.
+#[derive(Debug, Clone, Default)]
+pub struct DirectCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes over {limit}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(data.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(data).await?;
+    io.close().await
+}
+
+impl request_response::Codec for DirectCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        read_frame(io, MAX_DIRECT_MESSAGE_BYTES).await
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        read_frame(io, MAX_RESPONSE_BYTES).await
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
+        write_frame(io, &req).await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()> {
+        write_frame(io, &res).await
+    }
+}
+
+/// Every behaviour of the node.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Total / per-peer / pending connection caps.
+    pub limits: connection_limits::Behaviour,
+    /// Refuse new connections past a process memory ceiling.
+    pub memory: memory_connection_limits::Behaviour,
+    /// Banned peers (their connections are closed and refused).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Identify (addresses for Kademlia).
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Kademlia DHT (disabled with `enable_dht = false`).
+    pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    /// GossipSub.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Direct session messages.
+    pub direct: request_response::Behaviour<DirectCodec>,
+}
+
+/// Network settings.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Kademlia on.
+    pub enable_dht: bool,
+    /// Kademlia server mode (answer queries, store records).
+    pub dht_server: bool,
+    /// Kademlia protocol name.
+    pub dht_protocol: String,
+    /// Most established connections.
+    pub max_connections: u32,
+    /// Most connections per peer.
+    pub max_connections_per_peer: u32,
+    /// Most pending inbound connections.
+    pub max_pending_incoming: u32,
+    /// Process memory ceiling for accepting connections, bytes.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            enable_dht: true,
+            dht_server: true,
+            dht_protocol: "/lotus/kad/1.0.0".into(),
+            max_connections: 256,
+            max_connections_per_peer: 2,
+            max_pending_incoming: 64,
+            max_memory_bytes: 2 << 30,
+        }
+    }
+}
+
+/// Build the swarm.
+///
+/// # Errors
+/// Invalid protocol names or transport setup failures.
+pub fn build(keypair: identity::Keypair, cfg: &NetConfig) -> anyhow::Result<Swarm<Behaviour>> {
+    let dht_protocol = StreamProtocol::try_from_owned(cfg.dht_protocol.clone())
+        .map_err(|e| anyhow::anyhow!("dht_protocol {:?}: {e}", cfg.dht_protocol))?;
+    let cfg = cfg.clone();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_dns()?
+        .with_behaviour(move |key| {
+            let peer_id = key.public().to_peer_id();
+            let kad = cfg.enable_dht.then(|| {
+                let mut kc = kad::Config::new(dht_protocol.clone());
+                kc.set_record_filtering(kad::StoreInserts::FilterBoth);
+                kc.set_query_timeout(Duration::from_secs(10));
+                kc.set_max_packet_size(2 * MAX_DIRECT_MESSAGE_BYTES);
+                let store = kad::store::MemoryStore::with_config(
+                    peer_id,
+                    kad::store::MemoryStoreConfig {
+                        max_records: 10_000,
+                        max_value_bytes: MAX_DIRECT_MESSAGE_BYTES,
+                        ..Default::default()
+                    },
+                );
+                let mut k = kad::Behaviour::with_config(peer_id, store, kc);
+                k.set_mode(Some(if cfg.dht_server {
+                    kad::Mode::Server
+                } else {
+                    kad::Mode::Client
+                }));
+                k
+            });
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(MAX_GOSSIP_MESSAGE_BYTES)
+                .heartbeat_interval(Duration::from_secs(1))
+                .build()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_cfg,
+            )
+            .map_err(std::io::Error::other)?;
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(cfg.max_connections))
+                        .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
+                        .with_max_pending_incoming(Some(cfg.max_pending_incoming)),
+                ),
+                memory: memory_connection_limits::Behaviour::with_max_bytes(cfg.max_memory_bytes),
+                blocked: allow_block_list::Behaviour::default(),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                kad: Toggle::from(kad),
+                gossipsub,
+                direct: request_response::Behaviour::with_codec(
+                    DirectCodec,
+                    [(
+                        StreamProtocol::new(DIRECT_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(64),
+                ),
+            })
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    Ok(swarm)
+}

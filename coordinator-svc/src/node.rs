@@ -1,0 +1,1575 @@
+//! The node: one task owns the swarm and every session; the rest of the program talks to it
+//! through a cloneable [`NodeHandle`] (commands with a oneshot reply) and receives
+//! [`NodeEvent`]s from a broadcast channel. Signer calls run as spawned tasks whose results
+//! come back to the loop, so the loop never waits on the network.
+//!
+//! Every inbound message is checked in order: size and canonical encoding; envelope signature by
+//! the sending peer's libp2p key; stateless validation (lengths, points, scalars, ±5 min,
+//! expiry); an unexpired attestation binding the peer to the claimed signer key (at most 10 keys
+//! per peer); membership in the session; then the session's phase, duplicate and sequence
+//! rules. Every refusal is counted per peer and reason.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, Record, RecordKey};
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, identity};
+use prost::Message as _;
+use rand::RngCore;
+use shared::election::{ElectionMethod, SessionId, elect};
+use shared::musig::{PartialSignature, PubNonce, Signature};
+use shared::wire::{
+    self, Announce, Attestation, Body, Header, MAX_DIRECT_MESSAGE_BYTES, MAX_KEYS_PER_PEER,
+    Message, SessionContext, pb,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
+use crate::session::{AbortInfo, Action, Phase, Session};
+use crate::signer::{Signer, SignerError};
+
+/// Domain tag of envelope signatures.
+pub const ENVELOPE_TAG: &[u8] = b"musig2/v1/envelope";
+/// DHT key prefix of session announcements.
+pub const SESSION_KEY_PREFIX: &str = "musig2-session:";
+/// Messages kept per peer waiting to be sent.
+pub const MAX_OUTBOX: usize = 1024;
+/// Messages kept for sessions not known yet (they may cross the announcement).
+pub const MAX_ORPHANS_PER_SESSION: usize = 64;
+/// Unknown sessions for which messages are kept.
+pub const MAX_ORPHAN_SESSIONS: usize = 256;
+/// Finished sessions stay in memory this long.
+pub const FINISHED_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Node settings (the reference's names and defaults).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialled at start (with `/p2p/<id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// libp2p limits and Kademlia settings.
+    pub net: NetConfig,
+    /// sessionTimeout (2 h).
+    pub session_timeout: Duration,
+    /// stuckSessionTimeout (10 min).
+    pub stuck_timeout: Duration,
+    /// cleanupInterval (60 s).
+    pub cleanup_interval: Duration,
+    /// maxSequenceGap (100).
+    pub max_sequence_gap: u64,
+    /// enableReplayProtection (true).
+    pub enable_replay_protection: bool,
+    /// electionMethod (lexicographic).
+    pub election_method: ElectionMethod,
+    /// Lifetime of the attestations obtained from the signer.
+    pub attestation_ttl: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            net: NetConfig::default(),
+            session_timeout: Duration::from_secs(2 * 3600),
+            stuck_timeout: Duration::from_secs(600),
+            cleanup_interval: Duration::from_secs(60),
+            max_sequence_gap: wire::DEFAULT_MAX_SEQUENCE_GAP,
+            enable_replay_protection: true,
+            election_method: ElectionMethod::Lexicographic,
+            attestation_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// A snapshot of a session for callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// Id.
+    pub id: SessionId,
+    /// Phase.
+    pub phase: Phase,
+    /// Context.
+    pub context: SessionContext,
+    /// Creator key.
+    pub creator: [u8; 33],
+    /// Election result.
+    pub election: shared::election::Election,
+    /// Aggregate key before tweaks.
+    pub aggregate_key: [u8; 33],
+    /// Key the signature verifies under.
+    pub output_key: [u8; 33],
+    /// Joined keys.
+    pub joined: Vec<[u8; 33]>,
+    /// Keys whose nonce arrived.
+    pub nonce_keys: Vec<[u8; 33]>,
+    /// Keys whose verified partial signature arrived.
+    pub psig_keys: Vec<[u8; 33]>,
+    /// Local keys.
+    pub local_keys: Vec<[u8; 33]>,
+    /// Final signature.
+    pub signature: Option<Signature>,
+    /// Abort.
+    pub abort: Option<AbortInfo>,
+    /// Creation, ms.
+    pub created_at_ms: i64,
+    /// Expiry, ms.
+    pub expires_at_ms: i64,
+}
+
+impl SessionView {
+    fn of(s: &Session) -> Self {
+        let keys = |f: &dyn Fn(usize) -> bool| -> Vec<[u8; 33]> {
+            (0..s.n())
+                .filter(|i| f(*i))
+                .filter_map(|i| s.key(i))
+                .collect()
+        };
+        SessionView {
+            id: s.id,
+            phase: s.phase,
+            context: s.context.clone(),
+            creator: s.creator,
+            election: s.election.clone(),
+            aggregate_key: s.key_agg.aggregate_key(),
+            output_key: s.key_agg.output_key(),
+            joined: keys(&|i| s.joined[i]),
+            nonce_keys: keys(&|i| s.nonces[i].is_some()),
+            psig_keys: keys(&|i| s.psigs[i].is_some()),
+            local_keys: s.local.iter().filter_map(|i| s.key(*i)).collect(),
+            signature: s.signature,
+            abort: s.abort.clone(),
+            created_at_ms: s.created_at_ms,
+            expires_at_ms: s.expires_at_ms,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A session was created here or discovered.
+    SessionCreated(Box<SessionView>),
+    /// A signer joined.
+    Joined {
+        /// Session.
+        id: SessionId,
+        /// Signer.
+        key: [u8; 33],
+    },
+    /// Phase change.
+    PhaseChanged {
+        /// Session.
+        id: SessionId,
+        /// Before.
+        from: Phase,
+        /// After.
+        to: Phase,
+    },
+    /// Final signature verified.
+    Complete {
+        /// Session.
+        id: SessionId,
+        /// Signature.
+        signature: Signature,
+    },
+    /// Session aborted.
+    Aborted {
+        /// Session.
+        id: SessionId,
+        /// Details.
+        info: AbortInfo,
+    },
+    /// A message from a peer was refused.
+    Rejected {
+        /// Peer.
+        peer: PeerId,
+        /// Reason label.
+        reason: &'static str,
+    },
+    /// A peer's attested keys are known.
+    PeerIdentified {
+        /// Peer.
+        peer: PeerId,
+        /// Keys.
+        keys: Vec<[u8; 33]>,
+    },
+}
+
+/// Errors of node commands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Bad input.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Unknown session.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Wrong state for the call.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The network or signer is unavailable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The node is shutting down.
+    #[error("the node stopped")]
+    Stopped,
+}
+
+enum Command {
+    Create {
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<SessionView, NodeError>>,
+    },
+    Join {
+        id: SessionId,
+        reply: oneshot::Sender<Result<SessionView, NodeError>>,
+    },
+    Get {
+        id: SessionId,
+        reply: oneshot::Sender<Option<SessionView>>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<SessionView>>,
+    },
+    Close {
+        id: SessionId,
+        reason: String,
+        reply: oneshot::Sender<Result<Phase, NodeError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NodeError>>,
+    },
+    Info {
+        reply: oneshot::Sender<NodeInfo>,
+    },
+    Rejections {
+        reply: oneshot::Sender<HashMap<PeerId, HashMap<&'static str, u64>>>,
+    },
+    SendRaw {
+        peer: PeerId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
+    },
+    Envelope {
+        message: Box<pb::WireMessage>,
+        from: [u8; 33],
+        reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
+    },
+    PeerKeys {
+        reply: oneshot::Sender<HashMap<PeerId, Vec<[u8; 33]>>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+}
+
+/// Node identity and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Peer id.
+    pub peer_id: PeerId,
+    /// Listen addresses (with `/p2p/<id>`).
+    pub listen_addresses: Vec<Multiaddr>,
+    /// Signer keys this node speaks for.
+    pub keys: Vec<[u8; 33]>,
+    /// Connected peers.
+    pub connected_peers: usize,
+}
+
+/// Cloneable handle to a running node.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<NodeEvent>,
+    peer_id: PeerId,
+    keys: Vec<[u8; 33]>,
+}
+
+impl NodeHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Signer keys this node speaks for.
+    pub fn keys(&self) -> &[[u8; 33]] {
+        &self.keys
+    }
+
+    /// Subscribe to events (slow subscribers lose the oldest ones).
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Create and announce a session (the local signer must hold one of the keys).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn create_session(
+        &self,
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout: Option<Duration>,
+    ) -> Result<SessionView, NodeError> {
+        self.call(|reply| Command::Create {
+            context,
+            election,
+            timeout,
+            reply,
+        })
+        .await?
+    }
+
+    /// Join a session (fetched from the DHT when not known yet).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn join_session(&self, id: SessionId) -> Result<SessionView, NodeError> {
+        self.call(|reply| Command::Join { id, reply }).await?
+    }
+
+    /// One session.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn session(&self, id: SessionId) -> Result<Option<SessionView>, NodeError> {
+        self.call(|reply| Command::Get { id, reply }).await
+    }
+
+    /// Every session in memory.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn sessions(&self) -> Result<Vec<SessionView>, NodeError> {
+        self.call(|reply| Command::List { reply }).await
+    }
+
+    /// Close a session (abort it if unfinished, telling the others).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn close_session(&self, id: SessionId, reason: &str) -> Result<Phase, NodeError> {
+        let reason = reason.to_string();
+        self.call(|reply| Command::Close { id, reason, reply })
+            .await?
+    }
+
+    /// Dial a peer (`…/p2p/<id>`); resolves when connected.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn connect(&self, addr: Multiaddr) -> Result<PeerId, NodeError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Identity, addresses and keys.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn info(&self) -> Result<NodeInfo, NodeError> {
+        self.call(|reply| Command::Info { reply }).await
+    }
+
+    /// Refused messages per peer and reason.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn rejections(
+        &self,
+    ) -> Result<HashMap<PeerId, HashMap<&'static str, u64>>, NodeError> {
+        self.call(|reply| Command::Rejections { reply }).await
+    }
+
+    /// Diagnostics: send raw bytes on the direct protocol to a connected peer and return its
+    /// answer (empty = accepted, otherwise the refusal). The bytes leave as this node; nothing
+    /// here can speak for another peer or key.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn send_raw(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, NodeError> {
+        self.call(|reply| Command::SendRaw { peer, bytes, reply })
+            .await?
+    }
+
+    /// Attested keys of connected peers.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn peer_keys(&self) -> Result<HashMap<PeerId, Vec<[u8; 33]>>, NodeError> {
+        self.call(|reply| Command::PeerKeys { reply }).await
+    }
+
+    /// Diagnostics: publish an arbitrary DHT record as this node (other nodes validate it and
+    /// refuse anything that is not a signed, attested announcement under its own id).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NodeError> {
+        self.call(|reply| Command::PutRecord { key, value, reply })
+            .await?
+    }
+
+    /// Diagnostics: wrap a message in this node's signed envelope with its attestation for
+    /// `from` (a key this node speaks for).
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidArgument`] for a key this node does not hold.
+    pub async fn envelope(
+        &self,
+        message: pb::WireMessage,
+        from: [u8; 33],
+    ) -> Result<Vec<u8>, NodeError> {
+        self.call(|reply| Command::Envelope {
+            message: Box::new(message),
+            from,
+            reply,
+        })
+        .await?
+    }
+}
+
+enum Internal {
+    Nonce {
+        id: SessionId,
+        index: usize,
+        result: Result<PubNonce, SignerError>,
+    },
+    Psig {
+        id: SessionId,
+        index: usize,
+        result: Result<PartialSignature, SignerError>,
+    },
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Vec<u8>>,
+    in_flight: Option<OutboundRequestId>,
+}
+
+struct Node {
+    swarm: Swarm<Behaviour>,
+    keypair: identity::Keypair,
+    cfg: NodeConfig,
+    signer: Signer,
+    keys: Vec<[u8; 33]>,
+    attestations: HashMap<[u8; 33], pb::PeerAttestation>,
+    sessions: HashMap<SessionId, Session>,
+    /// Our sent envelopes per session, replayed to participants that connect later.
+    sent: HashMap<SessionId, (Vec<Vec<u8>>, HashSet<PeerId>)>,
+    finished_at: HashMap<SessionId, Instant>,
+    orphans: HashMap<SessionId, Vec<(PeerId, Message)>>,
+    peer_keys: HashMap<PeerId, Vec<[u8; 33]>>,
+    outbox: HashMap<PeerId, Outbox>,
+    raw_replies: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NodeError>>>,
+    dials: HashMap<PeerId, Vec<oneshot::Sender<Result<PeerId, NodeError>>>>,
+    dht_joins: HashMap<kad::QueryId, (SessionId, oneshot::Sender<Result<SessionView, NodeError>>)>,
+    rejections: HashMap<PeerId, HashMap<&'static str, u64>>,
+    internal_tx: mpsc::Sender<Internal>,
+    events: broadcast::Sender<NodeEvent>,
+    hello_seq: u64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn session_record_key(id: &SessionId) -> RecordKey {
+    RecordKey::new(&format!("{SESSION_KEY_PREFIX}{id}"))
+}
+
+/// A refusal: a metric label and a detail for the sender.
+struct Refusal(&'static str, String);
+
+impl From<wire::WireError> for Refusal {
+    fn from(e: wire::WireError) -> Self {
+        Refusal(e.reason(), e.to_string())
+    }
+}
+
+/// Start a node: ask the signer for its keys and attestations, bind, dial bootstrap peers and
+/// run until `shutdown`.
+///
+/// # Errors
+/// Signer unreachable, no keys, or the network cannot start.
+pub async fn start(
+    cfg: NodeConfig,
+    keypair: identity::Keypair,
+    signer: Signer,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
+    let keys = signer
+        .list_keys()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list the signer's keys: {e}"))?;
+    if keys.is_empty() {
+        anyhow::bail!("the signer holds no key");
+    }
+    let keys: Vec<[u8; 33]> = keys.into_iter().take(MAX_KEYS_PER_PEER).collect();
+    let peer_id = keypair.public().to_peer_id();
+    let expires =
+        now_ms().saturating_add(i64::try_from(cfg.attestation_ttl.as_millis()).unwrap_or(i64::MAX));
+    let mut attestations = HashMap::new();
+    for k in &keys {
+        let sig = signer
+            .attest(k, &peer_id.to_bytes(), expires)
+            .await
+            .map_err(|e| anyhow::anyhow!("attestation: {e}"))?;
+        attestations.insert(
+            *k,
+            pb::PeerAttestation {
+                signer_key: k.to_vec(),
+                peer_id: peer_id.to_bytes(),
+                expires_at_ms: expires,
+                signature: sig.to_vec(),
+            },
+        );
+    }
+    let mut swarm = net::build(keypair.clone(), &cfg.net)?;
+    for addr in &cfg.listen {
+        swarm.listen_on(addr.clone())?;
+    }
+    // Wait for the listeners so that `info()` reports real addresses.
+    let mut pending = cfg.listen.len();
+    while pending > 0 {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { .. } => pending -= 1,
+            SwarmEvent::ListenerError { error, .. } => anyhow::bail!("listen: {error}"),
+            SwarmEvent::ListenerClosed { reason: Err(e), .. } => anyhow::bail!("listen: {e}"),
+            _ => {}
+        }
+    }
+    for addr in &cfg.bootstrap {
+        if let Some(libp2p::multiaddr::Protocol::P2p(p)) = addr.iter().last()
+            && let Some(kad) = swarm.behaviour_mut().kad.as_mut()
+        {
+            kad.add_address(&p, addr.clone());
+        }
+        swarm.dial(addr.clone())?;
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(4096);
+    let (internal_tx, internal_rx) = mpsc::channel(1024);
+    let node = Node {
+        swarm,
+        keypair,
+        cfg,
+        signer,
+        keys: keys.clone(),
+        attestations,
+        sessions: HashMap::new(),
+        sent: HashMap::new(),
+        finished_at: HashMap::new(),
+        orphans: HashMap::new(),
+        peer_keys: HashMap::new(),
+        outbox: HashMap::new(),
+        raw_replies: HashMap::new(),
+        dials: HashMap::new(),
+        dht_joins: HashMap::new(),
+        rejections: HashMap::new(),
+        internal_tx,
+        events: events.clone(),
+        hello_seq: u64::try_from(now_ms()).unwrap_or(1),
+    };
+    let task = tokio::spawn(node.run(rx, internal_rx, shutdown));
+    Ok((
+        NodeHandle {
+            tx,
+            events,
+            peer_id,
+            keys,
+        },
+        task,
+    ))
+}
+
+impl Node {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut internal: mpsc::Receiver<Internal>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.cfg.cleanup_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+                Some(i) = internal.recv() => self.on_internal(i),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::info!("node stopped");
+    }
+
+    fn emit(&self, e: NodeEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn reject(&mut self, peer: PeerId, r: &Refusal) {
+        tracing::debug!(%peer, reason = r.0, detail = %r.1, "message refused");
+        *self
+            .rejections
+            .entry(peer)
+            .or_default()
+            .entry(r.0)
+            .or_insert(0) += 1;
+        self.emit(NodeEvent::Rejected { peer, reason: r.0 });
+    }
+
+    // ---------------------------------------------------------------- envelopes and sending
+
+    fn envelope(&self, msg: &pb::WireMessage, from: &[u8; 33]) -> Result<Vec<u8>, NodeError> {
+        let attestation = self.attestations.get(from).cloned().ok_or_else(|| {
+            NodeError::InvalidArgument(format!(
+                "this node does not speak for {}",
+                hex::encode(from)
+            ))
+        })?;
+        let payload = msg.encode_to_vec();
+        let signature = self
+            .keypair
+            .sign(&[ENVELOPE_TAG, payload.as_slice()].concat())
+            .map_err(|e| NodeError::Unavailable(format!("signing: {e}")))?;
+        Ok(pb::SignedEnvelope {
+            payload,
+            peer_public_key: self.keypair.public().encode_protobuf(),
+            signature,
+            attestation: Some(attestation),
+        }
+        .encode_to_vec())
+    }
+
+    fn send_to(&mut self, peer: PeerId, bytes: Vec<u8>) {
+        let outbox = self.outbox.entry(peer).or_default();
+        if outbox.queue.len() >= MAX_OUTBOX {
+            tracing::warn!(%peer, "outbox full; message dropped");
+            return;
+        }
+        outbox.queue.push_back(bytes);
+        self.pump(peer);
+    }
+
+    /// One request in flight per peer keeps each sender's messages in order.
+    fn pump(&mut self, peer: PeerId) {
+        let Some(outbox) = self.outbox.get_mut(&peer) else {
+            return;
+        };
+        if outbox.in_flight.is_some() || !self.swarm.is_connected(&peer) {
+            return;
+        }
+        if let Some(bytes) = outbox.queue.pop_front() {
+            let id = self.swarm.behaviour_mut().direct.send_request(&peer, bytes);
+            if let Some(o) = self.outbox.get_mut(&peer) {
+                o.in_flight = Some(id);
+            }
+        }
+    }
+
+    fn participant_peers(&self, session: &Session) -> Vec<PeerId> {
+        self.peer_keys
+            .iter()
+            .filter(|(p, keys)| {
+                **p != *self.swarm.local_peer_id()
+                    && keys
+                        .iter()
+                        .any(|k| session.index_of(k).is_some() && !self.keys.contains(k))
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn broadcast_session(&mut self, id: SessionId, bytes: Vec<u8>) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let peers = self.participant_peers(session);
+        let entry = self.sent.entry(id).or_default();
+        entry.0.push(bytes.clone());
+        for p in &peers {
+            entry.1.insert(*p);
+        }
+        for p in peers {
+            self.send_to(p, bytes.clone());
+        }
+    }
+
+    // ---------------------------------------------------------------- actions
+
+    fn apply(&mut self, id: SessionId, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Broadcast { from, body } => {
+                    let Some(session) = self.sessions.get_mut(&id) else {
+                        continue;
+                    };
+                    let seq = session.next_sequence(&from);
+                    let msg = Message {
+                        header: Header {
+                            session_id: id,
+                            sender: from,
+                            sequence: seq,
+                            timestamp_ms: now_ms(),
+                        },
+                        body,
+                    };
+                    match self.envelope(&msg.to_pb(), &from) {
+                        Ok(bytes) => self.broadcast_session(id, bytes),
+                        Err(e) => tracing::error!(session = %id, error = %e, "cannot wrap message"),
+                    }
+                }
+                Action::RequestNonces => {
+                    let Some(s) = self.sessions.get(&id) else {
+                        continue;
+                    };
+                    for &index in &s.local {
+                        let (signer, ctx, tx) = (
+                            self.signer.clone(),
+                            s.context.clone(),
+                            self.internal_tx.clone(),
+                        );
+                        let Some(key) = s.key(index) else { continue };
+                        tokio::spawn(async move {
+                            let result = signer.nonce(&key, &id, &ctx).await;
+                            let _ = tx.send(Internal::Nonce { id, index, result }).await;
+                        });
+                    }
+                }
+                Action::RequestPartialSignatures => {
+                    let Some(s) = self.sessions.get(&id) else {
+                        continue;
+                    };
+                    let nonces: Vec<PubNonce> = s.nonces.iter().flatten().copied().collect();
+                    for &index in &s.local {
+                        let (signer, ctx, tx, nonces) = (
+                            self.signer.clone(),
+                            s.context.clone(),
+                            self.internal_tx.clone(),
+                            nonces.clone(),
+                        );
+                        let Some(key) = s.key(index) else { continue };
+                        tokio::spawn(async move {
+                            let result = signer.partial_sign(&key, &id, &ctx, &nonces).await;
+                            let _ = tx.send(Internal::Psig { id, index, result }).await;
+                        });
+                    }
+                }
+                Action::PhaseChanged { from, to } => {
+                    tracing::info!(session = %id, from = from.as_str(), to = to.as_str(), "phase");
+                    self.emit(NodeEvent::PhaseChanged { id, from, to });
+                    let Some(s) = self.sessions.get(&id) else {
+                        continue;
+                    };
+                    match to {
+                        Phase::Complete => {
+                            if let Some(signature) = s.signature {
+                                self.emit(NodeEvent::Complete { id, signature });
+                            }
+                            self.finished_at.insert(id, Instant::now());
+                        }
+                        Phase::Aborted => {
+                            if let Some(info) = s.abort.clone() {
+                                self.emit(NodeEvent::Aborted { id, info });
+                            }
+                            self.finished_at.insert(id, Instant::now());
+                        }
+                        _ => {}
+                    }
+                }
+                Action::Joined(key) => self.emit(NodeEvent::Joined { id, key }),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Create {
+                context,
+                election,
+                timeout,
+                reply,
+            } => {
+                let _ = reply.send(self.create(context, election, timeout));
+            }
+            Command::Join { id, reply } => {
+                if self.sessions.contains_key(&id) {
+                    let _ = reply.send(self.join(id));
+                } else if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    let q = kad.get_record(session_record_key(&id));
+                    self.dht_joins.insert(q, (id, reply));
+                } else {
+                    let _ = reply.send(Err(NodeError::NotFound(format!(
+                        "session {id} is unknown and the DHT is disabled"
+                    ))));
+                }
+            }
+            Command::Get { id, reply } => {
+                let _ = reply.send(self.sessions.get(&id).map(SessionView::of));
+            }
+            Command::List { reply } => {
+                let mut v: Vec<SessionView> = self.sessions.values().map(SessionView::of).collect();
+                v.sort_by_key(|s| std::cmp::Reverse(s.created_at_ms));
+                let _ = reply.send(v);
+            }
+            Command::Close { id, reason, reply } => {
+                let r = match self.sessions.get_mut(&id) {
+                    None => Err(NodeError::NotFound(format!("session {id}"))),
+                    Some(s) => {
+                        let actions = s.close(&reason);
+                        let phase = s.phase;
+                        self.apply(id, actions);
+                        Ok(phase)
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Command::Dial { addr, reply } => {
+                let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+                    let _ = reply.send(Err(NodeError::InvalidArgument(
+                        "the address must end in /p2p/<peer id>".into(),
+                    )));
+                    return;
+                };
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(peer));
+                    return;
+                }
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    kad.add_address(&peer, addr.clone());
+                }
+                match self.swarm.dial(addr) {
+                    Ok(()) => self.dials.entry(peer).or_default().push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Unavailable(format!("dial: {e}"))));
+                    }
+                }
+            }
+            Command::Info { reply } => {
+                let me = *self.swarm.local_peer_id();
+                let _ = reply.send(NodeInfo {
+                    peer_id: me,
+                    listen_addresses: self
+                        .swarm
+                        .listeners()
+                        .map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me)))
+                        .collect(),
+                    keys: self.keys.clone(),
+                    connected_peers: self.swarm.connected_peers().count(),
+                });
+            }
+            Command::Rejections { reply } => {
+                let _ = reply.send(self.rejections.clone());
+            }
+            Command::SendRaw { peer, bytes, reply } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NodeError::Unavailable(format!(
+                        "not connected to {peer}"
+                    ))));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().direct.send_request(&peer, bytes);
+                self.raw_replies.insert(id, reply);
+            }
+            Command::Envelope {
+                message,
+                from,
+                reply,
+            } => {
+                let _ = reply.send(self.envelope(&message, &from));
+            }
+            Command::PeerKeys { reply } => {
+                let _ = reply.send(self.peer_keys.clone());
+            }
+            Command::PutRecord { key, value, reply } => {
+                let r = match self.swarm.behaviour_mut().kad.as_mut() {
+                    None => Err(NodeError::FailedPrecondition("the DHT is disabled".into())),
+                    Some(kad) => kad
+                        .put_record(Record::new(key, value), kad::Quorum::One)
+                        .map(|_| ())
+                        .map_err(|e| NodeError::Unavailable(e.to_string())),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn create(
+        &mut self,
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout: Option<Duration>,
+    ) -> Result<SessionView, NodeError> {
+        // Re-validate as a peer would (sorted distinct keys, lengths, tweaks).
+        let context = SessionContext::from_pb(&context.to_pb())
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let local: Vec<usize> = (0..context.signer_keys.len())
+            .filter(|i| self.keys.contains(&context.signer_keys[*i]))
+            .collect();
+        let Some(&first) = local.first() else {
+            return Err(NodeError::FailedPrecondition(
+                "the local signer holds none of the session's keys".into(),
+            ));
+        };
+        let creator = context.signer_keys[first];
+        let key_agg = context
+            .key_agg()
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let method = election.unwrap_or(self.cfg.election_method);
+        let election = elect(method, &context.signer_keys)
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let created_at_ms = now_ms();
+        let timeout = timeout.unwrap_or(self.cfg.session_timeout);
+        let expires_at_ms =
+            created_at_ms.saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+        let mut entropy = [0u8; 16];
+        rand::rng().fill_bytes(&mut entropy);
+        let id = SessionId::derive(
+            &context.signer_keys,
+            &context.message,
+            created_at_ms,
+            &entropy,
+        );
+        let announce = Message {
+            header: Header {
+                session_id: id,
+                sender: creator,
+                sequence: 1,
+                timestamp_ms: created_at_ms,
+            },
+            body: Body::Announce(Box::new(Announce {
+                context: context.clone(),
+                election_method: method,
+                created_at_ms,
+                entropy,
+                expires_at_ms,
+            })),
+        };
+        let bytes = self.envelope(&announce.to_pb(), &creator)?;
+        let session = Session::new(
+            id,
+            context,
+            key_agg,
+            election,
+            creator,
+            created_at_ms,
+            expires_at_ms,
+            bytes.clone(),
+            local,
+        );
+        self.sessions.insert(id, session);
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            let mut record = Record::new(session_record_key(&id), bytes.clone());
+            record.expires = Some(Instant::now() + timeout);
+            if let Err(e) = kad.put_record(record, kad::Quorum::One) {
+                tracing::warn!(session = %id, error = %e, "DHT put failed");
+            }
+        }
+        self.broadcast_session(id, bytes);
+        let view = self
+            .sessions
+            .get(&id)
+            .map(SessionView::of)
+            .ok_or(NodeError::Stopped)?;
+        self.emit(NodeEvent::SessionCreated(Box::new(view)));
+        let joined = self.join(id)?;
+        Ok(joined)
+    }
+
+    fn join(&mut self, id: SessionId) -> Result<SessionView, NodeError> {
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))?;
+        if s.local.is_empty() {
+            return Err(NodeError::FailedPrecondition(
+                "the local signer holds none of the session's keys".into(),
+            ));
+        }
+        if s.phase.is_terminal() {
+            return Err(NodeError::FailedPrecondition(format!(
+                "session {id} is {}",
+                s.phase.as_str()
+            )));
+        }
+        let actions = s.join_local();
+        self.apply(id, actions);
+        self.sessions
+            .get(&id)
+            .map(SessionView::of)
+            .ok_or(NodeError::Stopped)
+    }
+
+    // ---------------------------------------------------------------- internal results
+
+    fn on_internal(&mut self, i: Internal) {
+        let (id, actions) = match i {
+            Internal::Nonce { id, index, result } => {
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return;
+                };
+                match result {
+                    Ok(n) => (id, s.on_local_nonce(index, n)),
+                    Err(e) => {
+                        let mut a = Vec::new();
+                        s.fail(
+                            wire::AbortCode::SignerRefused,
+                            format!("local signer refused a nonce: {e}"),
+                            Vec::new(),
+                            &mut a,
+                        );
+                        (id, a)
+                    }
+                }
+            }
+            Internal::Psig { id, index, result } => {
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return;
+                };
+                match result {
+                    Ok(p) => (id, s.on_local_psig(index, p)),
+                    Err(e) => {
+                        let mut a = Vec::new();
+                        s.fail(
+                            wire::AbortCode::SignerRefused,
+                            format!("local signer refused to sign: {e}"),
+                            Vec::new(),
+                            &mut a,
+                        );
+                        (id, a)
+                    }
+                }
+            }
+        };
+        self.apply(id, actions);
+    }
+
+    fn on_tick(&mut self) {
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let actions = match self.sessions.get_mut(&id) {
+                Some(s) => s.tick(now_ms, now, self.cfg.stuck_timeout),
+                None => continue,
+            };
+            self.apply(id, actions);
+        }
+        let expired: Vec<SessionId> = self
+            .finished_at
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) > FINISHED_RETENTION)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.finished_at.remove(&id);
+            self.sessions.remove(&id);
+            self.sent.remove(&id);
+        }
+        self.orphans.retain(|id, _| !self.sessions.contains_key(id));
+    }
+
+    // ---------------------------------------------------------------- swarm events
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if let Some(waiters) = self.dials.remove(&peer_id) {
+                    for w in waiters {
+                        let _ = w.send(Ok(peer_id));
+                    }
+                }
+                if num_established.get() == 1 {
+                    self.send_hello(peer_id);
+                }
+                self.pump(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    if let Some(o) = self.outbox.get_mut(&peer_id) {
+                        o.in_flight = None;
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if let Some(waiters) = self.dials.remove(&peer) {
+                    for w in waiters {
+                        let _ =
+                            w.send(Err(NodeError::Unavailable(format!("dial {peer}: {error}"))));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    for addr in info.listen_addrs {
+                        kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let answer = match self.on_request(peer, &request) {
+                        Ok(()) => Vec::new(),
+                        Err(r) => {
+                            self.reject(peer, &r);
+                            format!("rejected: {}: {}", r.0, r.1)
+                                .into_bytes()
+                                .into_iter()
+                                .take(net::MAX_RESPONSE_BYTES)
+                                .collect()
+                        }
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_response(channel, answer);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    self.on_outbound_done(peer, request_id, Ok(response));
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(
+                request_response::Event::InboundFailure {
+                    peer,
+                    error: request_response::InboundFailure::Io(e),
+                    ..
+                },
+            )) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // The codec refused an oversized frame before reading it.
+                self.reject(peer, &Refusal("too_large", e.to_string()));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(
+                request_response::Event::OutboundFailure {
+                    peer,
+                    request_id,
+                    error,
+                    ..
+                },
+            )) => {
+                self.on_outbound_done(peer, request_id, Err(error.to_string()));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                libp2p::gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    ..
+                },
+            )) => {
+                // No gossip topic carries session traffic yet: reject, which lowers the
+                // sender's gossip score.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        libp2p::gossipsub::MessageAcceptance::Reject,
+                    );
+            }
+            _ => {}
+        }
+    }
+
+    fn on_outbound_done(
+        &mut self,
+        peer: PeerId,
+        id: OutboundRequestId,
+        result: Result<Vec<u8>, String>,
+    ) {
+        if let Some(reply) = self.raw_replies.remove(&id) {
+            let _ = reply.send(result.map_err(NodeError::Unavailable));
+            return;
+        }
+        if let Some(o) = self.outbox.get_mut(&peer)
+            && o.in_flight == Some(id)
+        {
+            o.in_flight = None;
+        }
+        match result {
+            Ok(answer) if !answer.is_empty() => {
+                tracing::debug!(%peer, answer = %String::from_utf8_lossy(&answer), "peer refused our message");
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "message not delivered"),
+            _ => {}
+        }
+        self.pump(peer);
+    }
+
+    fn send_hello(&mut self, peer: PeerId) {
+        self.hello_seq += 1;
+        let Some(first) = self.keys.first().copied() else {
+            return;
+        };
+        let msg = Message {
+            header: Header {
+                session_id: SessionId([0; 16]),
+                sender: first,
+                sequence: self.hello_seq,
+                timestamp_ms: now_ms(),
+            },
+            body: Body::Hello(
+                self.keys
+                    .iter()
+                    .filter_map(|k| self.attestations.get(k).cloned())
+                    .collect(),
+            ),
+        };
+        if let Ok(bytes) = self.envelope(&msg.to_pb(), &first) {
+            self.send_to(peer, bytes);
+        }
+    }
+
+    // ---------------------------------------------------------------- inbound
+
+    /// Check an envelope: canonical, signed by the peer whose key it carries (and, for direct
+    /// messages, the peer that sent it), a valid message, attested for its sender key.
+    fn open(&self, bytes: &[u8], expected: Option<PeerId>) -> Result<(PeerId, Message), Refusal> {
+        let env: pb::SignedEnvelope = wire::decode_canonical(bytes, MAX_DIRECT_MESSAGE_BYTES)?;
+        let pk = identity::PublicKey::try_decode_protobuf(&env.peer_public_key)
+            .map_err(|_| Refusal("bad_envelope", "peer public key does not decode".into()))?;
+        let pid = pk.to_peer_id();
+        if expected.is_some_and(|p| p != pid) {
+            return Err(Refusal(
+                "bad_envelope",
+                "envelope key is not the sending peer's".into(),
+            ));
+        }
+        if !pk.verify(
+            &[ENVELOPE_TAG, env.payload.as_slice()].concat(),
+            &env.signature,
+        ) {
+            return Err(Refusal(
+                "invalid_signature",
+                "envelope signature does not verify".into(),
+            ));
+        }
+        let pbm: pb::WireMessage = wire::decode_canonical(&env.payload, MAX_DIRECT_MESSAGE_BYTES)?;
+        let now = now_ms();
+        let msg = Message::from_pb(&pbm, now)?;
+        let att = env.attestation.as_ref().ok_or(Refusal(
+            "unattested",
+            "no attestation for the sender key".into(),
+        ))?;
+        let att = Attestation::verify_pb(att, &pid.to_bytes(), now)
+            .map_err(|e| Refusal("unattested", e.to_string()))?;
+        if att.signer_key != msg.header.sender {
+            return Err(Refusal(
+                "unattested",
+                "attestation is for another key".into(),
+            ));
+        }
+        Ok((pid, msg))
+    }
+
+    fn note_keys(&mut self, peer: PeerId, keys: &[[u8; 33]]) -> Result<(), Refusal> {
+        let known = self.peer_keys.entry(peer).or_default();
+        let mut changed = false;
+        for k in keys {
+            if !known.contains(k) {
+                if known.len() >= MAX_KEYS_PER_PEER {
+                    return Err(Refusal(
+                        "too_many_keys",
+                        format!("a peer may speak for at most {MAX_KEYS_PER_PEER} keys"),
+                    ));
+                }
+                known.push(*k);
+                changed = true;
+            }
+        }
+        if changed {
+            let keys = known.clone();
+            self.emit(NodeEvent::PeerIdentified { peer, keys });
+            self.replay_history(peer);
+        }
+        Ok(())
+    }
+
+    /// Send our past messages of live sessions to a participant that was not connected then.
+    fn replay_history(&mut self, peer: PeerId) {
+        let Some(keys) = self.peer_keys.get(&peer).cloned() else {
+            return;
+        };
+        let mut out = Vec::new();
+        for (id, (msgs, delivered)) in &mut self.sent {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            if s.phase.is_terminal()
+                || delivered.contains(&peer)
+                || !keys.iter().any(|k| s.index_of(k).is_some())
+            {
+                continue;
+            }
+            delivered.insert(peer);
+            out.extend(msgs.iter().cloned());
+        }
+        for m in out {
+            self.send_to(peer, m);
+        }
+    }
+
+    fn on_request(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), Refusal> {
+        let (pid, msg) = self.open(bytes, Some(peer))?;
+        self.note_keys(pid, &[msg.header.sender])?;
+        match &msg.body {
+            Body::Hello(atts) => {
+                let now = now_ms();
+                let mut keys = Vec::new();
+                for a in atts {
+                    let a = Attestation::verify_pb(a, &pid.to_bytes(), now)
+                        .map_err(|e| Refusal("unattested", e.to_string()))?;
+                    keys.push(a.signer_key);
+                }
+                self.note_keys(pid, &keys)
+            }
+            Body::Announce(_) => self.on_announce(Some(pid), bytes, msg),
+            Body::Advertisement(_) | Body::SigningRequest(_) | Body::SigningResponse { .. } => {
+                Err(Refusal(
+                    "unsupported",
+                    format!("{} is not served on this protocol", msg.body.kind()),
+                ))
+            }
+            _ => self.on_session_message(pid, msg),
+        }
+    }
+
+    fn on_session_message(&mut self, peer: PeerId, msg: Message) -> Result<(), Refusal> {
+        let id = msg.header.session_id;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            // Messages of different senders can cross the announcement: keep a few.
+            if self.orphans.len() >= MAX_ORPHAN_SESSIONS && !self.orphans.contains_key(&id) {
+                return Err(Refusal(
+                    "unknown_session",
+                    format!("session {id} is unknown"),
+                ));
+            }
+            let q = self.orphans.entry(id).or_default();
+            if q.len() >= MAX_ORPHANS_PER_SESSION {
+                return Err(Refusal(
+                    "unknown_session",
+                    format!("session {id} is unknown"),
+                ));
+            }
+            q.push((peer, msg));
+            return Ok(());
+        };
+        let index = s.index_of(&msg.header.sender).ok_or_else(|| {
+            Refusal(
+                "not_member",
+                "the sender key is not a signer of this session".into(),
+            )
+        })?;
+        let actions = s
+            .on_remote(
+                index,
+                msg.header.sequence,
+                &msg.body,
+                self.cfg.max_sequence_gap,
+                self.cfg.enable_replay_protection,
+            )
+            .map_err(|r| Refusal(r.reason(), r.to_string()))?;
+        self.apply(id, actions);
+        Ok(())
+    }
+
+    /// A session announcement (direct, or a DHT record when `peer` is `None`).
+    fn on_announce(
+        &mut self,
+        _peer: Option<PeerId>,
+        envelope: &[u8],
+        msg: Message,
+    ) -> Result<(), Refusal> {
+        let Body::Announce(a) = msg.body else {
+            return Err(Refusal("bad_envelope", "not an announcement".into()));
+        };
+        let id = msg.header.session_id;
+        if let Some(existing) = self.sessions.get(&id) {
+            return if existing.announce == envelope {
+                Ok(())
+            } else {
+                Err(Refusal(
+                    "conflicting_announce",
+                    format!("session {id} was announced differently"),
+                ))
+            };
+        }
+        let local: Vec<usize> = (0..a.context.signer_keys.len())
+            .filter(|i| self.keys.contains(&a.context.signer_keys[*i]))
+            .collect();
+        if local.is_empty() {
+            // Not ours to sign: nothing to keep.
+            return Ok(());
+        }
+        let key_agg = a
+            .context
+            .key_agg()
+            .map_err(|e| Refusal("context", e.to_string()))?;
+        let election = elect(a.election_method, &a.context.signer_keys)
+            .map_err(|e| Refusal("context", e.to_string()))?;
+        let session = Session::new(
+            id,
+            a.context.clone(),
+            key_agg,
+            election,
+            msg.header.sender,
+            a.created_at_ms,
+            a.expires_at_ms,
+            envelope.to_vec(),
+            local,
+        );
+        let view = SessionView::of(&session);
+        self.sessions.insert(id, session);
+        self.emit(NodeEvent::SessionCreated(Box::new(view)));
+        if let Some(orphans) = self.orphans.remove(&id) {
+            for (p, m) in orphans {
+                if let Err(r) = self.on_session_message(p, m) {
+                    self.reject(p, &r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_kad(&mut self, ev: kad::Event) {
+        match ev {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => match self.validate_record(&record) {
+                Ok(()) => {
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                        && let Err(e) = kad.store_mut().put(record)
+                    {
+                        tracing::warn!(error = %e, "DHT store refused a record");
+                    }
+                }
+                Err(r) => self.reject(source, &r),
+            },
+            kad::Event::OutboundQueryProgressed {
+                id: qid,
+                result: kad::QueryResult::GetRecord(result),
+                ..
+            } => {
+                let Some((sid, reply)) = self.dht_joins.remove(&qid) else {
+                    return;
+                };
+                match result {
+                    Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                        let outcome = self.validate_record(&found.record).and_then(|()| {
+                            let (pid, msg) = self.open(&found.record.value, None)?;
+                            if msg.header.session_id != sid {
+                                return Err(Refusal(
+                                    "bad_record",
+                                    "record is for another session".into(),
+                                ));
+                            }
+                            self.on_announce(Some(pid), &found.record.value, msg)
+                        });
+                        let answer = match outcome {
+                            Ok(()) if self.sessions.contains_key(&sid) => self.join(sid),
+                            Ok(()) => Err(NodeError::FailedPrecondition(
+                                "the local signer holds none of the session's keys".into(),
+                            )),
+                            Err(r) => Err(NodeError::NotFound(format!(
+                                "session {sid}: DHT record refused ({}: {})",
+                                r.0, r.1
+                            ))),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                    Ok(_) => {
+                        // Query finished without (more) records: keep waiting is pointless.
+                        let _ = reply.send(Err(NodeError::NotFound(format!(
+                            "session {sid} not found in the DHT"
+                        ))));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::NotFound(format!(
+                            "session {sid} not found in the DHT: {e}"
+                        ))));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A DHT record must be a valid, signed, attested announcement stored under its own id.
+    fn validate_record(&self, record: &Record) -> Result<(), Refusal> {
+        let key = std::str::from_utf8(record.key.as_ref())
+            .map_err(|_| Refusal("bad_record", "key is not text".into()))?;
+        let hex_id = key
+            .strip_prefix(SESSION_KEY_PREFIX)
+            .ok_or(Refusal("bad_record", "unknown key namespace".into()))?;
+        let id = SessionId::from_hex(hex_id)
+            .map_err(|_| Refusal("bad_record", "bad session id".into()))?;
+        let (_, msg) = self.open(&record.value, None)?;
+        if msg.header.session_id != id || !matches!(msg.body, Body::Announce(_)) {
+            return Err(Refusal(
+                "bad_record",
+                "record value is not this session's announcement".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,654 @@
+//! One signing session's state machine (DESIGN §5): `INIT -> NONCE_EXCHANGE ->
+//! PARTIAL_SIG_EXCHANGE -> COMPLETE -> CLOSED` (or `ABORTED`). Pure: it takes validated inputs
+//! (remote messages already authenticated, attested and checked for membership; results of
+//! local signer calls) and returns the actions the node must perform. Phase rules per message
+//! type, per-(signer, session) sequence windows, partial signatures verified on arrival with
+//! blame, and timeouts all live here.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use shared::election::{Election, SessionId};
+use shared::musig::{
+    AggNonce, KeyAggContext, PartialSignature, PubNonce, Signature, SigningSession,
+};
+use shared::wire::{Abort, AbortCode, Body, SessionContext};
+
+/// Session phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Announced; waiting for every signer to join.
+    Init,
+    /// Round 1.
+    NonceExchange,
+    /// Round 2.
+    PartialSigExchange,
+    /// Final signature verified.
+    Complete,
+    /// Closed after completion.
+    Closed,
+    /// Aborted.
+    Aborted,
+}
+
+impl Phase {
+    /// Upper-case name as in DESIGN §5.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Init => "INIT",
+            Phase::NonceExchange => "NONCE_EXCHANGE",
+            Phase::PartialSigExchange => "PARTIAL_SIG_EXCHANGE",
+            Phase::Complete => "COMPLETE",
+            Phase::Closed => "CLOSED",
+            Phase::Aborted => "ABORTED",
+        }
+    }
+
+    /// No further protocol messages are processed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Complete | Phase::Closed | Phase::Aborted)
+    }
+}
+
+/// Why a remote message was refused (counted against the sender).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    /// Sequence number not in `(last, last + max_gap]`.
+    #[error("sequence {seq} outside ({last}, {last} + {gap}] (replayed or too far ahead)")]
+    Sequence {
+        /// Received.
+        seq: u64,
+        /// Last accepted.
+        last: u64,
+        /// Window.
+        gap: u64,
+    },
+    /// The message type is not allowed in the current phase.
+    #[error("{kind} is not allowed in phase {phase}")]
+    OutOfPhase {
+        /// Message type.
+        kind: &'static str,
+        /// Phase.
+        phase: &'static str,
+    },
+    /// A second contribution from the same signer.
+    #[error("duplicate {0} from this signer")]
+    Duplicate(&'static str),
+}
+
+impl Reject {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::Sequence { .. } => "replay_or_sequence",
+            Reject::OutOfPhase { .. } => "out_of_phase",
+            Reject::Duplicate(_) => "duplicate",
+        }
+    }
+}
+
+/// Why a session ended early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbortInfo {
+    /// Code.
+    pub code: AbortCode,
+    /// Human-readable reason.
+    pub reason: String,
+    /// Blamed keys.
+    pub culprits: Vec<[u8; 33]>,
+}
+
+/// What the node must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `body` from local key `from` to every other participant.
+    Broadcast {
+        /// Local signer key speaking.
+        from: [u8; 33],
+        /// Message.
+        body: Body,
+    },
+    /// Ask the signer for a nonce for each local key.
+    RequestNonces,
+    /// Ask the signer for a partial signature for each local key (all nonces are in).
+    RequestPartialSignatures,
+    /// Phase changed.
+    PhaseChanged {
+        /// Before.
+        from: Phase,
+        /// After.
+        to: Phase,
+    },
+    /// A signer joined.
+    Joined([u8; 33]),
+}
+
+/// The session.
+#[derive(Debug)]
+pub struct Session {
+    /// Id.
+    pub id: SessionId,
+    /// What is signed.
+    pub context: SessionContext,
+    /// KeyAgg with tweaks.
+    pub key_agg: KeyAggContext,
+    /// Election over the signer keys.
+    pub election: Election,
+    /// Creator's key.
+    pub creator: [u8; 33],
+    /// Creation time, ms.
+    pub created_at_ms: i64,
+    /// Expiry, ms.
+    pub expires_at_ms: i64,
+    /// The signed announce envelope (to re-send and to store in the DHT).
+    pub announce: Vec<u8>,
+    /// Phase.
+    pub phase: Phase,
+    /// Indices of keys this node speaks for.
+    pub local: Vec<usize>,
+    /// Whether the local application joined.
+    pub locally_joined: bool,
+    /// Joined signers.
+    pub joined: Vec<bool>,
+    /// Public nonces by index.
+    pub nonces: Vec<Option<PubNonce>>,
+    /// Verified partial signatures by index.
+    pub psigs: Vec<Option<PartialSignature>>,
+    pending_psigs: Vec<Option<PartialSignature>>,
+    aggnonce: Option<AggNonce>,
+    /// Final signature.
+    pub signature: Option<Signature>,
+    /// Abort details.
+    pub abort: Option<AbortInfo>,
+    /// Last time the session made progress.
+    pub last_progress: Instant,
+    last_seq: HashMap<[u8; 33], u64>,
+    next_seq: HashMap<[u8; 33], u64>,
+}
+
+impl Session {
+    /// A new session in INIT. `local` are the indices of keys this node speaks for; the creator
+    /// counts as joined.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: SessionId,
+        context: SessionContext,
+        key_agg: KeyAggContext,
+        election: Election,
+        creator: [u8; 33],
+        created_at_ms: i64,
+        expires_at_ms: i64,
+        announce: Vec<u8>,
+        local: Vec<usize>,
+    ) -> Self {
+        let n = context.signer_keys.len();
+        let mut joined = vec![false; n];
+        if let Some(i) = context.signer_keys.iter().position(|k| *k == creator) {
+            joined[i] = true;
+        }
+        let mut next_seq = HashMap::new();
+        // The creator's announce used sequence 1.
+        next_seq.insert(creator, 2);
+        Session {
+            id,
+            context,
+            key_agg,
+            election,
+            creator,
+            created_at_ms,
+            expires_at_ms,
+            announce,
+            phase: Phase::Init,
+            local,
+            locally_joined: false,
+            joined,
+            nonces: vec![None; n],
+            psigs: vec![None; n],
+            pending_psigs: vec![None; n],
+            aggnonce: None,
+            signature: None,
+            abort: None,
+            last_progress: Instant::now(),
+            last_seq: HashMap::from([(creator, 1)]),
+            next_seq,
+        }
+    }
+
+    /// Number of signers.
+    pub fn n(&self) -> usize {
+        self.context.signer_keys.len()
+    }
+
+    /// Key at index.
+    pub fn key(&self, i: usize) -> Option<[u8; 33]> {
+        self.context.signer_keys.get(i).copied()
+    }
+
+    /// Index of a key.
+    pub fn index_of(&self, key: &[u8; 33]) -> Option<usize> {
+        self.context.signer_keys.iter().position(|k| k == key)
+    }
+
+    /// Take the next outbound sequence number for a local key.
+    pub fn next_sequence(&mut self, key: &[u8; 33]) -> u64 {
+        let e = self.next_seq.entry(*key).or_insert(1);
+        let s = *e;
+        *e += 1;
+        s
+    }
+
+    /// Last accepted inbound sequence per key (for persistence).
+    pub fn sequences(&self) -> &HashMap<[u8; 33], u64> {
+        &self.last_seq
+    }
+
+    fn set_phase(&mut self, to: Phase, actions: &mut Vec<Action>) {
+        if self.phase != to {
+            actions.push(Action::PhaseChanged {
+                from: self.phase,
+                to,
+            });
+            self.phase = to;
+            self.last_progress = Instant::now();
+        }
+    }
+
+    fn local_keys(&self) -> Vec<[u8; 33]> {
+        self.local.iter().filter_map(|i| self.key(*i)).collect()
+    }
+
+    /// The local application joins: every local key joins.
+    pub fn join_local(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.locally_joined || self.phase.is_terminal() {
+            return actions;
+        }
+        self.locally_joined = true;
+        for i in self.local.clone() {
+            if let (Some(false), Some(key)) = (self.joined.get(i).copied(), self.key(i)) {
+                self.joined[i] = true;
+                actions.push(Action::Broadcast {
+                    from: key,
+                    body: Body::Join,
+                });
+                actions.push(Action::Joined(key));
+            }
+        }
+        self.after_join(&mut actions);
+        actions
+    }
+
+    fn after_join(&mut self, actions: &mut Vec<Action>) {
+        if self.phase == Phase::Init && self.locally_joined && self.joined.iter().all(|j| *j) {
+            self.set_phase(Phase::NonceExchange, actions);
+            actions.push(Action::RequestNonces);
+        }
+    }
+
+    /// A message from signer `index` (authenticated, attested, a member), with its sequence
+    /// number.
+    ///
+    /// # Errors
+    /// [`Reject`] for replays, out-of-phase and duplicate contributions; nothing changes then.
+    pub fn on_remote(
+        &mut self,
+        index: usize,
+        seq: u64,
+        body: &Body,
+        max_gap: u64,
+        replay_protection: bool,
+    ) -> Result<Vec<Action>, Reject> {
+        let Some(key) = self.key(index) else {
+            return Err(Reject::Duplicate("signer index"));
+        };
+        let kind = body.kind();
+        let out_of_phase = || Reject::OutOfPhase {
+            kind,
+            phase: self.phase.as_str(),
+        };
+        // Phase and duplicate rules are checked before the sequence number is consumed.
+        match body {
+            Body::Join if !matches!(self.phase, Phase::Init | Phase::NonceExchange) => {
+                return Err(out_of_phase());
+            }
+            Body::Join if self.joined.get(index).copied().unwrap_or(true) => {
+                return Err(Reject::Duplicate("join"));
+            }
+            Body::NonceShare(_) if !matches!(self.phase, Phase::Init | Phase::NonceExchange) => {
+                return Err(out_of_phase());
+            }
+            Body::NonceShare(_) if self.nonces.get(index).is_some_and(Option::is_some) => {
+                return Err(Reject::Duplicate("nonce"));
+            }
+            Body::PartialSigShare(_)
+                if !matches!(self.phase, Phase::NonceExchange | Phase::PartialSigExchange) =>
+            {
+                return Err(out_of_phase());
+            }
+            Body::PartialSigShare(_)
+                if self.psigs.get(index).is_some_and(Option::is_some)
+                    || self.pending_psigs.get(index).is_some_and(Option::is_some) =>
+            {
+                return Err(Reject::Duplicate("partial signature"));
+            }
+            Body::Abort(_) if self.phase.is_terminal() => return Err(out_of_phase()),
+            Body::SignatureFinalized(_) if self.phase == Phase::Init => return Err(out_of_phase()),
+            Body::BroadcastConfirmed { .. }
+                if self.phase != Phase::Complete && self.phase != Phase::Closed =>
+            {
+                return Err(out_of_phase());
+            }
+            Body::Announce(_)
+            | Body::Advertisement(_)
+            | Body::SigningRequest(_)
+            | Body::SigningResponse { .. }
+            | Body::Hello(_) => {
+                return Err(out_of_phase());
+            }
+            _ => {}
+        }
+        if replay_protection {
+            let last = self.last_seq.get(&key).copied().unwrap_or(0);
+            if !shared::wire::sequence_ok(last, seq, max_gap) {
+                return Err(Reject::Sequence {
+                    seq,
+                    last,
+                    gap: max_gap,
+                });
+            }
+            self.last_seq.insert(key, seq);
+        }
+        let mut actions = Vec::new();
+        match body {
+            Body::Join => {
+                self.joined[index] = true;
+                self.last_progress = Instant::now();
+                actions.push(Action::Joined(key));
+                self.after_join(&mut actions);
+            }
+            Body::NonceShare(n) => {
+                if !self.joined[index] {
+                    // A nonce implies the join (messages of different senders may cross).
+                    self.joined[index] = true;
+                    actions.push(Action::Joined(key));
+                }
+                self.nonces[index] = Some(*n);
+                self.last_progress = Instant::now();
+                self.after_join(&mut actions);
+                self.after_nonce(&mut actions);
+            }
+            Body::PartialSigShare(p) => {
+                self.last_progress = Instant::now();
+                if self.phase == Phase::NonceExchange {
+                    self.pending_psigs[index] = Some(*p);
+                } else {
+                    self.accept_psig(index, *p, &mut actions);
+                }
+            }
+            Body::Abort(a) => {
+                self.abort = Some(AbortInfo {
+                    code: a.code,
+                    reason: format!(
+                        "aborted by signer {index} ({}): {}",
+                        hex::encode(key),
+                        a.reason
+                    ),
+                    culprits: a.culprits.clone(),
+                });
+                self.set_phase(Phase::Aborted, &mut actions);
+            }
+            Body::SignatureFinalized(sig) => {
+                if !self.phase.is_terminal()
+                    && shared::musig::verify(
+                        self.context.format,
+                        &self.key_agg.output_key(),
+                        &self.context.message,
+                        sig,
+                    )
+                    .is_ok()
+                {
+                    self.signature = Some(*sig);
+                    self.set_phase(Phase::Complete, &mut actions);
+                }
+            }
+            _ => {}
+        }
+        Ok(actions)
+    }
+
+    fn after_nonce(&mut self, actions: &mut Vec<Action>) {
+        if self.phase != Phase::NonceExchange || self.nonces.iter().any(Option::is_none) {
+            return;
+        }
+        let nonces: Vec<PubNonce> = self.nonces.iter().flatten().copied().collect();
+        match AggNonce::sum(self.context.format, &nonces) {
+            Ok(agg) => {
+                self.aggnonce = Some(agg);
+                self.set_phase(Phase::PartialSigExchange, actions);
+                actions.push(Action::RequestPartialSignatures);
+                for i in 0..self.n() {
+                    if let Some(p) = self.pending_psigs.get_mut(i).and_then(Option::take) {
+                        self.accept_psig(i, p, actions);
+                        if self.phase.is_terminal() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => self.fail(
+                AbortCode::InvalidNonce,
+                format!("nonce aggregation failed: {e}"),
+                Vec::new(),
+                actions,
+            ),
+        }
+    }
+
+    /// Verify and record a partial signature; an invalid one aborts naming its signer.
+    fn accept_psig(&mut self, index: usize, psig: PartialSignature, actions: &mut Vec<Action>) {
+        let (Some(agg), Some(nonce)) = (self.aggnonce, self.nonces.get(index).copied().flatten())
+        else {
+            return;
+        };
+        let verdict = SigningSession::new(&self.key_agg, &agg, &self.context.message)
+            .and_then(|s| s.verify_partial(&psig, &nonce, index));
+        match verdict {
+            Ok(()) => {
+                self.psigs[index] = Some(psig);
+                self.after_psig(actions);
+            }
+            Err(_) => {
+                let culprit = self.key(index).map(|k| vec![k]).unwrap_or_default();
+                let who = self.key(index).map(hex::encode).unwrap_or_default();
+                self.fail(
+                    AbortCode::InvalidPartialSignature,
+                    format!("invalid partial signature from signer {index} ({who})"),
+                    culprit,
+                    actions,
+                );
+            }
+        }
+    }
+
+    fn after_psig(&mut self, actions: &mut Vec<Action>) {
+        if self.phase != Phase::PartialSigExchange || self.psigs.iter().any(Option::is_none) {
+            return;
+        }
+        let Some(agg) = self.aggnonce else { return };
+        let psigs: Vec<PartialSignature> = self.psigs.iter().flatten().copied().collect();
+        let result = SigningSession::new(&self.key_agg, &agg, &self.context.message)
+            .and_then(|s| s.aggregate(&psigs))
+            .and_then(|sig| {
+                shared::musig::verify(
+                    self.context.format,
+                    &self.key_agg.output_key(),
+                    &self.context.message,
+                    &sig,
+                )
+                .map(|()| sig)
+            });
+        match result {
+            Ok(sig) => {
+                self.signature = Some(sig);
+                self.set_phase(Phase::Complete, actions);
+            }
+            Err(e) => self.fail(
+                AbortCode::InvalidPartialSignature,
+                format!("final signature failed: {e}"),
+                Vec::new(),
+                actions,
+            ),
+        }
+    }
+
+    /// The signer produced a nonce for local index `index`.
+    pub fn on_local_nonce(&mut self, index: usize, nonce: PubNonce) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.phase != Phase::NonceExchange || self.nonces.get(index).is_none_or(Option::is_some)
+        {
+            return actions;
+        }
+        self.nonces[index] = Some(nonce);
+        if let Some(key) = self.key(index) {
+            actions.push(Action::Broadcast {
+                from: key,
+                body: Body::NonceShare(nonce),
+            });
+        }
+        self.after_nonce(&mut actions);
+        actions
+    }
+
+    /// The signer produced a partial signature for local index `index`.
+    pub fn on_local_psig(&mut self, index: usize, psig: PartialSignature) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.phase != Phase::PartialSigExchange
+            || self.psigs.get(index).is_none_or(Option::is_some)
+        {
+            return actions;
+        }
+        if let Some(key) = self.key(index) {
+            actions.push(Action::Broadcast {
+                from: key,
+                body: Body::PartialSigShare(psig),
+            });
+        }
+        self.accept_psig(index, psig, &mut actions);
+        actions
+    }
+
+    /// Abort with a reason and tell the others.
+    pub fn fail(
+        &mut self,
+        code: AbortCode,
+        reason: String,
+        culprits: Vec<[u8; 33]>,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.phase.is_terminal() {
+            return;
+        }
+        tracing::warn!(session = %self.id, %reason, "session aborted");
+        if let Some(from) = self.local_keys().first().copied() {
+            actions.push(Action::Broadcast {
+                from,
+                body: Body::Abort(Abort {
+                    code,
+                    reason: truncate(&reason, 256),
+                    culprits: culprits.clone(),
+                }),
+            });
+        }
+        self.abort = Some(AbortInfo {
+            code,
+            reason,
+            culprits,
+        });
+        self.set_phase(Phase::Aborted, actions);
+    }
+
+    /// Close: a complete session becomes CLOSED; an unfinished one is aborted (and the others
+    /// are told).
+    pub fn close(&mut self, reason: &str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match self.phase {
+            Phase::Complete => self.set_phase(Phase::Closed, &mut actions),
+            Phase::Closed | Phase::Aborted => {}
+            _ => self.fail(
+                AbortCode::Closed,
+                format!("closed: {reason}"),
+                Vec::new(),
+                &mut actions,
+            ),
+        }
+        actions
+    }
+
+    /// Timeouts: session expiry and no progress for `stuck`.
+    pub fn tick(&mut self, now_ms: i64, now: Instant, stuck: Duration) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.phase.is_terminal() {
+            return actions;
+        }
+        if now_ms >= self.expires_at_ms {
+            self.fail(
+                AbortCode::Timeout,
+                format!("session expired in phase {}", self.phase.as_str()),
+                Vec::new(),
+                &mut actions,
+            );
+        } else if now.duration_since(self.last_progress) >= stuck {
+            let waiting = self.waiting_for();
+            self.fail(
+                AbortCode::Timeout,
+                format!(
+                    "stuck in phase {} for {} s waiting for {}",
+                    self.phase.as_str(),
+                    stuck.as_secs(),
+                    if waiting.is_empty() {
+                        "the local signer".to_string()
+                    } else {
+                        waiting.join(", ")
+                    }
+                ),
+                Vec::new(),
+                &mut actions,
+            );
+        }
+        actions
+    }
+
+    /// Who the session waits for, as "signer i (key)".
+    pub fn waiting_for(&self) -> Vec<String> {
+        let missing: Vec<usize> = match self.phase {
+            Phase::Init => (0..self.n()).filter(|i| !self.joined[*i]).collect(),
+            Phase::NonceExchange => (0..self.n())
+                .filter(|i| self.nonces[*i].is_none())
+                .collect(),
+            Phase::PartialSigExchange => {
+                (0..self.n()).filter(|i| self.psigs[*i].is_none()).collect()
+            }
+            _ => Vec::new(),
+        };
+        missing
+            .into_iter()
+            .map(|i| {
+                format!(
+                    "signer {i} ({})",
+                    self.key(i).map(hex::encode).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}

@@ -1,0 +1,181 @@
+//! Client of the party's signer (mutual TLS). The coordinator holds no key: every nonce,
+//! partial signature and attestation comes from here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use musig2_proto::v1::signer_service_client::SignerServiceClient;
+use musig2_proto::v1::{
+    AttestPeerRequest, GenerateNonceRequest, ListKeysRequest, PartialSignRequest,
+};
+use shared::election::SessionId;
+use shared::musig::{PartialSignature, PubNonce};
+use shared::wire::SessionContext;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where the signer is and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct SignerEndpoint {
+    /// `https://host:port`.
+    pub url: String,
+    /// Name on the signer's certificate.
+    pub server_name: String,
+    /// CA of the signer's certificate.
+    pub ca: PathBuf,
+    /// Our client certificate.
+    pub cert: PathBuf,
+    /// Our client key.
+    pub key: PathBuf,
+}
+
+/// A connected signer client (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Signer {
+    client: SignerServiceClient<Channel>,
+}
+
+/// Signer call failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    /// Could not connect or configure TLS.
+    #[error("signer connection: {0}")]
+    Connect(String),
+    /// The signer refused or failed.
+    #[error("signer {code:?}: {message}")]
+    Status {
+        /// gRPC code.
+        code: tonic::Code,
+        /// Message.
+        message: String,
+    },
+    /// The signer answered something malformed.
+    #[error("signer answered malformed data: {0}")]
+    Malformed(&'static str),
+}
+
+impl From<tonic::Status> for SignerError {
+    fn from(s: tonic::Status) -> Self {
+        SignerError::Status {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+impl Signer {
+    /// Connect lazily (the channel reconnects on its own).
+    ///
+    /// # Errors
+    /// Unreadable certificate files or a bad URL.
+    pub fn connect_lazy(ep: &SignerEndpoint) -> Result<Self, SignerError> {
+        let tls = musig2_proto::transport::client_tls(&ep.ca, &ep.cert, &ep.key, &ep.server_name)
+            .map_err(|e| SignerError::Connect(e.to_string()))?;
+        let channel = Endpoint::from_shared(ep.url.clone())
+            .map_err(|e| SignerError::Connect(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| SignerError::Connect(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        Ok(Signer {
+            client: SignerServiceClient::new(channel),
+        })
+    }
+
+    /// Keys the signer holds.
+    ///
+    /// # Errors
+    /// [`SignerError`].
+    pub async fn list_keys(&self) -> Result<Vec<[u8; 33]>, SignerError> {
+        let r = self
+            .client
+            .clone()
+            .list_keys(ListKeysRequest {})
+            .await?
+            .into_inner();
+        r.keys
+            .iter()
+            .map(|k| {
+                k.public_key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| SignerError::Malformed("public key"))
+            })
+            .collect()
+    }
+
+    /// Attest that `peer_id` speaks for `key` until `expires_at_ms`.
+    ///
+    /// # Errors
+    /// [`SignerError`].
+    pub async fn attest(
+        &self,
+        key: &[u8; 33],
+        peer_id: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<[u8; 64], SignerError> {
+        let r = self
+            .client
+            .clone()
+            .attest_peer(AttestPeerRequest {
+                public_key: key.to_vec(),
+                peer_id: peer_id.to_vec(),
+                expires_at_ms,
+            })
+            .await?
+            .into_inner();
+        r.signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| SignerError::Malformed("attestation signature"))
+    }
+
+    /// A nonce for (session, key, context).
+    ///
+    /// # Errors
+    /// [`SignerError`].
+    pub async fn nonce(
+        &self,
+        key: &[u8; 33],
+        session: &SessionId,
+        ctx: &SessionContext,
+    ) -> Result<PubNonce, SignerError> {
+        let r = self
+            .client
+            .clone()
+            .generate_nonce(GenerateNonceRequest {
+                public_key: key.to_vec(),
+                session_id: session.0.to_vec(),
+                context: Some(ctx.to_pb()),
+            })
+            .await?
+            .into_inner();
+        PubNonce::from_slice(&r.public_nonce).map_err(|_| SignerError::Malformed("public nonce"))
+    }
+
+    /// A partial signature given every public nonce (in key order).
+    ///
+    /// # Errors
+    /// [`SignerError`].
+    pub async fn partial_sign(
+        &self,
+        key: &[u8; 33],
+        session: &SessionId,
+        ctx: &SessionContext,
+        nonces: &[PubNonce],
+    ) -> Result<PartialSignature, SignerError> {
+        let r = self
+            .client
+            .clone()
+            .partial_sign(PartialSignRequest {
+                public_key: key.to_vec(),
+                session_id: session.0.to_vec(),
+                context: Some(ctx.to_pb()),
+                public_nonces: nonces.iter().map(|n| n.to_bytes().to_vec()).collect(),
+            })
+            .await?
+            .into_inner();
+        PartialSignature::from_slice(&r.partial_signature)
+            .map_err(|_| SignerError::Malformed("partial signature"))
+    }
+}
