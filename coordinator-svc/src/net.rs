@@ -52,17 +52,35 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> s
     io.close().await
 }
 
+/// A request on the direct protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectRequest {
+    /// A frame within the limit.
+    Frame(Vec<u8>),
+    /// A peer announced a frame over the limit: it is not read, only reported (so that it can
+    /// be counted against the peer) and answered with a refusal.
+    TooLarge(usize),
+}
+
 impl request_response::Codec for DirectCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
+    type Request = DirectRequest;
     type Response = Vec<u8>;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        read_frame(io, MAX_DIRECT_MESSAGE_BYTES).await
+    ) -> std::io::Result<DirectRequest> {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_DIRECT_MESSAGE_BYTES {
+            return Ok(DirectRequest::TooLarge(len));
+        }
+        let mut buf = vec![0u8; len];
+        io.read_exact(&mut buf).await?;
+        Ok(DirectRequest::Frame(buf))
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
@@ -75,9 +93,17 @@ impl request_response::Codec for DirectCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Vec<u8>,
+        req: DirectRequest,
     ) -> std::io::Result<()> {
-        write_frame(io, &req).await
+        match req {
+            DirectRequest::Frame(data) => write_frame(io, &data).await,
+            DirectRequest::TooLarge(n) => {
+                // Diagnostics only: announce a frame of `n` bytes and send nothing after it.
+                io.write_all(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes())
+                    .await?;
+                io.close().await
+            }
+        }
     }
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,

@@ -28,7 +28,7 @@ use shared::wire::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
+use crate::net::{self, Behaviour, BehaviourEvent, DirectRequest, NetConfig};
 use crate::session::{AbortInfo, Action, Phase, Session};
 use crate::signer::{Signer, SignerError};
 
@@ -268,6 +268,10 @@ enum Command {
     PeerKeys {
         reply: oneshot::Sender<HashMap<PeerId, Vec<[u8; 33]>>>,
     },
+    Announcement {
+        id: SessionId,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
     PutRecord {
         key: Vec<u8>,
         value: Vec<u8>,
@@ -421,6 +425,16 @@ impl NodeHandle {
     /// [`NodeError::Stopped`].
     pub async fn peer_keys(&self) -> Result<HashMap<PeerId, Vec<[u8; 33]>>, NodeError> {
         self.call(|reply| Command::PeerKeys { reply }).await
+    }
+
+    /// The signed announcement envelope of a known session (public data; what the DHT holds).
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`].
+    pub async fn announcement(&self, id: SessionId) -> Result<Vec<u8>, NodeError> {
+        self.call(|reply| Command::Announcement { id, reply })
+            .await?
+            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))
     }
 
     /// Diagnostics: publish an arbitrary DHT record as this node (other nodes validate it and
@@ -687,7 +701,11 @@ impl Node {
             return;
         }
         if let Some(bytes) = outbox.queue.pop_front() {
-            let id = self.swarm.behaviour_mut().direct.send_request(&peer, bytes);
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .direct
+                .send_request(&peer, DirectRequest::Frame(bytes));
             if let Some(o) = self.outbox.get_mut(&peer) {
                 o.in_flight = Some(id);
             }
@@ -897,7 +915,11 @@ impl Node {
                     ))));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().direct.send_request(&peer, bytes);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .direct
+                    .send_request(&peer, DirectRequest::Frame(bytes));
                 self.raw_replies.insert(id, reply);
             }
             Command::Envelope {
@@ -909,6 +931,9 @@ impl Node {
             }
             Command::PeerKeys { reply } => {
                 let _ = reply.send(self.peer_keys.clone());
+            }
+            Command::Announcement { id, reply } => {
+                let _ = reply.send(self.sessions.get(&id).map(|s| s.announce.clone()));
             }
             Command::PutRecord { key, value, reply } => {
                 let r = match self.swarm.behaviour_mut().kad.as_mut() {
@@ -1118,13 +1143,11 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    if let Some(o) = self.outbox.get_mut(&peer_id) {
-                        o.in_flight = None;
-                    }
+                if let Some(o) = self.outbox.get_mut(&peer_id) {
+                    o.in_flight = None;
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -1158,7 +1181,14 @@ impl Node {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let answer = match self.on_request(peer, &request) {
+                    let outcome = match request {
+                        DirectRequest::Frame(bytes) => self.on_request(peer, &bytes),
+                        DirectRequest::TooLarge(n) => Err(Refusal(
+                            "too_large",
+                            format!("frame of {n} bytes over {MAX_DIRECT_MESSAGE_BYTES}"),
+                        )),
+                    };
+                    let answer = match outcome {
                         Ok(()) => Vec::new(),
                         Err(r) => {
                             self.reject(peer, &r);
@@ -1182,16 +1212,6 @@ impl Node {
                     self.on_outbound_done(peer, request_id, Ok(response));
                 }
             },
-            SwarmEvent::Behaviour(BehaviourEvent::Direct(
-                request_response::Event::InboundFailure {
-                    peer,
-                    error: request_response::InboundFailure::Io(e),
-                    ..
-                },
-            )) if e.kind() == std::io::ErrorKind::InvalidData => {
-                // The codec refused an oversized frame before reading it.
-                self.reject(peer, &Refusal("too_large", e.to_string()));
-            }
             SwarmEvent::Behaviour(BehaviourEvent::Direct(
                 request_response::Event::OutboundFailure {
                     peer,

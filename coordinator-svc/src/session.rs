@@ -397,7 +397,7 @@ impl Session {
                 });
                 self.set_phase(Phase::Aborted, &mut actions);
             }
-            Body::SignatureFinalized(sig) => {
+            Body::SignatureFinalized(sig)
                 if !self.phase.is_terminal()
                     && shared::musig::verify(
                         self.context.format,
@@ -405,11 +405,10 @@ impl Session {
                         &self.context.message,
                         sig,
                     )
-                    .is_ok()
-                {
-                    self.signature = Some(*sig);
-                    self.set_phase(Phase::Complete, &mut actions);
-                }
+                    .is_ok() =>
+            {
+                self.signature = Some(*sig);
+                self.set_phase(Phase::Complete, &mut actions);
             }
             _ => {}
         }

@@ -213,3 +213,11 @@ pub fn context(
         },
     }
 }
+
+pub async fn connect_refs(v: &[&Party]) {
+    for i in 0..v.len() {
+        for j in 0..i {
+            connect(v[i], v[j]).await;
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Hostile inputs over real libp2p: every kind of bad message is refused and counted against
+//! its sender; a wrong partial signature is blamed on its signer by every honest node; a
+//! participant that dies ends the session by timeout without any nonce being used twice.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Party, context, wait_event, wait_until};
+use coordinator_svc::node::NodeEvent;
+use coordinator_svc::session::Phase;
+use libp2p::PeerId;
+use prost::Message as _;
+use shared::election::SessionId;
+use shared::musig::SignatureFormat;
+use shared::wire::pb;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn msg(
+    id: SessionId,
+    sender: [u8; 33],
+    seq: u64,
+    ts: i64,
+    body: pb::wire_message::Body,
+) -> pb::WireMessage {
+    pb::WireMessage {
+        session_id: id.0.to_vec(),
+        sender_key: sender.to_vec(),
+        sequence: seq,
+        timestamp_ms: ts,
+        body: Some(body),
+    }
+}
+
+fn join() -> pb::wire_message::Body {
+    pb::wire_message::Body::Join(pb::SessionJoin {})
+}
+
+/// Send `m` as `from` (a key of `party`) to `to`, return the answer text (empty = accepted).
+async fn send(party: &Party, to: PeerId, m: pb::WireMessage) -> String {
+    let env = party.node.envelope(m, party.key).await.unwrap();
+    String::from_utf8(party.node.send_raw(to, env).await.unwrap()).unwrap()
+}
+
+async fn count(p: &Party, from: PeerId, reason: &str) -> u64 {
+    p.node
+        .rejections()
+        .await
+        .unwrap()
+        .get(&from)
+        .and_then(|m| m.get(reason))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_are_refused_and_counted() {
+    // A creates a session with B and C; C never joins, so the session stays in INIT.
+    let a = Party::start(31, common::fast_config()).await;
+    let mut b = Party::start(32, common::fast_config()).await;
+    let c = Party::start(33, common::fast_config()).await;
+    let x = Party::start(34, common::fast_config()).await; // outsider with its own attested key
+    for (p, q) in [(&a, &b), (&a, &c), (&b, &c), (&x, &a), (&x, &b)] {
+        common::connect(p, q).await;
+    }
+    let ctx = context(&[&a, &b, &c], SignatureFormat::Bip340, false, [5; 32]);
+    let view = a
+        .node
+        .create_session(ctx.clone(), None, None)
+        .await
+        .unwrap();
+    let id = view.id;
+    wait_event(&mut b.events, |e| {
+        matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
+    })
+    .await;
+    b.node.join_session(id).await.unwrap(); // B's Join is B's sequence 1
+    let (pa, pb_, px) = (a.node.peer_id(), b.node.peer_id(), x.node.peer_id());
+    wait_until(|| async { a.node.session(id).await.unwrap().unwrap().joined.len() == 2 }).await;
+
+    // Replayed message: sequence 1 again (a nonce share, allowed in INIT).
+    let nonce = shared::musig::nonce_gen(
+        &mut rand::rng(),
+        &b.secret,
+        &ctx.key_agg().unwrap(),
+        &ctx.message,
+    )
+    .unwrap()
+    .1;
+    let share = || {
+        pb::wire_message::Body::NonceShare(pb::NonceShare {
+            public_nonce: nonce.to_bytes().to_vec(),
+        })
+    };
+    let r = send(&b, pa, msg(id, b.key, 1, now_ms(), share())).await;
+    assert!(r.contains("replay_or_sequence"), "{r}");
+    // Too far ahead: sequence 1 + 101.
+    let r = send(&b, pa, msg(id, b.key, 102, now_ms(), share())).await;
+    assert!(r.contains("replay_or_sequence"), "{r}");
+    assert_eq!(count(&a, pb_, "replay_or_sequence").await, 2);
+    // Out of phase: a partial signature in INIT.
+    let psig = pb::wire_message::Body::PartialSigShare(pb::PartialSigShare {
+        partial_signature: vec![1; 32],
+    });
+    let r = send(&b, pa, msg(id, b.key, 2, now_ms(), psig)).await;
+    assert!(r.contains("out_of_phase"), "{r}");
+    // Stale and future timestamps.
+    let r = send(&b, pa, msg(id, b.key, 3, now_ms() - 6 * 60_000, share())).await;
+    assert!(r.contains("timestamp_skew"), "{r}");
+    let r = send(&b, pa, msg(id, b.key, 3, now_ms() + 6 * 60_000, share())).await;
+    assert!(r.contains("timestamp_skew"), "{r}");
+    assert_eq!(count(&a, pb_, "timestamp_skew").await, 2);
+    // Non-member: X is attested for its own key, which is not in the session.
+    let r = send(&x, pa, msg(id, x.key, 1, now_ms(), join())).await;
+    assert!(r.contains("not_member"), "{r}");
+    // Unattested key: X claims to speak for B's key.
+    let env = pb::SignedEnvelope::decode(
+        x.node
+            .envelope(msg(id, x.key, 1, now_ms(), join()), x.key)
+            .await
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let mut claim = msg(id, b.key, 50, now_ms(), join());
+    claim.sender_key = b.key.to_vec();
+    let mut forged = x.node.envelope(claim, x.key).await.unwrap();
+    let r = String::from_utf8(x.node.send_raw(pa, forged.clone()).await.unwrap()).unwrap();
+    assert!(r.contains("unattested"), "{r}");
+    // Altered envelope: flip a payload byte of a valid one (signature no longer matches).
+    let mut altered = env.clone();
+    altered.payload[5] ^= 1;
+    let r = String::from_utf8(x.node.send_raw(pa, altered.encode_to_vec()).await.unwrap()).unwrap();
+    assert!(r.contains("invalid_signature"), "{r}");
+    // Someone else's envelope replayed by X: the envelope key is not the sending peer.
+    let stolen = b
+        .node
+        .envelope(msg(id, b.key, 60, now_ms(), share()), b.key)
+        .await
+        .unwrap();
+    let r = String::from_utf8(x.node.send_raw(pa, stolen).await.unwrap()).unwrap();
+    assert!(r.contains("bad_envelope"), "{r}");
+    // Not canonical: an unknown field appended.
+    forged.extend_from_slice(&[0x98, 0x06, 0x01]);
+    let r = String::from_utf8(x.node.send_raw(pa, forged).await.unwrap()).unwrap();
+    assert!(r.contains("non_canonical"), "{r}");
+    // Oversized: the codec refuses to read it; it is answered and counted.
+    let r = String::from_utf8(x.node.send_raw(pa, vec![0u8; 100_001]).await.unwrap()).unwrap();
+    assert!(r.contains("too_large"), "{r}");
+    assert_eq!(count(&a, px, "too_large").await, 1);
+    // A forged announcement for a session X is not part of: refused (sender not a signer).
+    let ann = pb::wire_message::Body::Announce(pb::SessionAnnounce {
+        context: Some(ctx.to_pb()),
+        election_method: 1,
+        created_at_ms: now_ms(),
+        entropy: vec![1; 16],
+        expires_at_ms: now_ms() + 60_000,
+    });
+    let fake_id = SessionId::derive(&ctx.signer_keys, &ctx.message, now_ms(), &[1; 16]);
+    let r = send(&x, pa, msg(fake_id, x.key, 1, now_ms(), ann)).await;
+    assert!(
+        r.contains("not_member") || r.contains("session_id_mismatch"),
+        "{r}"
+    );
+    // DHT poisoning: X publishes an altered copy of A's announcement under the real key.
+    let mut poisoned =
+        pb::SignedEnvelope::decode(a.node.announcement(id).await.unwrap().as_slice()).unwrap();
+    let mut inner = pb::WireMessage::decode(poisoned.payload.as_slice()).unwrap();
+    if let Some(pb::wire_message::Body::Announce(an)) = inner.body.as_mut() {
+        an.expires_at_ms += 1;
+    }
+    poisoned.payload = inner.encode_to_vec();
+    let key = format!("musig2-session:{id}").into_bytes();
+    x.node
+        .put_record(key, poisoned.encode_to_vec())
+        .await
+        .unwrap();
+    wait_until(|| async {
+        count(&a, px, "invalid_signature").await + count(&b, px, "invalid_signature").await >= 2
+    })
+    .await;
+    // Every refusal left the session as it was.
+    let v = a.node.session(id).await.unwrap().unwrap();
+    assert_eq!(v.phase, Phase::Init);
+    assert_eq!(v.joined.len(), 2);
+    assert!(v.nonce_keys.is_empty());
+    let all = a.node.rejections().await.unwrap();
+    let total: u64 = all.values().flat_map(|m| m.values()).sum();
+    assert!(total >= 12, "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_partial_signature_is_blamed_on_every_honest_node() {
+    let mut a = Party::start(41, common::fast_config()).await;
+    let mut b = Party::start(42, common::fast_config()).await;
+    let m = Party::start(43, common::fast_config()).await; // malicious: driven by hand
+    common::connect_refs(&[&a, &b, &m]).await;
+    let ctx = context(&[&a, &b, &m], SignatureFormat::Lotus, false, [6; 32]);
+    let id = a
+        .node
+        .create_session(ctx.clone(), None, None)
+        .await
+        .unwrap()
+        .id;
+    wait_event(&mut b.events, |e| {
+        matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
+    })
+    .await;
+    b.node.join_session(id).await.unwrap();
+    wait_until(|| async { a.node.session(id).await.unwrap().unwrap().joined.len() == 2 }).await;
+    let (pa, pb_) = (a.node.peer_id(), b.node.peer_id());
+    // M joins and shares a real nonce from its signer, then a wrong partial signature.
+    for to in [pa, pb_] {
+        assert_eq!(send(&m, to, msg(id, m.key, 1, now_ms(), join())).await, "");
+    }
+    let nonce = m.signer.nonce(&m.key, &id, &ctx).await.unwrap();
+    for to in [pa, pb_] {
+        let body = pb::wire_message::Body::NonceShare(pb::NonceShare {
+            public_nonce: nonce.to_bytes().to_vec(),
+        });
+        assert_eq!(send(&m, to, msg(id, m.key, 2, now_ms(), body)).await, "");
+    }
+    for to in [pa, pb_] {
+        let body = pb::wire_message::Body::PartialSigShare(pb::PartialSigShare {
+            partial_signature: [7u8; 32].to_vec(),
+        });
+        let _ = send(&m, to, msg(id, m.key, 3, now_ms(), body)).await;
+    }
+    for p in [&mut a, &mut b] {
+        let info = wait_event(&mut p.events, |e| match e {
+            NodeEvent::Aborted { id: i, info } if *i == id => Some(info.clone()),
+            NodeEvent::Complete { id: i, .. } if *i == id => {
+                panic!("completed with a wrong partial signature")
+            }
+            _ => None,
+        })
+        .await;
+        assert_eq!(info.culprits, vec![m.key], "{}", info.reason);
+        assert!(
+            info.reason.contains("invalid partial signature"),
+            "{}",
+            info.reason
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_participant_ends_the_session_by_timeout_and_no_nonce_signs_twice() {
+    let mut a = Party::start(51, common::fast_config()).await;
+    let mut b = Party::start(52, common::fast_config()).await;
+    let mut c = Party::start(53, common::fast_config()).await;
+    common::connect_refs(&[&a, &b, &c]).await;
+    let ctx = context(&[&a, &b, &c], SignatureFormat::Bip340, true, [8; 32]);
+    let id = a
+        .node
+        .create_session(ctx.clone(), None, None)
+        .await
+        .unwrap()
+        .id;
+    for p in [&mut b, &mut c] {
+        wait_event(&mut p.events, |e| {
+            matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
+        })
+        .await;
+    }
+    b.node.join_session(id).await.unwrap();
+    c.node.join_session(id).await.unwrap();
+    // Kill C (node and signer) the moment round 1 starts there.
+    wait_event(&mut c.events, |e| {
+        matches!(e, NodeEvent::PhaseChanged { id: i, to: Phase::NonceExchange, .. } if *i == id)
+            .then_some(())
+    })
+    .await;
+    c.stop();
+    for p in [&mut a, &mut b] {
+        let info = wait_event(&mut p.events, |e| match e {
+            NodeEvent::Aborted { id: i, info } if *i == id => Some(info.clone()),
+            NodeEvent::Complete { id: i, .. } if *i == id => panic!("completed without C"),
+            _ => None,
+        })
+        .await;
+        assert!(info.reason.contains("stuck in phase"), "{}", info.reason);
+        assert!(
+            info.reason.contains(&hex::encode(c.key)),
+            "names the missing signer: {}",
+            info.reason
+        );
+    }
+    // A's nonce for this session can produce at most one partial signature, ever.
+    let mut fake = shared::musig::nonce_gen(
+        &mut rand::rng(),
+        &c.secret,
+        &ctx.key_agg().unwrap(),
+        &ctx.message,
+    )
+    .unwrap()
+    .1;
+    let a_nonce = a.signer.nonce(&a.key, &id, &ctx).await.unwrap(); // idempotent: the same nonce
+    let b_nonce = shared::musig::nonce_gen(
+        &mut rand::rng(),
+        &b.secret,
+        &ctx.key_agg().unwrap(),
+        &ctx.message,
+    )
+    .unwrap()
+    .1;
+    let mut ok = 0;
+    for _ in 0..2 {
+        let mut list = Vec::new();
+        for k in &ctx.signer_keys {
+            list.push(if *k == a.key {
+                a_nonce
+            } else if *k == b.key {
+                b_nonce
+            } else {
+                fake
+            });
+        }
+        if a.signer
+            .partial_sign(&a.key, &id, &ctx, &list)
+            .await
+            .is_ok()
+        {
+            ok += 1;
+        }
+        fake = shared::musig::nonce_gen(
+            &mut rand::rng(),
+            &c.secret,
+            &ctx.key_agg().unwrap(),
+            &ctx.message,
+        )
+        .unwrap()
+        .1;
+    }
+    assert!(ok <= 1, "a nonce signed twice");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
