@@ -113,3 +113,57 @@ async fn a_session_found_only_through_the_dht_completes() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_tells_the_others_and_expiry_aborts() {
+    let mut ps = parties(2).await;
+    let ctx = context(&[&ps[0], &ps[1]], SignatureFormat::Bip340, false, [3; 32]);
+    let id = ps[0]
+        .node
+        .create_session(ctx.clone(), None, None)
+        .await
+        .unwrap()
+        .id;
+    wait_event(&mut ps[1].events, |e| {
+        matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ps[0]
+            .node
+            .close_session(id, "operator request")
+            .await
+            .unwrap(),
+        Phase::Aborted
+    );
+    let info = wait_event(&mut ps[1].events, |e| match e {
+        NodeEvent::Aborted { id: i, info } if *i == id => Some(info.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(info.code, shared::wire::AbortCode::Closed);
+    assert!(info.reason.contains("operator request"), "{}", info.reason);
+    // Joining an aborted session is refused.
+    let e = ps[1].node.join_session(id).await.unwrap_err();
+    assert!(
+        matches!(e, coordinator_svc::node::NodeError::FailedPrecondition(_)),
+        "{e}"
+    );
+
+    // A session nobody joins expires at its timeout.
+    let id = ps[0]
+        .node
+        .create_session(ctx, None, Some(std::time::Duration::from_millis(600)))
+        .await
+        .unwrap()
+        .id;
+    let info = wait_event(&mut ps[0].events, |e| match e {
+        NodeEvent::Aborted { id: i, info } if *i == id => Some(info.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(info.code, shared::wire::AbortCode::Timeout);
+    assert!(info.reason.contains("expired"), "{}", info.reason);
+    // A completed session closes cleanly.
+    run(&mut ps, SignatureFormat::Lotus, false, [4; 32]).await;
+}
