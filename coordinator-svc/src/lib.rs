@@ -13,3 +13,4 @@ pub mod net;
 pub mod node;
 pub mod session;
 pub mod signer;
+pub mod store;

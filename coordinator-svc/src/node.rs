@@ -68,6 +68,12 @@ pub struct NodeConfig {
     pub election_method: ElectionMethod,
     /// Lifetime of the attestations obtained from the signer.
     pub attestation_ttl: Duration,
+    /// enableCoordinatorFailover (true).
+    pub enable_failover: bool,
+    /// broadcastTimeout (5 min).
+    pub broadcast_timeout: Duration,
+    /// Most unfinished sessions at once; past it creation answers RESOURCE_EXHAUSTED.
+    pub max_active_sessions: usize,
 }
 
 impl Default for NodeConfig {
@@ -83,6 +89,9 @@ impl Default for NodeConfig {
             enable_replay_protection: true,
             election_method: ElectionMethod::Lexicographic,
             attestation_ttl: Duration::from_secs(7 * 24 * 3600),
+            enable_failover: true,
+            broadcast_timeout: Duration::from_secs(300),
+            max_active_sessions: 1000,
         }
     }
 }
@@ -120,6 +129,8 @@ pub struct SessionView {
     pub created_at_ms: i64,
     /// Expiry, ms.
     pub expires_at_ms: i64,
+    /// Failover progress.
+    pub failover: crate::store::FailoverRecord,
 }
 
 impl SessionView {
@@ -146,6 +157,7 @@ impl SessionView {
             abort: s.abort.clone(),
             created_at_ms: s.created_at_ms,
             expires_at_ms: s.expires_at_ms,
+            failover: s.failover.clone(),
         }
     }
 }
@@ -192,6 +204,44 @@ pub enum NodeEvent {
         /// Reason label.
         reason: &'static str,
     },
+    /// This node is responsible for broadcasting (elected, or after failovers).
+    ShouldBroadcast {
+        /// Session.
+        id: SessionId,
+        /// Sorted index responsible.
+        index: usize,
+        /// Failover attempt (0 = the elected coordinator).
+        attempt: usize,
+        /// The signature to broadcast.
+        signature: Signature,
+    },
+    /// The responsible coordinator did not confirm in time.
+    CoordinatorFailed {
+        /// Session.
+        id: SessionId,
+        /// Index that failed.
+        failed_index: usize,
+        /// Attempt now starting.
+        attempt: usize,
+        /// Index now responsible.
+        next_index: usize,
+    },
+    /// Every coordinator failed to confirm.
+    FailoverExhausted {
+        /// Session.
+        id: SessionId,
+        /// Attempts made.
+        attempts: usize,
+    },
+    /// A broadcast was confirmed (by us or a participant).
+    BroadcastConfirmed {
+        /// Session.
+        id: SessionId,
+        /// Confirming signer.
+        by: [u8; 33],
+        /// Reference.
+        reference: String,
+    },
     /// A peer's attested keys are known.
     PeerIdentified {
         /// Peer.
@@ -217,6 +267,9 @@ pub enum NodeError {
     /// The network or signer is unavailable.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Too much work in progress.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     /// The node is shutting down.
     #[error("the node stopped")]
     Stopped,
@@ -271,6 +324,11 @@ enum Command {
     Announcement {
         id: SessionId,
         reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    NotifyBroadcast {
+        id: SessionId,
+        reference: String,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     PutRecord {
         key: Vec<u8>,
@@ -427,6 +485,25 @@ impl NodeHandle {
         self.call(|reply| Command::PeerKeys { reply }).await
     }
 
+    /// The application broadcast the transaction: tell every participant (signed
+    /// BROADCAST_CONFIRMED) so their failover timers stop.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`], [`NodeError::FailedPrecondition`] unless COMPLETE.
+    pub async fn notify_broadcast_complete(
+        &self,
+        id: SessionId,
+        reference: &str,
+    ) -> Result<(), NodeError> {
+        let reference = reference.to_string();
+        self.call(|reply| Command::NotifyBroadcast {
+            id,
+            reference,
+            reply,
+        })
+        .await?
+    }
+
     /// The signed announcement envelope of a known session (public data; what the DHT holds).
     ///
     /// # Errors
@@ -506,6 +583,7 @@ struct Node {
     internal_tx: mpsc::Sender<Internal>,
     events: broadcast::Sender<NodeEvent>,
     hello_seq: u64,
+    store: crate::store::Store,
 }
 
 fn now_ms() -> i64 {
@@ -536,6 +614,7 @@ pub async fn start(
     cfg: NodeConfig,
     keypair: identity::Keypair,
     signer: Signer,
+    store: crate::store::Store,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
     let keys = signer
@@ -610,7 +689,10 @@ pub async fn start(
         internal_tx,
         events: events.clone(),
         hello_seq: u64::try_from(now_ms()).unwrap_or(1),
+        store,
     };
+    let mut node = node;
+    node.restore()?;
     let task = tokio::spawn(node.run(rx, internal_rx, shutdown));
     Ok((
         NodeHandle {
@@ -632,6 +714,11 @@ impl Node {
     ) {
         let mut tick = tokio::time::interval(self.cfg.cleanup_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failover_tick = tokio::time::interval(
+            (self.cfg.broadcast_timeout / 10)
+                .clamp(Duration::from_millis(20), Duration::from_secs(1)),
+        );
+        failover_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -639,6 +726,7 @@ impl Node {
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 Some(i) = internal.recv() => self.on_internal(i),
                 _ = tick.tick() => self.on_tick(),
+                _ = failover_tick.tick() => self.on_failover_tick(),
             }
         }
         tracing::info!("node stopped");
@@ -808,10 +896,17 @@ impl Node {
                     };
                     match to {
                         Phase::Complete => {
-                            if let Some(signature) = s.signature {
+                            let signature = s.signature;
+                            // On disk before anyone hears of it.
+                            if let Err(e) = self.persist(id) {
+                                tracing::error!(session = %id, error = %e, "final signature not stored; completion not reported");
+                                continue;
+                            }
+                            if let Some(signature) = signature {
                                 self.emit(NodeEvent::Complete { id, signature });
                             }
                             self.finished_at.insert(id, Instant::now());
+                            self.start_failover(id);
                         }
                         Phase::Aborted => {
                             if let Some(info) = s.abort.clone() {
@@ -823,8 +918,214 @@ impl Node {
                     }
                 }
                 Action::Joined(key) => self.emit(NodeEvent::Joined { id, key }),
+                Action::BroadcastConfirmed { by, reference } => {
+                    self.emit(NodeEvent::BroadcastConfirmed { id, by, reference });
+                }
             }
         }
+        if let Err(e) = self.persist(id) {
+            tracing::error!(session = %id, error = %e, "session state not stored");
+        }
+    }
+
+    // ---------------------------------------------------------------- persistence
+
+    fn persist(&self, id: SessionId) -> Result<(), crate::store::StoreError> {
+        let Some(s) = self.sessions.get(&id) else {
+            return Ok(());
+        };
+        let sent = self.sent.get(&id).map(|x| x.0.as_slice()).unwrap_or(&[]);
+        self.store.put(&id.0, &s.to_record(sent))
+    }
+
+    /// Rebuild sessions from the store; resume unfinished ones by asking the signer again
+    /// (it answers the same nonce / partial signature if it still holds the nonce, otherwise
+    /// the session aborts with the reason).
+    fn restore(&mut self) -> anyhow::Result<()> {
+        let records = self.store.all()?;
+        let mut resume = Vec::new();
+        for (id, rec) in records {
+            let id = SessionId(id);
+            match Session::from_record(id, &rec, &self.keys) {
+                Ok((s, sent)) => {
+                    if !s.phase.is_terminal() {
+                        resume.push((id, s.phase));
+                    }
+                    if s.phase.is_terminal() {
+                        self.finished_at.insert(id, Instant::now());
+                    }
+                    self.sent.insert(id, (sent, HashSet::new()));
+                    self.sessions.insert(id, s);
+                }
+                Err(e) => {
+                    tracing::error!(session = %id, error = %e, "stored session does not decode; skipped")
+                }
+            }
+        }
+        tracing::info!(
+            sessions = self.sessions.len(),
+            unfinished = resume.len(),
+            "store loaded"
+        );
+        for (id, phase) in resume {
+            let actions = match phase {
+                Phase::NonceExchange => vec![Action::RequestNonces],
+                Phase::PartialSigExchange => vec![Action::RequestPartialSignatures],
+                _ => Vec::new(),
+            };
+            self.apply(id, actions);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- failover
+
+    fn responsible_is_local(&self, s: &Session, attempt: usize) -> Option<usize> {
+        s.election
+            .responsible_after(attempt)
+            .filter(|i| s.local.contains(i))
+    }
+
+    fn start_failover(&mut self, id: SessionId) {
+        if !self.cfg.enable_failover {
+            return;
+        }
+        let deadline = now_ms().saturating_add(
+            i64::try_from(self.cfg.broadcast_timeout.as_millis()).unwrap_or(i64::MAX),
+        );
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.failover.confirmed.is_some()
+            || s.failover.deadline_ms.is_some()
+            || s.failover.exhausted
+        {
+            return;
+        }
+        s.failover.deadline_ms = Some(deadline);
+        let (attempt, signature) = (s.failover.attempt, s.signature);
+        let local = self
+            .sessions
+            .get(&id)
+            .and_then(|s| self.responsible_is_local(s, attempt));
+        if let (Some(index), Some(signature)) = (local, signature) {
+            self.emit(NodeEvent::ShouldBroadcast {
+                id,
+                index,
+                attempt,
+                signature,
+            });
+        }
+        let _ = self.persist(id);
+    }
+
+    fn on_failover_tick(&mut self) {
+        let now = now_ms();
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.failover.confirmed.is_none() && s.failover.deadline_ms.is_some_and(|d| d <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let timeout = i64::try_from(self.cfg.broadcast_timeout.as_millis()).unwrap_or(i64::MAX);
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            let failed_index = s
+                .election
+                .responsible_after(s.failover.attempt)
+                .unwrap_or(0);
+            s.failover.attempt += 1;
+            let attempt = s.failover.attempt;
+            match s.election.responsible_after(attempt) {
+                Some(next_index) => {
+                    s.failover.deadline_ms = Some(now.saturating_add(timeout));
+                    let signature = s.signature;
+                    tracing::warn!(session = %id, failed_index, attempt, next_index, "coordinator failed to confirm the broadcast");
+                    self.emit(NodeEvent::CoordinatorFailed {
+                        id,
+                        failed_index,
+                        attempt,
+                        next_index,
+                    });
+                    let local = self
+                        .sessions
+                        .get(&id)
+                        .and_then(|s| self.responsible_is_local(s, attempt));
+                    if let (Some(index), Some(signature)) = (local, signature) {
+                        self.emit(NodeEvent::ShouldBroadcast {
+                            id,
+                            index,
+                            attempt,
+                            signature,
+                        });
+                    }
+                }
+                None => {
+                    s.failover.deadline_ms = None;
+                    s.failover.exhausted = true;
+                    tracing::error!(session = %id, attempts = attempt, "failover exhausted: nobody confirmed the broadcast");
+                    self.emit(NodeEvent::CoordinatorFailed {
+                        id,
+                        failed_index,
+                        attempt,
+                        next_index: failed_index,
+                    });
+                    self.emit(NodeEvent::FailoverExhausted {
+                        id,
+                        attempts: attempt,
+                    });
+                }
+            }
+            let _ = self.persist(id);
+        }
+    }
+
+    fn notify_broadcast(&mut self, id: SessionId, reference: String) -> Result<(), NodeError> {
+        if reference.len() > wire::MAX_REFERENCE_BYTES {
+            return Err(NodeError::InvalidArgument(format!(
+                "broadcast_reference exceeds {} bytes",
+                wire::MAX_REFERENCE_BYTES
+            )));
+        }
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))?;
+        if !matches!(s.phase, Phase::Complete | Phase::Closed) {
+            return Err(NodeError::FailedPrecondition(format!(
+                "session {id} is {}, not COMPLETE",
+                s.phase.as_str()
+            )));
+        }
+        let Some(&from) = s.local.first().and_then(|i| s.context.signer_keys.get(*i)) else {
+            return Err(NodeError::FailedPrecondition(
+                "no local key in the session".into(),
+            ));
+        };
+        let attempt = u32::try_from(s.failover.attempt).unwrap_or(u32::MAX);
+        if s.failover.confirmed.is_none() {
+            s.failover.confirmed = Some((hex::encode(from), reference.clone()));
+            s.failover.deadline_ms = None;
+        }
+        let actions = vec![
+            Action::Broadcast {
+                from,
+                body: Body::BroadcastConfirmed {
+                    reference: reference.clone(),
+                    attempt,
+                },
+            },
+            Action::BroadcastConfirmed {
+                by: from,
+                reference,
+            },
+        ];
+        self.apply(id, actions);
+        Ok(())
     }
 
     // ---------------------------------------------------------------- commands
@@ -932,6 +1233,13 @@ impl Node {
             Command::PeerKeys { reply } => {
                 let _ = reply.send(self.peer_keys.clone());
             }
+            Command::NotifyBroadcast {
+                id,
+                reference,
+                reply,
+            } => {
+                let _ = reply.send(self.notify_broadcast(id, reference));
+            }
             Command::Announcement { id, reply } => {
                 let _ = reply.send(self.sessions.get(&id).map(|s| s.announce.clone()));
             }
@@ -955,6 +1263,16 @@ impl Node {
         timeout: Option<Duration>,
     ) -> Result<SessionView, NodeError> {
         // Re-validate as a peer would (sorted distinct keys, lengths, tweaks).
+        let active = self
+            .sessions
+            .values()
+            .filter(|s| !s.phase.is_terminal())
+            .count();
+        if active >= self.cfg.max_active_sessions {
+            return Err(NodeError::ResourceExhausted(format!(
+                "{active} unfinished sessions; retry later"
+            )));
+        }
         let context = SessionContext::from_pb(&context.to_pb())
             .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
         let local: Vec<usize> = (0..context.signer_keys.len())

@@ -95,7 +95,9 @@ impl Party {
         let signer = Signer::connect_lazy(&ep).unwrap();
         let node_stop = CancellationToken::new();
         let identity = libp2p::identity::Keypair::generate_ed25519();
-        let (node, _task) = node::start(config, identity, signer.clone(), node_stop.clone())
+        let store =
+            coordinator_svc::store::Store::open(&dir.path().join("coordinator.redb")).unwrap();
+        let (node, _task) = node::start(config, identity, signer.clone(), store, node_stop.clone())
             .await
             .unwrap();
         let events = node.events();
