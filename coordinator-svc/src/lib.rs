@@ -9,8 +9,12 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod api;
+pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod server;
 pub mod session;
 pub mod signer;
 pub mod store;

@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub broadcast_timeout: Duration,
     /// Most unfinished sessions at once; past it creation answers RESOURCE_EXHAUSTED.
     pub max_active_sessions: usize,
+    /// enableSessionDiscovery: `join` looks unknown sessions up in the DHT.
+    pub enable_session_discovery: bool,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +94,7 @@ impl Default for NodeConfig {
             enable_failover: true,
             broadcast_timeout: Duration::from_secs(300),
             max_active_sessions: 1000,
+            enable_session_discovery: true,
         }
     }
 }
@@ -131,6 +134,10 @@ pub struct SessionView {
     pub expires_at_ms: i64,
     /// Failover progress.
     pub failover: crate::store::FailoverRecord,
+    /// This node's public nonces (by local key order).
+    pub local_nonces: Vec<[u8; 66]>,
+    /// This node's partial signatures (by local key order).
+    pub local_psigs: Vec<[u8; 32]>,
 }
 
 impl SessionView {
@@ -158,6 +165,18 @@ impl SessionView {
             created_at_ms: s.created_at_ms,
             expires_at_ms: s.expires_at_ms,
             failover: s.failover.clone(),
+            local_nonces: s
+                .local
+                .iter()
+                .filter_map(|i| s.nonces.get(*i).copied().flatten())
+                .map(|n| n.to_bytes())
+                .collect(),
+            local_psigs: s
+                .local
+                .iter()
+                .filter_map(|i| s.psigs.get(*i).copied().flatten())
+                .map(|p| p.to_bytes())
+                .collect(),
         }
     }
 }
@@ -354,6 +373,7 @@ pub struct NodeInfo {
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     events: broadcast::Sender<NodeEvent>,
     peer_id: PeerId,
     keys: Vec<[u8; 33]>,
@@ -370,6 +390,11 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Messages from peers accepted so far.
+    pub fn accepted_messages(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node's peer id.
@@ -584,6 +609,7 @@ struct Node {
     events: broadcast::Sender<NodeEvent>,
     hello_seq: u64,
     store: crate::store::Store,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn now_ms() -> i64 {
@@ -667,6 +693,7 @@ pub async fn start(
         swarm.dial(addr.clone())?;
     }
     let (tx, rx) = mpsc::channel(256);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (events, _) = broadcast::channel(4096);
     let (internal_tx, internal_rx) = mpsc::channel(1024);
     let node = Node {
@@ -690,6 +717,7 @@ pub async fn start(
         events: events.clone(),
         hello_seq: u64::try_from(now_ms()).unwrap_or(1),
         store,
+        accepted: accepted.clone(),
     };
     let mut node = node;
     node.restore()?;
@@ -697,6 +725,7 @@ pub async fn start(
     Ok((
         NodeHandle {
             tx,
+            accepted,
             events,
             peer_id,
             keys,
@@ -1143,7 +1172,13 @@ impl Node {
             Command::Join { id, reply } => {
                 if self.sessions.contains_key(&id) {
                     let _ = reply.send(self.join(id));
-                } else if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                } else if let Some(kad) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .as_mut()
+                    .filter(|_| self.cfg.enable_session_discovery)
+                {
                     let q = kad.get_record(session_record_key(&id));
                     self.dht_joins.insert(q, (id, reply));
                 } else {
@@ -1507,7 +1542,11 @@ impl Node {
                         )),
                     };
                     let answer = match outcome {
-                        Ok(()) => Vec::new(),
+                        Ok(()) => {
+                            self.accepted
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Vec::new()
+                        }
                         Err(r) => {
                             self.reject(peer, &r);
                             format!("rejected: {}: {}", r.0, r.1)

@@ -409,15 +409,13 @@ impl Session {
                 });
                 self.set_phase(Phase::Aborted, &mut actions);
             }
-            Body::BroadcastConfirmed { reference, .. } => {
-                if self.failover.confirmed.is_none() {
-                    self.failover.confirmed = Some((hex::encode(key), reference.clone()));
-                    self.failover.deadline_ms = None;
-                    actions.push(Action::BroadcastConfirmed {
-                        by: key,
-                        reference: reference.clone(),
-                    });
-                }
+            Body::BroadcastConfirmed { reference, .. } if self.failover.confirmed.is_none() => {
+                self.failover.confirmed = Some((hex::encode(key), reference.clone()));
+                self.failover.deadline_ms = None;
+                actions.push(Action::BroadcastConfirmed {
+                    by: key,
+                    reference: reference.clone(),
+                });
             }
             Body::SignatureFinalized(sig)
                 if !self.phase.is_terminal()

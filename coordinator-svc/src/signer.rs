@@ -32,6 +32,12 @@ pub struct SignerEndpoint {
 #[derive(Debug, Clone)]
 pub struct Signer {
     client: SignerServiceClient<Channel>,
+    latency: Option<
+        prometheus_client::metrics::family::Family<
+            crate::metrics::NameLabel,
+            prometheus_client::metrics::histogram::Histogram,
+        >,
+    >,
 }
 
 /// Signer call failures.
@@ -79,7 +85,27 @@ impl Signer {
             .connect_lazy();
         Ok(Signer {
             client: SignerServiceClient::new(channel),
+            latency: None,
         })
+    }
+
+    /// Record call latencies in `family` (label: the call name).
+    pub fn with_metrics(
+        mut self,
+        family: prometheus_client::metrics::family::Family<
+            crate::metrics::NameLabel,
+            prometheus_client::metrics::histogram::Histogram,
+        >,
+    ) -> Self {
+        self.latency = Some(family);
+        self
+    }
+
+    fn observe(&self, name: &str, started: std::time::Instant) {
+        if let Some(f) = &self.latency {
+            f.get_or_create(&crate::metrics::NameLabel { name: name.into() })
+                .observe(started.elapsed().as_secs_f64());
+        }
     }
 
     /// Keys the signer holds.
@@ -140,6 +166,7 @@ impl Signer {
         session: &SessionId,
         ctx: &SessionContext,
     ) -> Result<PubNonce, SignerError> {
+        let started = std::time::Instant::now();
         let r = self
             .client
             .clone()
@@ -150,6 +177,7 @@ impl Signer {
             })
             .await?
             .into_inner();
+        self.observe("generate_nonce", started);
         PubNonce::from_slice(&r.public_nonce).map_err(|_| SignerError::Malformed("public nonce"))
     }
 
@@ -164,6 +192,7 @@ impl Signer {
         ctx: &SessionContext,
         nonces: &[PubNonce],
     ) -> Result<PartialSignature, SignerError> {
+        let started = std::time::Instant::now();
         let r = self
             .client
             .clone()
@@ -175,6 +204,7 @@ impl Signer {
             })
             .await?
             .into_inner();
+        self.observe("partial_sign", started);
         PartialSignature::from_slice(&r.partial_signature)
             .map_err(|_| SignerError::Malformed("partial signature"))
     }

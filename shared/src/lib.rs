@@ -13,6 +13,7 @@
     )
 )]
 
+pub mod config;
 pub mod election;
 pub mod musig;
 pub mod wire;

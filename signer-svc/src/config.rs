@@ -157,7 +157,7 @@ impl Config {
     pub fn parse(text: &str, env: &[(String, String)], base: &Path) -> Result<Self, ConfigError> {
         let mut value: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError(vec![format!("TOML: {e}")]))?;
-        apply_env(&mut value, env, ENV_PREFIX)?;
+        shared::config::apply_env(&mut value, env, ENV_PREFIX).map_err(ConfigError)?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
             .map_err(|e| ConfigError(vec![format!("{}: {}", e.path(), e.inner())]))?;
         config.resolve(base);
@@ -241,56 +241,6 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(errs))
-        }
-    }
-}
-
-/// Apply `PREFIX` + `A__B__C=value` overrides to the table (`a.b.c`); values are parsed as TOML
-/// (so `true`, `42`, `["x"]` work) and fall back to strings.
-///
-/// # Errors
-/// [`ConfigError`] when an override would replace a table by a value.
-pub fn apply_env(
-    table: &mut toml::Table,
-    env: &[(String, String)],
-    prefix: &str,
-) -> Result<(), ConfigError> {
-    let mut errs = Vec::new();
-    for (k, v) in env {
-        let Some(path) = k.strip_prefix(prefix) else {
-            continue;
-        };
-        let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
-        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(v.clone()));
-        if let Err(e) = set_path(table, &parts, value) {
-            errs.push(format!("{k}: {e}"));
-        }
-    }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigError(errs))
-    }
-}
-
-fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Result<(), String> {
-    match parts {
-        [] => Ok(()),
-        [last] => {
-            table.insert(last.clone(), value);
-            Ok(())
-        }
-        [first, rest @ ..] => {
-            match table
-                .entry(first.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            {
-                toml::Value::Table(t) => set_path(t, rest, value),
-                _ => Err(format!("{first} is not a table")),
-            }
         }
     }
 }

@@ -1,0 +1,207 @@
+//! Prometheus metrics of the coordinator, fed from node events (no key or session material in
+//! labels): sessions by phase, round latencies, rejected messages by reason, accepted
+//! messages, signer call latency, failovers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use shared::election::SessionId;
+
+use crate::node::{NodeEvent, NodeHandle};
+use crate::session::Phase;
+
+/// Label: a phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// Phase name.
+    pub phase: String,
+}
+
+/// Label: a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Reason.
+    pub reason: String,
+}
+
+/// Label: a round or call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    /// Name.
+    pub name: String,
+}
+
+/// The metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    sessions: Family<PhaseLabel, Gauge>,
+    rejected: Family<ReasonLabel, Counter>,
+    accepted: Gauge,
+    rounds: Family<NameLabel, Histogram>,
+    /// Signer call latency by call (observed by the signer client).
+    pub signer_calls: Family<NameLabel, Histogram>,
+    failovers: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register everything.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("musig2_coordinator");
+        let sessions = Family::<PhaseLabel, Gauge>::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let accepted = Gauge::default();
+        let buckets = || {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+            ])
+        };
+        let rounds = Family::<NameLabel, Histogram>::new_with_constructor(buckets);
+        let signer_calls = Family::<NameLabel, Histogram>::new_with_constructor(buckets);
+        let failovers = Counter::default();
+        registry.register("sessions", "Sessions in memory by phase", sessions.clone());
+        registry.register(
+            "messages_rejected",
+            "Peer messages refused, by reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Peer messages accepted",
+            accepted.clone(),
+        );
+        registry.register(
+            "round_duration_seconds",
+            "Round durations (nonce, partial_signature, total)",
+            rounds.clone(),
+        );
+        registry.register(
+            "signer_call_duration_seconds",
+            "Signer call latency by call",
+            signer_calls.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Coordinator failovers (broadcast not confirmed in time)",
+            failovers.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            sessions,
+            rejected,
+            accepted,
+            rounds,
+            signer_calls,
+            failovers,
+        }
+    }
+
+    /// Follow a node's events until it stops.
+    pub fn follow(self: &Arc<Self>, node: &NodeHandle) {
+        let me = self.clone();
+        let mut rx = node.events();
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut started: HashMap<SessionId, (Instant, Option<Instant>)> = HashMap::new();
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                };
+                me.accepted
+                    .set(i64::try_from(node.accepted_messages()).unwrap_or(i64::MAX));
+                match ev {
+                    NodeEvent::SessionCreated(v) => {
+                        me.sessions
+                            .get_or_create(&PhaseLabel {
+                                phase: v.phase.as_str().into(),
+                            })
+                            .inc();
+                    }
+                    NodeEvent::PhaseChanged { id, from, to } => {
+                        me.sessions
+                            .get_or_create(&PhaseLabel {
+                                phase: from.as_str().into(),
+                            })
+                            .dec();
+                        me.sessions
+                            .get_or_create(&PhaseLabel {
+                                phase: to.as_str().into(),
+                            })
+                            .inc();
+                        let now = Instant::now();
+                        match to {
+                            Phase::NonceExchange => {
+                                started.insert(id, (now, None));
+                            }
+                            Phase::PartialSigExchange => {
+                                if let Some((t0, t1)) = started.get_mut(&id) {
+                                    me.rounds
+                                        .get_or_create(&NameLabel {
+                                            name: "nonce".into(),
+                                        })
+                                        .observe((now - *t0).as_secs_f64());
+                                    *t1 = Some(now);
+                                }
+                            }
+                            Phase::Complete => {
+                                if let Some((t0, Some(t1))) = started.remove(&id) {
+                                    me.rounds
+                                        .get_or_create(&NameLabel {
+                                            name: "partial_signature".into(),
+                                        })
+                                        .observe((now - t1).as_secs_f64());
+                                    me.rounds
+                                        .get_or_create(&NameLabel {
+                                            name: "total".into(),
+                                        })
+                                        .observe((now - t0).as_secs_f64());
+                                }
+                            }
+                            _ if to.is_terminal() => {
+                                started.remove(&id);
+                            }
+                            _ => {}
+                        }
+                    }
+                    NodeEvent::Rejected { reason, .. } => {
+                        me.rejected
+                            .get_or_create(&ReasonLabel {
+                                reason: reason.into(),
+                            })
+                            .inc();
+                    }
+                    NodeEvent::CoordinatorFailed { .. } => {
+                        me.failovers.inc();
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let r = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        out
+    }
+}

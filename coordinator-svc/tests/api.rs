@@ -1,0 +1,492 @@
+//! Three parties as real processes (signer + coordinator each), driven purely through the
+//! coordinator's gRPC API over mutual TLS.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+#[path = "common/procs.rs"]
+mod procs;
+
+use std::time::Duration;
+
+use musig2_proto::v1::{self as pb, watch_events_response::Event as Ev};
+use procs::ProcParty;
+use shared::musig::{Signature, SignatureFormat, verify};
+use tonic::Code;
+
+type Client = musig2_proto::v1::coordinator_service_client::CoordinatorServiceClient<
+    tonic::transport::Channel,
+>;
+type Events = tonic::Streaming<pb::WatchEventsResponse>;
+
+async fn watch(c: &mut Client) -> Events {
+    c.watch_events(pb::WatchEventsRequest {
+        session_id: String::new(),
+        replay_completed: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn next_event<T>(s: &mut Events, mut f: impl FnMut(&Ev) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .expect("event within 30 s")
+            .unwrap()
+            .unwrap();
+        if let Some(t) = m.event.as_ref().and_then(&mut f) {
+            return t;
+        }
+    }
+}
+
+async fn mesh(ps: &[ProcParty]) {
+    for i in 0..ps.len() {
+        for j in 0..i {
+            let mut c = ps[i].client().await;
+            c.connect_peer(pb::ConnectPeerRequest {
+                multiaddr: ps[j].listen[0].clone(),
+            })
+            .await
+            .unwrap();
+        }
+    }
+    // Wait until every node is connected to every other one.
+    for p in ps {
+        let mut c = p.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while (c
+            .get_node_info(pb::GetNodeInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .connected_peers as usize)
+            < ps.len() - 1
+        {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+fn keys(ps: &[ProcParty]) -> Vec<Vec<u8>> {
+    ps.iter().map(|p| p.key.to_vec()).collect()
+}
+
+/// Create on the first, join on the others when SessionCreated arrives, run both rounds
+/// explicitly, and return the session id once every node reports completion.
+async fn session(
+    ps: &[ProcParty],
+    format: SignatureFormat,
+    msg: [u8; 32],
+    taproot: bool,
+) -> (String, Vec<u8>) {
+    let mut clients = Vec::new();
+    let mut streams = Vec::new();
+    for p in ps {
+        let mut c = p.client().await;
+        streams.push(watch(&mut c).await);
+        clients.push(c);
+    }
+    let tweaks = if taproot {
+        vec![pb::Tweak {
+            kind: Some(shared::wire::pb::tweak::Kind::Taproot(pb::TaprootTweak {
+                merkle_root: vec![],
+            })),
+        }]
+    } else {
+        vec![]
+    };
+    let created = clients[0]
+        .create_session(pb::CreateSessionRequest {
+            signer_keys: keys(ps),
+            message: msg.to_vec(),
+            format: shared::wire::format_to_pb(format) as i32,
+            tweaks,
+            election_method: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let id = created.session_id.clone();
+    for i in 1..ps.len() {
+        let sid = id.clone();
+        next_event(&mut streams[i], |e| match e {
+            Ev::SessionCreated(s) if s.session.as_ref().is_some_and(|s| s.session_id == sid) => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+        clients[i]
+            .join_session(pb::JoinSessionRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    for c in clients.iter_mut() {
+        let n = c
+            .start_round1(pb::StartRound1Request {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(n.public_nonces.len(), 1);
+        assert_eq!(n.public_nonces[0].len(), 66);
+    }
+    for c in clients.iter_mut() {
+        let p = c
+            .start_round2(pb::StartRound2Request {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.partial_signatures[0].len(), 32);
+    }
+    let mut sig = Vec::new();
+    for s in streams.iter_mut() {
+        let sid = id.clone();
+        sig = next_event(s, |e| match e {
+            Ev::SessionComplete(c) if c.session_id == sid => Some(c.signature.clone()),
+            Ev::SessionError(x) if x.session_id == sid => panic!("aborted: {}", x.reason),
+            _ => None,
+        })
+        .await;
+    }
+    for c in clients.iter_mut() {
+        let f = c
+            .get_final_signature(pb::GetFinalSignatureRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(f.signature, sig);
+        let key: [u8; 33] = f.output_key.try_into().unwrap();
+        verify(
+            format,
+            &key,
+            &f.message,
+            &Signature(f.signature.try_into().unwrap()),
+        )
+        .unwrap();
+    }
+    (id, sig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_coordinators_through_the_api_in_both_formats() {
+    let base = tempfile::tempdir().unwrap();
+    let mut ps = Vec::new();
+    for s in 61..64u8 {
+        ps.push(ProcParty::start(base.path(), s, "").await);
+    }
+    mesh(&ps).await;
+    session(&ps, SignatureFormat::Bip340, [1; 32], false).await;
+    session(&ps, SignatureFormat::Lotus, [2; 32], true).await;
+    // The one-call Sign drives both rounds (others join from their event streams).
+    let mut a = ps[0].client().await;
+    let mut helpers = Vec::new();
+    for p in &ps[1..] {
+        let mut c = p.client().await;
+        let mut s = watch(&mut c).await;
+        helpers.push(tokio::spawn(async move {
+            let id = next_event(&mut s, |e| match e {
+                Ev::SessionCreated(x) => x.session.as_ref().map(|s| s.session_id.clone()),
+                _ => None,
+            })
+            .await;
+            c.sign(pb::SignRequest {
+                session_id: id,
+                timeout_ms: 30_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }));
+    }
+    let r = a
+        .sign(pb::SignRequest {
+            signer_keys: keys(&ps),
+            message: vec![3; 32],
+            format: pb::SignatureFormat::Lotus as i32,
+            timeout_ms: 30_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for h in helpers {
+        assert_eq!(h.await.unwrap().signature, r.signature);
+    }
+    let s = r.session.unwrap();
+    assert_eq!(s.phase, pb::SessionPhase::Complete as i32);
+    verify(
+        SignatureFormat::Lotus,
+        &s.output_key.try_into().unwrap(),
+        &[3; 32],
+        &Signature(r.signature.try_into().unwrap()),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
+    let base = tempfile::tempdir().unwrap();
+    let p = ProcParty::start(base.path(), 65, "").await;
+    let mut c = p.client().await;
+    let other = shared::musig::SecretKey::from_bytes(&[0x66; 32])
+        .unwrap()
+        .public_key()
+        .to_vec();
+    let good = pb::CreateSessionRequest {
+        signer_keys: vec![p.key.to_vec(), other.clone()],
+        message: vec![1; 32],
+        format: pb::SignatureFormat::Lotus as i32,
+        ..Default::default()
+    };
+    let cases: Vec<(pb::CreateSessionRequest, Code, &str)> = vec![
+        (
+            pb::CreateSessionRequest {
+                signer_keys: vec![],
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "1 to 100 keys",
+        ),
+        (
+            pb::CreateSessionRequest {
+                signer_keys: vec![vec![2; 32], other.clone()],
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "signer_keys[0] must be 33 bytes",
+        ),
+        (
+            pb::CreateSessionRequest {
+                message: vec![1; 31],
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "message must be 32 bytes",
+        ),
+        (
+            pb::CreateSessionRequest {
+                format: 0,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "format",
+        ),
+        (
+            pb::CreateSessionRequest {
+                format: 9,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "format",
+        ),
+        (
+            pb::CreateSessionRequest {
+                election_method: 42,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "election_method",
+        ),
+        (
+            pb::CreateSessionRequest {
+                timeout_ms: -1,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "timeout_ms",
+        ),
+        (
+            pb::CreateSessionRequest {
+                signer_keys: vec![p.key.to_vec(), p.key.to_vec()],
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "without duplicates",
+        ),
+        (
+            pb::CreateSessionRequest {
+                signer_keys: vec![
+                    other.clone(),
+                    shared::musig::SecretKey::from_bytes(&[0x67; 32])
+                        .unwrap()
+                        .public_key()
+                        .to_vec(),
+                ],
+                ..good.clone()
+            },
+            Code::FailedPrecondition,
+            "holds none",
+        ),
+        (
+            pb::CreateSessionRequest {
+                tweaks: vec![pb::Tweak {
+                    kind: Some(shared::wire::pb::tweak::Kind::Plain(vec![1; 32])),
+                }],
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "Taproot",
+        ),
+    ];
+    for (i, (req, code, text)) in cases.into_iter().enumerate() {
+        let e = c.create_session(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "case {i}: {e}");
+        assert!(
+            e.message().contains(text),
+            "case {i}: {:?} lacks {text:?}",
+            e.message()
+        );
+    }
+    for bad in ["", "zz", "00112233445566778899aabbccddeeff00"] {
+        let e = c
+            .get_session(pb::GetSessionRequest {
+                session_id: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}");
+    }
+    let unknown = "00112233445566778899aabbccddeeff".to_string();
+    assert_eq!(
+        c.get_session(pb::GetSessionRequest {
+            session_id: unknown.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.get_final_signature(pb::GetFinalSignatureRequest {
+            session_id: unknown.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.close_session(pb::CloseSessionRequest {
+            session_id: unknown.clone(),
+            reason: String::new()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.list_sessions(pb::ListSessionsRequest {
+            phase: 99,
+            limit: 0
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        c.connect_peer(pb::ConnectPeerRequest {
+            multiaddr: "not an address".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::InvalidArgument
+    );
+    let e = c
+        .get_backup_coordinator(pb::GetBackupCoordinatorRequest {
+            signer_keys: vec![p.key.to_vec()],
+            method: 0,
+            current_index: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // A valid session in INIT: wrong-phase calls are FAILED_PRECONDITION.
+    let s = c
+        .create_session(good)
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let id = s.session_id;
+    assert_eq!(
+        c.start_round1(pb::StartRound1Request {
+            session_id: id.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        c.start_round2(pb::StartRound2Request {
+            session_id: id.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        c.get_final_signature(pb::GetFinalSignatureRequest {
+            session_id: id.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        c.notify_broadcast_complete(pb::NotifyBroadcastCompleteRequest {
+            session_id: id.clone(),
+            broadcast_reference: "x".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition
+    );
+    // Nothing else was stored: exactly the one valid session exists.
+    let all = c
+        .list_sessions(pb::ListSessionsRequest { phase: 0, limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(all.len(), 1);
+    // Election helpers agree with the reference vectors' rules.
+    let e = c
+        .elect_coordinator(pb::ElectCoordinatorRequest {
+            signer_keys: vec![p.key.to_vec(), other],
+            method: pb::ElectionMethod::LastSigner as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.coordinator_index, 1);
+    assert_eq!(e.priority_list, vec![1, 0]);
+}

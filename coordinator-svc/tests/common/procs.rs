@@ -1,0 +1,226 @@
+//! Parties as real processes: a `musig2-signer` and a `musig2-coordinator` per party, mutual
+//! TLS everywhere, driven through the coordinator's gRPC API.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use musig2_proto::pki::{self, Ca};
+use musig2_proto::v1::coordinator_service_client::CoordinatorServiceClient;
+use shared::musig::SecretKey;
+use tonic::transport::Channel;
+
+pub fn signer_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let bin = dir.join("musig2-signer");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "signer-svc", "--bin", "musig2-signer"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "building musig2-signer");
+    }
+    bin
+}
+
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawn and read `key value` lines from stdout until `want` keys were seen.
+fn spawn(cmd: &mut Command, want: &[&str]) -> (Proc, Vec<(String, String)>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    while seen.len() < want.len() {
+        let mut l = String::new();
+        if out.read_line(&mut l).unwrap() == 0 {
+            panic!("process exited early; got {lines:?}");
+        }
+        let (k, v) = l.trim().split_once(' ').unwrap_or((l.trim(), ""));
+        if want.contains(&k) && !seen.contains(&k) {
+            seen.push(want[want.iter().position(|w| *w == k).unwrap()]);
+        }
+        lines.push((k.to_string(), v.to_string()));
+    }
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    (Proc(child), lines)
+}
+
+pub struct ProcParty {
+    pub dir: PathBuf,
+    pub key: [u8; 33],
+    pub secret: SecretKey,
+    pub signer: Option<Proc>,
+    pub coordinator: Option<Proc>,
+    pub api_addr: String,
+    pub listen: Vec<String>,
+    pub peer_id: String,
+    pub ca: PathBuf,
+    pub app: pki::LeafFiles,
+    pub extra: String,
+}
+
+impl ProcParty {
+    /// Files and the signer process; then the coordinator.
+    pub async fn start(base: &Path, seed: u8, extra: &str) -> ProcParty {
+        musig2_proto::transport::install_crypto_provider();
+        let dir = base.join(format!("party-{seed}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = Ca::new(&format!("party {seed} CA")).unwrap();
+        let ca_path = ca.write_cert(&dir, "ca").unwrap();
+        let signer_tls = ca
+            .issue_to(&dir, "signer", &pki::loopback_server("signer"))
+            .unwrap();
+        let coord_client = ca
+            .issue_to(&dir, "coordinator-client", &pki::client("coordinator"))
+            .unwrap();
+        let api_tls = ca
+            .issue_to(&dir, "api", &pki::loopback_server("coordinator"))
+            .unwrap();
+        let app = ca.issue_to(&dir, "app", &pki::client("app")).unwrap();
+        let secret = SecretKey::from_bytes(&[seed; 32]).unwrap();
+        let mut store = signer_svc::keystore::KeyStore::empty();
+        store
+            .add(
+                "party".into(),
+                SecretKey::from_bytes(&secret.dangerous_to_bytes()).unwrap(),
+            )
+            .unwrap();
+        store
+            .save(&dir.join("keys.json"), b"party passphrase", 8192, 1)
+            .unwrap();
+        std::fs::write(dir.join("pass"), "party passphrase").unwrap();
+        std::fs::write(
+            dir.join("signer.toml"),
+            format!(
+                "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nallowed_clients = [\"cn:coordinator\"]\n[keys]\nfile = \"keys.json\"\npassphrase_file = \"pass\"\n[audit]\njournal = \"journal.log\"\n[log]\nlevel = \"warn\"\n",
+                signer_tls.cert.display(),
+                signer_tls.key.display(),
+                ca_path.display()
+            ),
+        )
+        .unwrap();
+        let mut p = ProcParty {
+            dir,
+            key: secret.public_key(),
+            secret,
+            signer: None,
+            coordinator: None,
+            api_addr: String::new(),
+            listen: Vec::new(),
+            peer_id: String::new(),
+            ca: ca_path,
+            app,
+            extra: extra.to_string(),
+        };
+        p.start_signer();
+        let signer_port = p.signer_port();
+        std::fs::write(
+            p.dir.join("coordinator.toml"),
+            format!(
+                "listen = [\"/ip4/127.0.0.1/tcp/0\"]\ndata_dir = \"data\"\ncleanup_interval_ms = 200\nstuck_session_timeout_ms = 5000\n{}\n[signer]\nurl = \"https://localhost:{signer_port}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nallowed_clients = [\"cn:app\"]\n[log]\nlevel = \"warn\"\n",
+                p.extra,
+                p.ca.display(),
+                coord_client.cert.display(),
+                coord_client.key.display(),
+                api_tls.cert.display(),
+                api_tls.key.display(),
+                p.ca.display()
+            ),
+        )
+        .unwrap();
+        p.start_coordinator();
+        p
+    }
+
+    fn signer_port(&self) -> u16 {
+        std::fs::read_to_string(self.dir.join("signer.port"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn start_signer(&mut self) {
+        let (proc_, lines) = spawn(
+            Command::new(signer_bin())
+                .args(["serve", "--config"])
+                .arg(self.dir.join("signer.toml")),
+            &["listening"],
+        );
+        let addr = &lines.iter().find(|(k, _)| k == "listening").unwrap().1;
+        let port = addr.rsplit(':').next().unwrap();
+        // The coordinator's config names the signer's port; keep it stable across restarts.
+        if !self.dir.join("signer.port").exists() {
+            std::fs::write(self.dir.join("signer.port"), port).unwrap();
+            let toml = std::fs::read_to_string(self.dir.join("signer.toml")).unwrap();
+            std::fs::write(
+                self.dir.join("signer.toml"),
+                toml.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+            )
+            .unwrap();
+        }
+        self.signer = Some(proc_);
+    }
+
+    pub fn start_coordinator(&mut self) {
+        let (proc_, lines) = spawn(
+            Command::new(env!("CARGO_BIN_EXE_musig2-coordinator"))
+                .args(["serve", "--config"])
+                .arg(self.dir.join("coordinator.toml")),
+            &["api", "peer", "listen"],
+        );
+        self.api_addr = lines.iter().find(|(k, _)| k == "api").unwrap().1.clone();
+        self.peer_id = lines.iter().find(|(k, _)| k == "peer").unwrap().1.clone();
+        self.listen = lines
+            .iter()
+            .filter(|(k, _)| k == "listen")
+            .map(|(_, v)| v.clone())
+            .collect();
+        self.coordinator = Some(proc_);
+    }
+
+    /// SIGKILL the coordinator.
+    pub fn kill_coordinator(&mut self) {
+        self.coordinator = None;
+    }
+
+    pub async fn client(&self) -> CoordinatorServiceClient<Channel> {
+        let tls = musig2_proto::transport::client_tls(
+            &self.ca,
+            &self.app.cert,
+            &self.app.key,
+            "localhost",
+        )
+        .unwrap();
+        let port = self.api_addr.rsplit(':').next().unwrap();
+        let ch = Channel::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        CoordinatorServiceClient::new(ch)
+    }
+}
