@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Parties as real processes: a `musig2-signer` and a `musig2-coordinator` per party, mutual
 //! TLS everywhere, driven through the coordinator's gRPC API.
 #![allow(
@@ -223,4 +224,180 @@ impl ProcParty {
             .unwrap();
         CoordinatorServiceClient::new(ch)
     }
+}
+
+// ------------------------------------------------------------------ API helpers
+
+use musig2_proto::v1::{self as pb, watch_events_response::Event as Ev};
+use shared::musig::{Signature, SignatureFormat, verify};
+use std::time::Duration;
+
+pub type Client = musig2_proto::v1::coordinator_service_client::CoordinatorServiceClient<
+    tonic::transport::Channel,
+>;
+pub type Events = tonic::Streaming<pb::WatchEventsResponse>;
+
+pub async fn watch(c: &mut Client) -> Events {
+    c.watch_events(pb::WatchEventsRequest {
+        session_id: String::new(),
+        replay_completed: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+pub async fn next_event<T>(s: &mut Events, mut f: impl FnMut(&Ev) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .expect("event within 30 s")
+            .unwrap()
+            .unwrap();
+        if let Some(t) = m.event.as_ref().and_then(&mut f) {
+            return t;
+        }
+    }
+}
+
+pub async fn mesh(ps: &[ProcParty]) {
+    for i in 0..ps.len() {
+        for j in 0..i {
+            let mut c = ps[i].client().await;
+            c.connect_peer(pb::ConnectPeerRequest {
+                multiaddr: ps[j].listen[0].clone(),
+            })
+            .await
+            .unwrap();
+        }
+    }
+    // Wait until every node is connected to every other one.
+    for p in ps {
+        let mut c = p.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while (c
+            .get_node_info(pb::GetNodeInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .connected_peers as usize)
+            < ps.len() - 1
+        {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+pub fn keys(ps: &[ProcParty]) -> Vec<Vec<u8>> {
+    ps.iter().map(|p| p.key.to_vec()).collect()
+}
+
+/// Create on the first, join on the others when SessionCreated arrives, run both rounds
+/// explicitly, and return the session id once every node reports completion.
+pub async fn session(
+    ps: &[ProcParty],
+    format: SignatureFormat,
+    msg: [u8; 32],
+    taproot: bool,
+) -> (String, Vec<u8>) {
+    let mut clients = Vec::new();
+    let mut streams = Vec::new();
+    for p in ps {
+        let mut c = p.client().await;
+        streams.push(watch(&mut c).await);
+        clients.push(c);
+    }
+    let tweaks = if taproot {
+        vec![pb::Tweak {
+            kind: Some(shared::wire::pb::tweak::Kind::Taproot(pb::TaprootTweak {
+                merkle_root: vec![],
+            })),
+        }]
+    } else {
+        vec![]
+    };
+    let created = clients[0]
+        .create_session(pb::CreateSessionRequest {
+            signer_keys: keys(ps),
+            message: msg.to_vec(),
+            format: shared::wire::format_to_pb(format) as i32,
+            tweaks,
+            election_method: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let id = created.session_id.clone();
+    for i in 1..ps.len() {
+        let sid = id.clone();
+        next_event(&mut streams[i], |e| match e {
+            Ev::SessionCreated(s) if s.session.as_ref().is_some_and(|s| s.session_id == sid) => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+        clients[i]
+            .join_session(pb::JoinSessionRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    for c in clients.iter_mut() {
+        let n = c
+            .start_round1(pb::StartRound1Request {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(n.public_nonces.len(), 1);
+        assert_eq!(n.public_nonces[0].len(), 66);
+    }
+    for c in clients.iter_mut() {
+        let p = c
+            .start_round2(pb::StartRound2Request {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.partial_signatures[0].len(), 32);
+    }
+    let mut sig = Vec::new();
+    for s in streams.iter_mut() {
+        let sid = id.clone();
+        sig = next_event(s, |e| match e {
+            Ev::SessionComplete(c) if c.session_id == sid => Some(c.signature.clone()),
+            Ev::SessionError(x) if x.session_id == sid => panic!("aborted: {}", x.reason),
+            _ => None,
+        })
+        .await;
+    }
+    for c in clients.iter_mut() {
+        let f = c
+            .get_final_signature(pb::GetFinalSignatureRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(f.signature, sig);
+        let key: [u8; 33] = f.output_key.try_into().unwrap();
+        verify(
+            format,
+            &key,
+            &f.message,
+            &Signature(f.signature.try_into().unwrap()),
+        )
+        .unwrap();
+    }
+    (id, sig)
 }

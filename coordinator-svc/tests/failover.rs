@@ -1,0 +1,219 @@
+//! Election, failover and crash recovery, with every party as real processes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+#[path = "common/procs.rs"]
+mod procs;
+
+use std::time::Duration;
+
+use musig2_proto::v1::{self as pb, watch_events_response::Event as Ev};
+use procs::{Events, ProcParty, mesh, session, watch};
+use shared::musig::{Signature, SignatureFormat, verify};
+
+/// Events of one session until `stop` returns true, collected.
+async fn collect(
+    s: &mut Events,
+    id: &str,
+    within: Duration,
+    mut stop: impl FnMut(&Ev) -> bool,
+) -> Vec<Ev> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(Some(m))) = tokio::time::timeout_at(deadline, s.message()).await {
+        let Some(e) = m.event else { continue };
+        let ours = match &e {
+            Ev::ShouldBroadcast(x) => x.session_id == id,
+            Ev::CoordinatorFailed(x) => x.session_id == id,
+            Ev::FailoverExhausted(x) => x.session_id == id,
+            Ev::BroadcastConfirmed(x) => x.session_id == id,
+            _ => false,
+        };
+        if ours {
+            let done = stop(&e);
+            out.push(e);
+            if done {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn sorted_index(ps: &[ProcParty], i: usize) -> usize {
+    let mut k: Vec<[u8; 33]> = ps.iter().map(|p| p.key).collect();
+    k.sort_unstable();
+    k.iter().position(|x| *x == ps[i].key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_walks_the_priority_list_and_a_confirmation_stops_it() {
+    let base = tempfile::tempdir().unwrap();
+    let mut ps = Vec::new();
+    for s in 71..74u8 {
+        ps.push(ProcParty::start(base.path(), s, "broadcast_timeout_ms = 700").await);
+    }
+    mesh(&ps).await;
+    let mut streams = Vec::new();
+    for p in &ps {
+        streams.push(watch(&mut p.client().await).await);
+    }
+    // Nobody confirms: index 0, then 1, then 2 are told; then failover is exhausted.
+    let (id, _) = session(&ps, SignatureFormat::Bip340, [7; 32], false).await;
+    for (i, s) in streams.iter_mut().enumerate() {
+        let evs = collect(s, &id, Duration::from_secs(15), |e| {
+            matches!(e, Ev::FailoverExhausted(_))
+        })
+        .await;
+        let me = sorted_index(&ps, i);
+        let told: Vec<u32> = evs
+            .iter()
+            .filter_map(|e| {
+                if let Ev::ShouldBroadcast(x) = e {
+                    Some(x.attempt)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            told,
+            vec![me as u32],
+            "party at sorted index {me} is told exactly at its attempt"
+        );
+        let failed: Vec<(u32, u32, u32)> = evs
+            .iter()
+            .filter_map(|e| {
+                if let Ev::CoordinatorFailed(x) = e {
+                    Some((x.failed_index, x.attempt, x.next_index))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            &failed[..2],
+            &[(0, 1, 1), (1, 2, 2)],
+            "every node sees the same failovers"
+        );
+        assert!(matches!(evs.last(), Some(Ev::FailoverExhausted(x)) if x.attempts == 3));
+    }
+    // A confirmation by the backup stops every timer.
+    let (id, _) = session(&ps, SignatureFormat::Lotus, [8; 32], false).await;
+    let backup = (0..3).find(|i| sorted_index(&ps, *i) == 1).unwrap();
+    let evs = collect(&mut streams[backup], &id, Duration::from_secs(10), |e| {
+        matches!(e, Ev::ShouldBroadcast(_))
+    })
+    .await;
+    assert!(matches!(evs.last(), Some(Ev::ShouldBroadcast(x)) if x.attempt == 1));
+    let mut c = ps[backup].client().await;
+    c.notify_broadcast_complete(pb::NotifyBroadcastCompleteRequest {
+        session_id: id.clone(),
+        broadcast_reference: "txid-1".into(),
+    })
+    .await
+    .unwrap();
+    for (i, s) in streams.iter_mut().enumerate() {
+        let evs = collect(s, &id, Duration::from_secs(3), |_| false).await;
+        assert!(
+            evs.iter().any(|e| matches!(e, Ev::BroadcastConfirmed(x) if x.broadcast_reference == "txid-1" && x.confirmed_by == ps[backup].key.to_vec())),
+            "party {i} saw the confirmation: {evs:?}"
+        );
+        let after = evs
+            .iter()
+            .skip_while(|e| !matches!(e, Ev::BroadcastConfirmed(_)))
+            .filter(|e| matches!(e, Ev::CoordinatorFailed(_)))
+            .count();
+        assert_eq!(after, 0, "party {i}: no failover after the confirmation");
+        let s = ps[i]
+            .client()
+            .await
+            .get_session(pb::GetSessionRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap();
+        assert!(s.broadcast_confirmed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_signatures_survive_sigkill() {
+    let base = tempfile::tempdir().unwrap();
+    let mut ps = Vec::new();
+    for s in 81..84u8 {
+        ps.push(ProcParty::start(base.path(), s, "").await);
+    }
+    mesh(&ps).await;
+    let mut done: Vec<(String, Vec<u8>, SignatureFormat, [u8; 32])> = Vec::new();
+    for round in 0..4u8 {
+        let format = if round % 2 == 0 {
+            SignatureFormat::Bip340
+        } else {
+            SignatureFormat::Lotus
+        };
+        let msg = [0x40 + round; 32];
+        let (id, sig) = session(&ps, format, msg, round == 3).await;
+        done.push((id, sig, format, msg));
+        // SIGKILL right after completion.
+        ps[0].kill_coordinator();
+        ps[0].start_coordinator();
+        mesh(&ps).await;
+        // And at a random point of a session in flight.
+        let mut c = ps[0].client().await;
+        let _ = c
+            .create_session(pb::CreateSessionRequest {
+                signer_keys: procs::keys(&ps),
+                message: vec![0x80 + round; 32],
+                format: pb::SignatureFormat::Lotus as i32,
+                ..Default::default()
+            })
+            .await;
+        let delay = u64::from(rand::random::<u8>() % 40);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        ps[0].kill_coordinator();
+        ps[0].start_coordinator();
+        mesh(&ps).await;
+    }
+    let mut c = ps[0].client().await;
+    for (id, sig, format, msg) in &done {
+        let f = c
+            .get_final_signature(pb::GetFinalSignatureRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&f.signature, sig, "session {id}");
+        assert_eq!(&f.message, msg);
+        verify(
+            *format,
+            &f.output_key.try_into().unwrap(),
+            msg,
+            &Signature(f.signature.try_into().unwrap()),
+        )
+        .unwrap();
+    }
+    // Unfinished sessions after a crash are listed with a phase; aborted ones carry a reason.
+    let all = c
+        .list_sessions(pb::ListSessionsRequest { phase: 0, limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert!(all.len() >= done.len());
+    for s in all {
+        if s.phase == pb::SessionPhase::Aborted as i32 {
+            assert!(!s.abort_reason.is_empty());
+        }
+    }
+    // The node still signs after all that.
+    session(&ps, SignatureFormat::Bip340, [0x99; 32], false).await;
+}
