@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! Parties as real processes: a `musig2-signer` and a `musig2-coordinator` per party, mutual
 //! TLS everywhere, driven through the coordinator's gRPC API.
 #![allow(
