@@ -5,7 +5,13 @@ use coordinator_svc::config::Config;
 
 fn files(dir: &std::path::Path) -> Vec<(String, String)> {
     std::fs::create_dir_all(dir.join("tls")).unwrap();
-    for f in ["ca.pem", "coordinator-client.pem", "coordinator-client.key", "coordinator.pem", "coordinator.key"] {
+    for f in [
+        "ca.pem",
+        "coordinator-client.pem",
+        "coordinator-client.key",
+        "coordinator.pem",
+        "coordinator.key",
+    ] {
         std::fs::write(dir.join("tls").join(f), "x").unwrap();
     }
     Vec::new()
@@ -15,7 +21,11 @@ fn files(dir: &std::path::Path) -> Vec<(String, String)> {
 fn example_parses_and_errors_name_keys() {
     let dir = tempfile::tempdir().unwrap();
     let env = files(dir.path());
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/coordinator.example.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/coordinator.example.toml"
+    ))
+    .unwrap();
     let c = Config::parse(&text, &env, dir.path()).unwrap();
     let n = c.node_config().unwrap();
     assert_eq!(n.session_timeout.as_secs(), 7200);
@@ -30,12 +40,29 @@ fn example_parses_and_errors_name_keys() {
         ("MUSIG2_COORDINATOR__DHT_PROTOCOL", "dht_protocol"),
         ("MUSIG2_COORDINATOR__SIGNER__URL", "signer.url"),
     ] {
-        let bad = if key == "max_sequence_gap" { "0" } else { "\"nonsense\"" };
-        let e = Config::parse(&text, &[(over.to_string(), bad.to_string())], dir.path()).unwrap_err().to_string();
+        let bad = if key == "max_sequence_gap" {
+            "0"
+        } else {
+            "\"nonsense\""
+        };
+        let e = Config::parse(&text, &[(over.to_string(), bad.to_string())], dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(key), "{over}: {e}");
     }
-    let e = Config::parse(&format!("{text}\nunknown_key = 1\n"), &[], dir.path()).unwrap_err().to_string();
+    let e = Config::parse(&format!("{text}\nunknown_key = 1\n"), &[], dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown field"), "{e}");
-    let e = Config::parse(&text.replace("bootstrap_peers = []", "bootstrap_peers = [\"/ip4/1.2.3.4/tcp/1\"]"), &[], dir.path()).unwrap_err().to_string();
+    let e = Config::parse(
+        &text.replace(
+            "bootstrap_peers = []",
+            "bootstrap_peers = [\"/ip4/1.2.3.4/tcp/1\"]",
+        ),
+        &[],
+        dir.path(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("bootstrap_peers[0]"), "{e}");
 }
