@@ -859,7 +859,11 @@ impl Node {
 
     // ---------------------------------------------------------------- actions
 
+    /// Perform a session's actions, then store the session if anything happened.
     fn apply(&mut self, id: SessionId, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
         for action in actions {
             match action {
                 Action::Broadcast { from, body } => {
@@ -1801,7 +1805,15 @@ impl Node {
                 self.cfg.enable_replay_protection,
             )
             .map_err(|r| Refusal(r.reason(), r.to_string()))?;
-        self.apply(id, actions);
+        if actions.is_empty() {
+            // Accepted without visible effect (a buffered contribution, a sequence number):
+            // still state to keep.
+            if let Err(e) = self.persist(id) {
+                tracing::error!(session = %id, error = %e, "session state not stored");
+            }
+        } else {
+            self.apply(id, actions);
+        }
         Ok(())
     }
 
