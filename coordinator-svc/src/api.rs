@@ -367,13 +367,12 @@ impl CoordinatorService for Api {
     ) -> Result<Response<pb::StartRound1Response>, Status> {
         let id = session_id(&r.into_inner().session_id)?;
         let v = self.view(id).await?;
-        if v.phase == Phase::Init {
-            return Err(Status::failed_precondition(format!(
-                "round 1 starts when every signer joined; joined {} of {}",
-                v.joined.len(),
-                v.context.signer_keys.len()
-            )));
+        if !v.local_keys.iter().all(|k| v.joined.contains(k)) {
+            return Err(Status::failed_precondition(
+                "join the session first (JoinSession)",
+            ));
         }
+        // Round 1 starts by itself once every signer joined; wait (bounded) for our nonces.
         let v = self
             .wait_view(id, |v| v.local_nonces.len() == v.local_keys.len())
             .await?;
@@ -389,13 +388,14 @@ impl CoordinatorService for Api {
     ) -> Result<Response<pb::StartRound2Response>, Status> {
         let id = session_id(&r.into_inner().session_id)?;
         let v = self.view(id).await?;
-        if matches!(v.phase, Phase::Init | Phase::NonceExchange) {
+        if v.local_nonces.len() != v.local_keys.len() {
             return Err(Status::failed_precondition(format!(
-                "round 2 starts when every nonce is in; have {} of {}",
+                "round 1 has not produced this party's nonce yet (nonces in: {} of {}); call StartRound1",
                 v.nonce_keys.len(),
                 v.context.signer_keys.len()
             )));
         }
+        // Round 2 starts by itself once every nonce is in; wait (bounded) for our signatures.
         let v = self
             .wait_view(id, |v| v.local_psigs.len() == v.local_keys.len())
             .await?;
