@@ -23,6 +23,23 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make a mutual-TLS PKI for one party: a CA, server certificates (signer, coordinator API)
+    /// and client certificates (the coordinator towards its signer, applications). Prints the
+    /// fingerprints for allow-lists. In Kubernetes, cert-manager does the same (deploy/).
+    Certs {
+        /// Output directory (created; existing files are not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS name(s) of the signer's server certificate.
+        #[arg(long, default_value = "signer")]
+        signer_name: Vec<String>,
+        /// DNS name(s) of the coordinator API's server certificate.
+        #[arg(long, default_value = "coordinator")]
+        coordinator_name: Vec<String>,
+        /// Common names of application client certificates.
+        #[arg(long, default_value = "app")]
+        app: Vec<String>,
+    },
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
@@ -46,6 +63,69 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn certs(
+    out: &std::path::Path,
+    signer: &[String],
+    coordinator: &[String],
+    apps: &[String],
+) -> anyhow::Result<()> {
+    use musig2_proto::pki::{self, Ca, LeafSpec};
+    std::fs::create_dir_all(out)?;
+    for f in [
+        "ca.pem",
+        "signer.pem",
+        "coordinator.pem",
+        "coordinator-client.pem",
+    ] {
+        if out.join(f).exists() {
+            anyhow::bail!(
+                "{} exists; refusing to overwrite a PKI",
+                out.join(f).display()
+            );
+        }
+    }
+    let ca = Ca::new("musig2 party CA")?;
+    let ca_path = ca.write_cert(out, "ca")?;
+    let server = |names: &[String]| LeafSpec {
+        common_name: names.first().cloned().unwrap_or_default(),
+        dns_names: names.to_vec(),
+        ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+        server: true,
+        ..LeafSpec::default()
+    };
+    let s = ca.issue_to(out, "signer", &server(signer))?;
+    let c = ca.issue_to(out, "coordinator", &server(coordinator))?;
+    let cc = ca.issue_to(out, "coordinator-client", &pki::client("coordinator"))?;
+    println!("ca                 {}", ca_path.display());
+    println!(
+        "signer server      {}  sha256:{}",
+        s.cert.display(),
+        s.fingerprint
+    );
+    println!(
+        "coordinator API    {}  sha256:{}",
+        c.cert.display(),
+        c.fingerprint
+    );
+    println!(
+        "coordinator→signer {}  sha256:{}  (signer allowed_clients: \"cn:coordinator\")",
+        cc.cert.display(),
+        cc.fingerprint
+    );
+    for a in apps {
+        let l = ca.issue_to(out, &format!("app-{a}"), &pki::client(a))?;
+        println!(
+            "application {a:<6} {}  sha256:{}  (coordinator api.allowed_clients: \"cn:{a}\")",
+            l.cert.display(),
+            l.fingerprint
+        );
+    }
+    println!(
+        "private keys (*.key) are written 0600; the CA key is not kept: issue new leaves by re-running into a new directory"
+    );
+    Ok(())
+}
+
 fn init_tracing(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -62,6 +142,12 @@ fn init_tracing(json: bool, level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Certs {
+            out,
+            signer_name,
+            coordinator_name,
+            app,
+        } => certs(&out, &signer_name, &coordinator_name, &app),
         Command::Serve { config } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
