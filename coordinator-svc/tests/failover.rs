@@ -217,3 +217,58 @@ async fn completed_signatures_survive_sigkill() {
     // The node still signs after all that.
     session(&ps, SignatureFormat::Bip340, [0x99; 32], false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_killed_mid_session_aborts_it_cleanly_and_the_next_session_succeeds() {
+    let base = tempfile::tempdir().unwrap();
+    let mut ps = Vec::new();
+    for s in 85..88u8 {
+        ps.push(ProcParty::start(base.path(), s, "").await);
+    }
+    mesh(&ps).await;
+    let mut streams = Vec::new();
+    for p in &ps {
+        streams.push(watch(&mut p.client().await).await);
+    }
+    let mut a = ps[0].client().await;
+    let id = a
+        .create_session(pb::CreateSessionRequest {
+            signer_keys: procs::keys(&ps),
+            message: vec![0x33; 32],
+            format: pb::SignatureFormat::Bip340 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .session_id;
+    // Party 0's signer dies before round 1.
+    ps[0].signer = None;
+    for i in 1..3 {
+        let sid = id.clone();
+        procs::next_event(&mut streams[i], |e| matches!(e, Ev::SessionCreated(s) if s.session.as_ref().is_some_and(|s| s.session_id == sid)).then_some(())).await;
+        ps[i]
+            .client()
+            .await
+            .join_session(pb::JoinSessionRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    for (i, s) in streams.iter_mut().enumerate() {
+        let sid = id.clone();
+        let reason = procs::next_event(s, |e| match e {
+            Ev::SessionError(x) if x.session_id == sid => Some(x.reason.clone()),
+            Ev::SessionComplete(x) if x.session_id == sid => panic!("completed without a signer"),
+            _ => None,
+        })
+        .await;
+        assert!(reason.contains("signer"), "party {i}: {reason}");
+    }
+    // The signer comes back (same port); the next session completes.
+    ps[0].start_signer();
+    session(&ps, SignatureFormat::Lotus, [0x34; 32], false).await;
+}
