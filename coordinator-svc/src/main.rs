@@ -51,6 +51,9 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     // Machine-readable lines for supervisors, the demo and tests.
     println!("api {}", running.api_addr);
     println!("peer {}", info.peer_id);
+    if let Some(m) = running.metrics_addr {
+        println!("metrics {m}");
+    }
     for a in &info.listen_addresses {
         println!("listen {a}");
     }

@@ -323,3 +323,98 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
     assert_eq!(e.coordinator_index, 1);
     assert_eq!(e.priority_list, vec![1, 0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_overload() {
+    let base = tempfile::tempdir().unwrap();
+    let extra = "[limits]\nmax_active_sessions = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let mut ps = Vec::new();
+    for s in 101..103u8 {
+        ps.push(procs::ProcParty::start(base.path(), s, extra).await);
+    }
+    mesh(&ps).await;
+    session(
+        &ps,
+        shared::musig::SignatureFormat::Bip340,
+        [0x61; 32],
+        false,
+    )
+    .await;
+    // Health: SERVING (the node listens, the signer answers).
+    let tls = musig2_proto::transport::client_tls(
+        &ps[0].ca,
+        &ps[0].app.cert,
+        &ps[0].app.key,
+        "localhost",
+    )
+    .unwrap();
+    let port = ps[0].api_addr.rsplit(':').next().unwrap().to_string();
+    let ch = tonic::transport::Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "musig2.v1.CoordinatorService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Overload: one unfinished session at most; the next is refused, not queued.
+    let mut c = ps[0].client().await;
+    let req = || pb::CreateSessionRequest {
+        signer_keys: keys(&ps),
+        message: vec![0x62; 32],
+        format: pb::SignatureFormat::Lotus as i32,
+        ..Default::default()
+    };
+    c.create_session(req()).await.unwrap();
+    let e = c.create_session(req()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    // Metrics: the completed session, signer latency, accepted messages; no key material.
+    let addr = ps[0].metrics.clone().expect("metrics line");
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(
+        body.contains("musig2_coordinator_sessions{phase=\"COMPLETE\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "musig2_coordinator_signer_call_duration_seconds_count{name=\"partial_sign\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("musig2_coordinator_round_duration_seconds_count{name=\"total\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("musig2_coordinator_messages_accepted"),
+        "{body}"
+    );
+    for p in &ps {
+        assert!(!body.contains(&hex::encode(p.key)));
+    }
+}

@@ -78,6 +78,7 @@ pub struct ProcParty {
     pub ca: PathBuf,
     pub app: pki::LeafFiles,
     pub extra: String,
+    pub metrics: Option<String>,
 }
 
 impl ProcParty {
@@ -132,6 +133,7 @@ impl ProcParty {
             ca: ca_path,
             app,
             extra: extra.to_string(),
+            metrics: None,
         };
         p.start_signer();
         let signer_port = p.signer_port();
@@ -192,6 +194,10 @@ impl ProcParty {
         );
         self.api_addr = lines.iter().find(|(k, _)| k == "api").unwrap().1.clone();
         self.peer_id = lines.iter().find(|(k, _)| k == "peer").unwrap().1.clone();
+        self.metrics = lines
+            .iter()
+            .find(|(k, _)| k == "metrics")
+            .map(|(_, v)| v.clone());
         self.listen = lines
             .iter()
             .filter(|(k, _)| k == "listen")
