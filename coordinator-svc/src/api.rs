@@ -219,6 +219,23 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
                 broadcast_reference: reference.clone(),
             })
         }
+        NodeEvent::PeerGraylisted {
+            peer,
+            reason,
+            until_ms,
+        } => Ev::PeerGraylisted(pb::PeerGraylisted {
+            peer_id: peer.to_string(),
+            reason: reason.clone(),
+            until_ms: *until_ms,
+        }),
+        NodeEvent::PeerBlacklisted { peer, reason } => Ev::PeerBlacklisted(pb::PeerBlacklisted {
+            peer_id: peer.to_string(),
+            reason: reason.clone(),
+        }),
+        NodeEvent::PeerShouldBan { peer, reason } => Ev::PeerShouldBan(pb::PeerShouldBan {
+            peer_id: peer.to_string(),
+            reason: reason.clone(),
+        }),
         NodeEvent::Rejected { .. } | NodeEvent::PeerIdentified { .. } => return None,
     })
 }

@@ -261,6 +261,29 @@ pub enum NodeEvent {
         /// Reference.
         reference: String,
     },
+    /// A peer was banned temporarily.
+    PeerGraylisted {
+        /// Peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+        /// Until, ms.
+        until_ms: i64,
+    },
+    /// A peer was banned permanently.
+    PeerBlacklisted {
+        /// Peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// A peer crossed a ban threshold (emitted with the ban).
+    PeerShouldBan {
+        /// Peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
     /// A peer's attested keys are known.
     PeerIdentified {
         /// Peer.
@@ -349,11 +372,42 @@ enum Command {
         reference: String,
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
+    Ban {
+        peer: PeerId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Unban {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerStatus>>,
+    },
     PutRecord {
         key: Vec<u8>,
         value: Vec<u8>,
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
+}
+
+/// What the security manager knows about a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Peer.
+    pub peer: PeerId,
+    /// Connected now.
+    pub connected: bool,
+    /// Reputation 0..=100.
+    pub score: i32,
+    /// Counters.
+    pub record: shared::security::PeerRecord,
+    /// Ban: until (None = permanent) and reason.
+    pub ban: Option<crate::store::BanRecord>,
+    /// Attested keys.
+    pub keys: Vec<[u8; 33]>,
+    /// Refusals by reason.
+    pub rejections: HashMap<&'static str, u64>,
 }
 
 /// Node identity and addresses.
@@ -529,6 +583,36 @@ impl NodeHandle {
         .await?
     }
 
+    /// Ban a peer permanently (persisted; its connections are closed).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn blacklist(&self, peer: PeerId, reason: &str) -> Result<(), NodeError> {
+        let reason = reason.to_string();
+        self.call(|reply| Command::Ban {
+            peer,
+            reason,
+            reply,
+        })
+        .await?
+    }
+
+    /// Lift a ban or graylisting.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`] when the peer is not banned.
+    pub async fn unblacklist(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.call(|reply| Command::Unban { peer, reply }).await?
+    }
+
+    /// Every peer the security manager knows.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn peers(&self) -> Result<Vec<PeerStatus>, NodeError> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
     /// The signed announcement envelope of a known session (public data; what the DHT holds).
     ///
     /// # Errors
@@ -610,6 +694,8 @@ struct Node {
     hello_seq: u64,
     store: crate::store::Store,
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    reputation: shared::security::Reputation<PeerId>,
+    bans: HashMap<PeerId, crate::store::BanRecord>,
 }
 
 fn now_ms() -> i64 {
@@ -718,8 +804,11 @@ pub async fn start(
         hello_seq: u64::try_from(now_ms()).unwrap_or(1),
         store,
         accepted: accepted.clone(),
+        reputation: shared::security::Reputation::new(),
+        bans: HashMap::new(),
     };
     let mut node = node;
+    node.restore_bans()?;
     node.restore()?;
     let task = tokio::spawn(node.run(rx, internal_rx, shutdown));
     Ok((
@@ -774,6 +863,14 @@ impl Node {
             .entry(r.0)
             .or_insert(0) += 1;
         self.emit(NodeEvent::Rejected { peer, reason: r.0 });
+        let offence = shared::security::Offence::of_reason(r.0);
+        match self.reputation.offend(&peer, offence, now_ms()) {
+            shared::security::Verdict::None => {}
+            shared::security::Verdict::Graylist { until_ms, reason } => {
+                self.ban(peer, Some(until_ms), reason)
+            }
+            shared::security::Verdict::Blacklist { reason } => self.ban(peer, None, reason),
+        }
     }
 
     // ---------------------------------------------------------------- envelopes and sending
@@ -959,6 +1056,62 @@ impl Node {
         if let Err(e) = self.persist(id) {
             tracing::error!(session = %id, error = %e, "session state not stored");
         }
+    }
+
+    // ---------------------------------------------------------------- bans
+
+    /// Ban a peer (until a time, or for good): persisted, its connections closed and refused.
+    fn ban(&mut self, peer: PeerId, until_ms: Option<i64>, reason: String) {
+        let ban = crate::store::BanRecord {
+            until_ms,
+            reason: reason.clone(),
+        };
+        if let Err(e) = self.store.put_ban(&peer.to_string(), &ban) {
+            tracing::error!(%peer, error = %e, "ban not stored");
+        }
+        self.bans.insert(peer, ban);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.outbox.remove(&peer);
+        tracing::warn!(%peer, %reason, ?until_ms, "peer banned");
+        self.emit(NodeEvent::PeerShouldBan {
+            peer,
+            reason: reason.clone(),
+        });
+        match until_ms {
+            Some(until_ms) => self.emit(NodeEvent::PeerGraylisted {
+                peer,
+                reason,
+                until_ms,
+            }),
+            None => self.emit(NodeEvent::PeerBlacklisted { peer, reason }),
+        }
+    }
+
+    fn unban(&mut self, peer: PeerId) {
+        self.bans.remove(&peer);
+        if let Err(e) = self.store.remove_ban(&peer.to_string()) {
+            tracing::error!(%peer, error = %e, "unban not stored");
+        }
+        self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        self.reputation.forgive(&peer);
+        self.rejections.remove(&peer);
+        tracing::info!(%peer, "peer unbanned");
+    }
+
+    fn restore_bans(&mut self) -> anyhow::Result<()> {
+        let now = now_ms();
+        for (p, ban) in self.store.bans()? {
+            let Ok(peer) = p.parse::<PeerId>() else {
+                continue;
+            };
+            if ban.until_ms.is_some_and(|u| u <= now) {
+                let _ = self.store.remove_ban(&p);
+                continue;
+            }
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.bans.insert(peer, ban);
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- persistence
@@ -1272,6 +1425,53 @@ impl Node {
             Command::PeerKeys { reply } => {
                 let _ = reply.send(self.peer_keys.clone());
             }
+            Command::Ban {
+                peer,
+                reason,
+                reply,
+            } => {
+                let r = if reason.len() > wire::MAX_REASON_BYTES {
+                    Err(NodeError::InvalidArgument(format!(
+                        "reason exceeds {} bytes",
+                        wire::MAX_REASON_BYTES
+                    )))
+                } else {
+                    self.ban(peer, None, format!("manual: {reason}"));
+                    Ok(())
+                };
+                let _ = reply.send(r);
+            }
+            Command::Unban { peer, reply } => {
+                let r = if self.bans.contains_key(&peer) {
+                    self.unban(peer);
+                    Ok(())
+                } else {
+                    Err(NodeError::NotFound(format!("peer {peer} is not banned")))
+                };
+                let _ = reply.send(r);
+            }
+            Command::Peers { reply } => {
+                let mut ids: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+                ids.extend(self.reputation.iter().map(|(p, _)| *p));
+                ids.extend(self.bans.keys().copied());
+                ids.extend(self.rejections.keys().copied());
+                let list = ids
+                    .into_iter()
+                    .map(|peer| {
+                        let record = self.reputation.get(&peer).cloned().unwrap_or_default();
+                        PeerStatus {
+                            peer,
+                            connected: self.swarm.is_connected(&peer),
+                            score: record.score(),
+                            record,
+                            ban: self.bans.get(&peer).cloned(),
+                            keys: self.peer_keys.get(&peer).cloned().unwrap_or_default(),
+                            rejections: self.rejections.get(&peer).cloned().unwrap_or_default(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
             Command::NotifyBroadcast {
                 id,
                 reference,
@@ -1477,6 +1677,15 @@ impl Node {
             self.sent.remove(&id);
         }
         self.orphans.retain(|id, _| !self.sessions.contains_key(id));
+        let expired: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, b)| b.until_ms.is_some_and(|u| u <= now_ms))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.unban(p);
+        }
     }
 
     // ---------------------------------------------------------------- swarm events
@@ -1549,6 +1758,7 @@ impl Node {
                         Ok(()) => {
                             self.accepted
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.reputation.accept(&peer);
                             Vec::new()
                         }
                         Err(r) => {

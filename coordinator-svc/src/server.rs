@@ -152,6 +152,9 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
             .add_service(health_service)
             .add_service(reflection)
             .add_service(CoordinatorServiceServer::new(Api::new(node.clone())))
+            .add_service(musig2_proto::v1::coordinator_admin_service_server::CoordinatorAdminServiceServer::new(
+                crate::admin::Admin::new(node.clone()),
+            ))
             .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await }),
     );
     Ok(Running {

@@ -9,6 +9,16 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
+
+/// A persisted ban.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanRecord {
+    /// Until (ms) for a graylisting; None = permanent.
+    pub until_ms: Option<i64>,
+    /// Why.
+    pub reason: String,
+}
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +93,7 @@ impl Store {
         let db = Database::create(path).map_err(dberr)?;
         let txn = db.begin_write().map_err(dberr)?;
         txn.open_table(SESSIONS).map_err(dberr)?;
+        txn.open_table(BANS).map_err(dberr)?;
         txn.commit().map_err(dberr)?;
         Ok(Store { db })
     }
@@ -133,6 +144,50 @@ impl Store {
             let rec = serde_json::from_slice(v.value())
                 .map_err(|e| StoreError::Corrupt(hex::encode(id), e.to_string()))?;
             out.push((id, rec));
+        }
+        Ok(out)
+    }
+
+    /// Store (or replace) a ban durably.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn put_ban(&self, peer: &str, ban: &BanRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(ban).map_err(dberr)?;
+        let txn = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = txn.open_table(BANS).map_err(dberr)?;
+            t.insert(peer, bytes.as_slice()).map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)
+    }
+
+    /// Remove a ban durably.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn remove_ban(&self, peer: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = txn.open_table(BANS).map_err(dberr)?;
+            t.remove(peer).map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)
+    }
+
+    /// Every ban.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn bans(&self) -> Result<Vec<(String, BanRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let t = txn.open_table(BANS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(dberr)? {
+            let (k, v) = entry.map_err(dberr)?;
+            let ban = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(k.value().to_string(), e.to_string()))?;
+            out.push((k.value().to_string(), ban));
         }
         Ok(out)
     }

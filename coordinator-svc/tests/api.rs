@@ -418,3 +418,159 @@ async fn metrics_health_and_overload() {
         assert!(!body.contains(&hex::encode(p.key)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_blacklist_and_unblacklist_take_effect_immediately() {
+    use musig2_proto::v1::coordinator_admin_service_client::CoordinatorAdminServiceClient;
+    let base = tempfile::tempdir().unwrap();
+    let mut ps = Vec::new();
+    for s in 105..107u8 {
+        ps.push(procs::ProcParty::start(base.path(), s, "").await);
+    }
+    mesh(&ps).await;
+    let tls = musig2_proto::transport::client_tls(
+        &ps[0].ca,
+        &ps[0].app.cert,
+        &ps[0].app.key,
+        "localhost",
+    )
+    .unwrap();
+    let port = ps[0].api_addr.rsplit(':').next().unwrap().to_string();
+    let ch = tonic::transport::Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = CoordinatorAdminServiceClient::new(ch);
+    let mut a = ps[0].client().await;
+    let mut b = ps[1].client().await;
+    let peers = admin
+        .list_peers(pb::ListPeersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    let pb_ = peers
+        .iter()
+        .find(|p| p.peer_id == ps[1].peer_id)
+        .expect("B is listed");
+    assert!(pb_.connected && !pb_.blacklisted);
+    assert_eq!(pb_.signer_keys, vec![ps[1].key.to_vec()]);
+    let score = admin
+        .get_peer_score(pb::GetPeerScoreRequest {
+            peer_id: ps[1].peer_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(score.score >= 50);
+    // Ban B: the connection drops at once, B cannot come back.
+    admin
+        .blacklist_peer(pb::BlacklistPeerRequest {
+            peer_id: ps[1].peer_id.clone(),
+            reason: "operator".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .connected_peers
+        != 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = b
+        .connect_peer(pb::ConnectPeerRequest {
+            multiaddr: ps[0].listen[0].clone(),
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        a.get_node_info(pb::GetNodeInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .connected_peers,
+        0
+    );
+    let m = admin
+        .get_security_metrics(pb::GetSecurityMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.blacklisted_peers, 1);
+    let info = admin
+        .get_peer_score(pb::GetPeerScoreRequest {
+            peer_id: ps[1].peer_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peer
+        .unwrap();
+    assert!(info.blacklisted && info.ban_reason.contains("operator"));
+    // Bad inputs.
+    assert_eq!(
+        admin
+            .blacklist_peer(pb::BlacklistPeerRequest {
+                peer_id: "nope".into(),
+                reason: String::new()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        admin
+            .blacklist_peer(pb::BlacklistPeerRequest {
+                peer_id: ps[0].peer_id.clone(),
+                reason: String::new()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    // Lift it: B connects again at once.
+    admin
+        .unblacklist_peer(pb::UnblacklistPeerRequest {
+            peer_id: ps[1].peer_id.clone(),
+        })
+        .await
+        .unwrap();
+    b.connect_peer(pb::ConnectPeerRequest {
+        multiaddr: ps[0].listen[0].clone(),
+    })
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .connected_peers
+        != 1
+    {
+        assert!(tokio::time::Instant::now() < deadline, "not reconnected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        admin
+            .unblacklist_peer(pb::UnblacklistPeerRequest {
+                peer_id: ps[1].peer_id.clone()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+}

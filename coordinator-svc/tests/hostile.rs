@@ -347,3 +347,93 @@ async fn a_dead_participant_ends_the_session_by_timeout_and_no_nonce_signs_twice
     assert!(ok <= 1, "a nonce signed twice");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Ten invalid signatures get a peer blacklisted: its connection is closed, new ones are
+/// refused, events are emitted, and the ban survives a restart of the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_invalid_signatures_is_banned_and_the_ban_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = shared::musig::SecretKey::from_bytes(&[0x35; 32]).unwrap();
+    let (ep, _signer_stop) = common::start_signer(dir.path(), &secret).await;
+    let identity = libp2p::identity::Keypair::generate_ed25519();
+    let start = |stop: tokio_util::sync::CancellationToken| {
+        let (ep, identity, path) = (ep.clone(), identity.clone(), dir.path().join("a.redb"));
+        async move {
+            let signer = coordinator_svc::signer::Signer::connect_lazy(&ep).unwrap();
+            let store = coordinator_svc::store::Store::open(&path).unwrap();
+            coordinator_svc::node::start(common::fast_config(), identity, signer, store, stop)
+                .await
+                .unwrap()
+        }
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (a, task) = start(stop.clone()).await;
+    let mut a_events = a.events();
+    let x = Party::start(36, common::fast_config()).await;
+    let a_addr = a.info().await.unwrap().listen_addresses[0].clone();
+    x.node.connect(a_addr).await.unwrap();
+    let pa = a.peer_id();
+    let px = x.node.peer_id();
+    wait_until(|| async { a.peer_keys().await.unwrap().contains_key(&px) }).await;
+    let good = pb::SignedEnvelope::decode(
+        x.node
+            .envelope(msg(SessionId([1; 16]), x.key, 1, now_ms(), join()), x.key)
+            .await
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    for i in 0..10u8 {
+        let mut bad = good.clone();
+        bad.payload[3] ^= i + 1;
+        let _ = x.node.send_raw(pa, bad.encode_to_vec()).await;
+    }
+    let reason = wait_event(&mut a_events, |e| match e {
+        NodeEvent::PeerBlacklisted { peer, reason } if *peer == px => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("invalid signatures"), "{reason}");
+    wait_until(|| async { a.info().await.unwrap().connected_peers == 0 }).await;
+    assert!(
+        x.node.send_raw(pa, good.encode_to_vec()).await.is_err(),
+        "the banned peer is disconnected"
+    );
+    let status = a
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.peer == px)
+        .unwrap();
+    assert!(status.ban.as_ref().is_some_and(|b| b.until_ms.is_none()));
+    assert!(status.score < 50);
+    // Restart A on the same store: the ban holds, the dial is refused.
+    stop.cancel();
+    let _ = task.await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (a, _task) = start(stop.clone()).await;
+    let a_addr = a.info().await.unwrap().listen_addresses[0].clone();
+    // The handshake may finish on X's side before A's block list drops it; nothing gets through.
+    let _ = x.node.connect(a_addr).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        a.info().await.unwrap().connected_peers,
+        0,
+        "a banned peer cannot reconnect after a restart"
+    );
+    assert!(x.node.send_raw(pa, good.encode_to_vec()).await.is_err());
+    assert!(!a.peer_keys().await.unwrap().contains_key(&px));
+    assert!(
+        a.peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer == px && p.ban.is_some())
+    );
+    // Lifting the ban lets it back in.
+    a.unblacklist(px).await.unwrap();
+    let a_addr = a.info().await.unwrap().listen_addresses[0].clone();
+    x.node.connect(a_addr).await.unwrap();
+    stop.cancel();
+}

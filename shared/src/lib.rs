@@ -16,4 +16,5 @@
 pub mod config;
 pub mod election;
 pub mod musig;
+pub mod security;
 pub mod wire;
