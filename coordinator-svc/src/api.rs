@@ -159,6 +159,23 @@ pub fn session_pb(v: &SessionView) -> pb::Session {
     }
 }
 
+/// The protobuf form of a discovered signer.
+pub fn discovered_pb(
+    key: &[u8; 33],
+    peer: &libp2p::PeerId,
+    a: &wire::Advertisement,
+) -> pb::DiscoveredSigner {
+    pb::DiscoveredSigner {
+        signer_key: key.to_vec(),
+        peer_id: peer.to_string(),
+        transaction_types: a.transaction_types.iter().map(|t| *t as i32).collect(),
+        min_amount: a.min_amount,
+        max_amount: a.max_amount,
+        expires_at_ms: a.expires_at_ms,
+        description: a.description.clone(),
+    }
+}
+
 /// The protobuf form of an event (None for internal ones).
 pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
     Some(match e {
@@ -235,6 +252,13 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
         NodeEvent::PeerShouldBan { peer, reason } => Ev::PeerShouldBan(pb::PeerShouldBan {
             peer_id: peer.to_string(),
             reason: reason.clone(),
+        }),
+        NodeEvent::SignerDiscovered {
+            key,
+            peer,
+            advertisement,
+        } => Ev::SignerDiscovered(pb::SignerDiscovered {
+            signer: Some(discovered_pb(key, peer, advertisement)),
         }),
         NodeEvent::Rejected { .. } | NodeEvent::PeerIdentified { .. } => return None,
     })
@@ -672,21 +696,80 @@ impl CoordinatorService for Api {
 
     async fn advertise_signer(
         &self,
-        _r: Request<pb::AdvertiseSignerRequest>,
+        r: Request<pb::AdvertiseSignerRequest>,
     ) -> Result<Response<pb::AdvertiseSignerResponse>, Status> {
-        Err(not_built())
+        let r = r.into_inner();
+        let keys = keys(&r.signer_keys, "signer_keys")?;
+        if r.transaction_types.is_empty() {
+            return Err(Status::invalid_argument("transaction_types: at least one"));
+        }
+        let mut types = Vec::new();
+        for t in &r.transaction_types {
+            match pb::TransactionType::try_from(*t) {
+                Ok(pb::TransactionType::Unspecified) | Err(_) => {
+                    return Err(Status::invalid_argument(
+                        "transaction_types: unknown or unspecified value",
+                    ));
+                }
+                Ok(t) if !types.contains(&t) => types.push(t),
+                Ok(_) => return Err(Status::invalid_argument("transaction_types: duplicate")),
+            }
+        }
+        if r.max_amount != 0 && r.max_amount < r.min_amount {
+            return Err(Status::invalid_argument("max_amount is below min_amount"));
+        }
+        if r.ttl_ms < 0 || r.ttl_ms > wire::MAX_ADVERTISEMENT_TTL_MS {
+            return Err(Status::invalid_argument("ttl_ms: 0 (1 h) to 24 h"));
+        }
+        if r.description.len() > wire::MAX_DESCRIPTION_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "description exceeds {} bytes",
+                wire::MAX_DESCRIPTION_BYTES
+            )));
+        }
+        let ttl = if r.ttl_ms == 0 { 3_600_000 } else { r.ttl_ms };
+        let body = wire::Advertisement {
+            transaction_types: types,
+            min_amount: r.min_amount,
+            max_amount: r.max_amount,
+            expires_at_ms: now_ms().saturating_add(ttl),
+            description: r.description,
+        };
+        let expires_at_ms = self.node.advertise(keys, body).await?;
+        Ok(Response::new(pb::AdvertiseSignerResponse { expires_at_ms }))
     }
     async fn withdraw_advertisement(
         &self,
         _r: Request<pb::WithdrawAdvertisementRequest>,
     ) -> Result<Response<pb::WithdrawAdvertisementResponse>, Status> {
-        Err(not_built())
+        self.node.withdraw().await?;
+        Ok(Response::new(pb::WithdrawAdvertisementResponse {}))
     }
     async fn discover_signers(
         &self,
-        _r: Request<pb::DiscoverSignersRequest>,
+        r: Request<pb::DiscoverSignersRequest>,
     ) -> Result<Response<pb::DiscoverSignersResponse>, Status> {
-        Err(not_built())
+        let r = r.into_inner();
+        let wanted = match pb::TransactionType::try_from(r.transaction_type) {
+            Ok(pb::TransactionType::Unspecified) => None,
+            Ok(t) => Some(t),
+            Err(_) => return Err(Status::invalid_argument("transaction_type: unknown value")),
+        };
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let signers = self
+            .node
+            .discovered()
+            .await?
+            .iter()
+            .filter(|(_, _, a)| wanted.is_none_or(|t| a.transaction_types.contains(&t)))
+            .filter(|(_, _, a)| {
+                r.amount == 0
+                    || (r.amount >= a.min_amount && (a.max_amount == 0 || r.amount <= a.max_amount))
+            })
+            .take(limit)
+            .map(|(k, p, a)| discovered_pb(k, p, a))
+            .collect();
+        Ok(Response::new(pb::DiscoverSignersResponse { signers }))
     }
     async fn send_signing_request(
         &self,
@@ -788,5 +871,7 @@ impl CoordinatorService for Api {
 }
 
 fn not_built() -> Status {
-    Status::unimplemented("signer discovery and matchmaking are not built yet")
+    Status::unimplemented(
+        "matchmaking (signing requests) is not built yet; use CreateSession with discovered keys",
+    )
 }

@@ -261,6 +261,15 @@ pub enum NodeEvent {
         /// Reference.
         reference: String,
     },
+    /// A signer advertisement arrived.
+    SignerDiscovered {
+        /// Advertised key.
+        key: [u8; 33],
+        /// Advertising peer.
+        peer: PeerId,
+        /// Criteria.
+        advertisement: wire::Advertisement,
+    },
     /// A peer was banned temporarily.
     PeerGraylisted {
         /// Peer.
@@ -383,6 +392,22 @@ enum Command {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerStatus>>,
+    },
+    Advertise {
+        keys: Vec<[u8; 33]>,
+        body: wire::Advertisement,
+        reply: oneshot::Sender<Result<i64, NodeError>>,
+    },
+    Withdraw {
+        reply: oneshot::Sender<()>,
+    },
+    Discover {
+        reply: oneshot::Sender<Vec<([u8; 33], PeerId, wire::Advertisement)>>,
+    },
+    PublishRaw {
+        topic: String,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     PutRecord {
         key: Vec<u8>,
@@ -605,6 +630,53 @@ impl NodeHandle {
         self.call(|reply| Command::Unban { peer, reply }).await?
     }
 
+    /// Advertise local keys on GossipSub (topics `musig2:signers:<type>`) and in the DHT; at
+    /// most once per 60 s. Returns the expiry.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidArgument`] for keys this node does not hold,
+    /// [`NodeError::ResourceExhausted`] when called again within 60 s.
+    pub async fn advertise(
+        &self,
+        keys: Vec<[u8; 33]>,
+        body: wire::Advertisement,
+    ) -> Result<i64, NodeError> {
+        self.call(|reply| Command::Advertise { keys, body, reply })
+            .await?
+    }
+
+    /// Stop advertising.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn withdraw(&self) -> Result<(), NodeError> {
+        self.call(|reply| Command::Withdraw { reply }).await
+    }
+
+    /// Unexpired advertisements of other peers.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn discovered(
+        &self,
+    ) -> Result<Vec<([u8; 33], PeerId, wire::Advertisement)>, NodeError> {
+        self.call(|reply| Command::Discover { reply }).await
+    }
+
+    /// Diagnostics: publish raw bytes on a GossipSub topic as this node.
+    ///
+    /// # Errors
+    /// [`NodeError::Unavailable`] when nobody is subscribed.
+    pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> Result<(), NodeError> {
+        let topic = topic.to_string();
+        self.call(|reply| Command::PublishRaw {
+            topic,
+            bytes,
+            reply,
+        })
+        .await?
+    }
+
     /// Every peer the security manager knows.
     ///
     /// # Errors
@@ -696,6 +768,36 @@ struct Node {
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     reputation: shared::security::Reputation<PeerId>,
     bans: HashMap<PeerId, crate::store::BanRecord>,
+    /// Discovered advertisements by signer key.
+    adverts: HashMap<[u8; 33], (PeerId, wire::Advertisement)>,
+    /// Last accepted advertisement time per (peer, key) (rate limit), ms.
+    advert_times: HashMap<(PeerId, [u8; 33]), i64>,
+    /// Our own advertisement, if any.
+    advertising: Option<OwnAdvert>,
+    advert_seq: u64,
+}
+
+/// What this node advertises.
+#[derive(Debug, Clone)]
+struct OwnAdvert {
+    keys: Vec<[u8; 33]>,
+    body: wire::Advertisement,
+    topics: Vec<libp2p::gossipsub::TopicHash>,
+    last_ms: i64,
+}
+
+/// Minimum time between two advertisements of one peer, ms.
+pub const ADVERTISEMENT_INTERVAL_MS: i64 = 60_000;
+/// Most advertisements kept.
+pub const MAX_ADVERTS: usize = 10_000;
+
+/// GossipSub topic of a transaction type.
+pub fn signer_topic(t: pb::TransactionType) -> libp2p::gossipsub::IdentTopic {
+    let name = t
+        .as_str_name()
+        .trim_start_matches("TRANSACTION_TYPE_")
+        .to_lowercase();
+    libp2p::gossipsub::IdentTopic::new(format!("musig2:signers:{name}"))
 }
 
 fn now_ms() -> i64 {
@@ -782,7 +884,7 @@ pub async fn start(
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (events, _) = broadcast::channel(4096);
     let (internal_tx, internal_rx) = mpsc::channel(1024);
-    let node = Node {
+    let mut node = Node {
         swarm,
         keypair,
         cfg,
@@ -806,8 +908,24 @@ pub async fn start(
         accepted: accepted.clone(),
         reputation: shared::security::Reputation::new(),
         bans: HashMap::new(),
+        adverts: HashMap::new(),
+        advert_times: HashMap::new(),
+        advertising: None,
+        advert_seq: u64::try_from(now_ms()).unwrap_or(1),
     };
-    let mut node = node;
+    for t in [
+        pb::TransactionType::Spend,
+        pb::TransactionType::Swap,
+        pb::TransactionType::Coinjoin,
+        pb::TransactionType::Custody,
+        pb::TransactionType::Escrow,
+        pb::TransactionType::Channel,
+    ] {
+        node.swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&signer_topic(t))?;
+    }
     node.restore_bans()?;
     node.restore()?;
     let task = tokio::spawn(node.run(rx, internal_rx, shutdown));
@@ -1056,6 +1174,154 @@ impl Node {
         if let Err(e) = self.persist(id) {
             tracing::error!(session = %id, error = %e, "session state not stored");
         }
+    }
+
+    // ---------------------------------------------------------------- advertisements
+
+    fn advertise(
+        &mut self,
+        keys: Vec<[u8; 33]>,
+        body: wire::Advertisement,
+    ) -> Result<i64, NodeError> {
+        if keys.is_empty() || keys.len() > MAX_KEYS_PER_PEER {
+            return Err(NodeError::InvalidArgument(format!(
+                "signer_keys: 1 to {MAX_KEYS_PER_PEER} keys"
+            )));
+        }
+        if let Some(k) = keys.iter().find(|k| !self.keys.contains(k)) {
+            return Err(NodeError::InvalidArgument(format!(
+                "this node does not speak for {}",
+                hex::encode(k)
+            )));
+        }
+        let now = now_ms();
+        if let Some(a) = &self.advertising
+            && now - a.last_ms < ADVERTISEMENT_INTERVAL_MS
+        {
+            return Err(NodeError::ResourceExhausted(format!(
+                "one advertisement per {} s; retry in {} s",
+                ADVERTISEMENT_INTERVAL_MS / 1000,
+                (ADVERTISEMENT_INTERVAL_MS - (now - a.last_ms)) / 1000 + 1
+            )));
+        }
+        let topics = body
+            .transaction_types
+            .iter()
+            .map(|t| signer_topic(*t).hash())
+            .collect();
+        let expires = body.expires_at_ms;
+        self.advertising = Some(OwnAdvert {
+            keys,
+            body,
+            topics,
+            last_ms: now,
+        });
+        self.publish_advertisement();
+        Ok(expires)
+    }
+
+    /// (Re-)publish our advertisement, one message per key, on every topic of its types; store
+    /// it in the DHT under `musig2-signer:<key>` too. Each message is signed anew (fresh
+    /// sequence number and timestamp).
+    fn publish_advertisement(&mut self) {
+        let Some(own) = self.advertising.clone() else {
+            return;
+        };
+        if own.body.expires_at_ms <= now_ms() {
+            self.advertising = None;
+            return;
+        }
+        for key in &own.keys {
+            self.advert_seq += 1;
+            let msg = Message {
+                header: Header {
+                    session_id: SessionId([0; 16]),
+                    sender: *key,
+                    sequence: self.advert_seq,
+                    timestamp_ms: now_ms(),
+                },
+                body: Body::Advertisement(own.body.clone()),
+            };
+            let Ok(bytes) = self.envelope(&msg.to_pb(), key) else {
+                continue;
+            };
+            for t in &own.body.transaction_types {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(signer_topic(*t), bytes.clone())
+                {
+                    tracing::debug!(error = %e, "advertisement not published (no subscriber yet)");
+                }
+            }
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                let mut record = Record::new(
+                    RecordKey::new(&format!("musig2-signer:{}", hex::encode(key))),
+                    bytes,
+                );
+                record.expires = Some(
+                    Instant::now()
+                        + Duration::from_millis(
+                            u64::try_from(own.body.expires_at_ms - now_ms()).unwrap_or(0),
+                        ),
+                );
+                let _ = kad.put_record(record, kad::Quorum::One);
+            }
+        }
+    }
+
+    /// A GossipSub message: a signed, attested, unexpired advertisement, at most one per peer
+    /// per 60 s, at most 10 keys per peer.
+    /// `Ok(true)` = new, accept and propagate; `Ok(false)` = an identical refresh, ignore.
+    fn on_advertisement(&mut self, author: PeerId, bytes: &[u8]) -> Result<bool, Refusal> {
+        if bytes.len() > wire::MAX_GOSSIP_MESSAGE_BYTES {
+            return Err(Refusal(
+                "too_large",
+                format!("gossip message of {} bytes", bytes.len()),
+            ));
+        }
+        let (pid, msg) = self.open(bytes, Some(author))?;
+        let Body::Advertisement(ad) = msg.body else {
+            return Err(Refusal(
+                "unsupported",
+                "only signer advertisements travel on GossipSub".into(),
+            ));
+        };
+        let now = now_ms();
+        let slot = (pid, msg.header.sender);
+        if let Some(last) = self.advert_times.get(&slot)
+            && now - last < ADVERTISEMENT_INTERVAL_MS
+        {
+            // A refresh of the same criteria (re-published for a new subscriber) is ignored
+            // without penalty; a different advertisement within 60 s is a violation.
+            if self
+                .adverts
+                .get(&msg.header.sender)
+                .is_some_and(|(p, a)| *p == pid && *a == ad)
+            {
+                return Ok(false);
+            }
+            return Err(Refusal(
+                "rate_limited",
+                "more than one advertisement per key per 60 s".into(),
+            ));
+        }
+        self.note_keys(pid, &[msg.header.sender])?;
+        if self.adverts.len() >= MAX_ADVERTS && !self.adverts.contains_key(&msg.header.sender) {
+            return Err(Refusal(
+                "too_many_adverts",
+                "advertisement table full".into(),
+            ));
+        }
+        self.advert_times.insert(slot, now);
+        self.adverts.insert(msg.header.sender, (pid, ad.clone()));
+        self.emit(NodeEvent::SignerDiscovered {
+            key: msg.header.sender,
+            peer: pid,
+            advertisement: ad,
+        });
+        Ok(true)
     }
 
     // ---------------------------------------------------------------- bans
@@ -1450,6 +1716,39 @@ impl Node {
                 };
                 let _ = reply.send(r);
             }
+            Command::Advertise { keys, body, reply } => {
+                let r = self.advertise(keys, body);
+                let _ = reply.send(r);
+            }
+            Command::Withdraw { reply } => {
+                self.advertising = None;
+                let _ = reply.send(());
+            }
+            Command::Discover { reply } => {
+                let now = now_ms();
+                let mut v: Vec<([u8; 33], PeerId, wire::Advertisement)> = self
+                    .adverts
+                    .iter()
+                    .filter(|(_, (_, a))| a.expires_at_ms > now)
+                    .map(|(k, (p, a))| (*k, *p, a.clone()))
+                    .collect();
+                v.sort_by_key(|(k, _, _)| *k);
+                let _ = reply.send(v);
+            }
+            Command::PublishRaw {
+                topic,
+                bytes,
+                reply,
+            } => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(libp2p::gossipsub::IdentTopic::new(topic), bytes)
+                    .map(|_| ())
+                    .map_err(|e| NodeError::Unavailable(e.to_string()));
+                let _ = reply.send(r);
+            }
             Command::Peers { reply } => {
                 let mut ids: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
                 ids.extend(self.reputation.iter().map(|(p, _)| *p));
@@ -1686,6 +1985,9 @@ impl Node {
         for p in expired {
             self.unban(p);
         }
+        self.adverts.retain(|_, (_, a)| a.expires_at_ms > now_ms);
+        self.advert_times
+            .retain(|_, t| now_ms - *t < ADVERTISEMENT_INTERVAL_MS);
     }
 
     // ---------------------------------------------------------------- swarm events
@@ -1798,20 +2100,36 @@ impl Node {
                 libp2p::gossipsub::Event::Message {
                     propagation_source,
                     message_id,
-                    ..
+                    message,
                 },
             )) => {
-                // No gossip topic carries session traffic yet: reject, which lowers the
-                // sender's gossip score.
+                let verdict = match message.source {
+                    Some(author) => self.on_advertisement(author, &message.data),
+                    None => Err(Refusal("unattested", "unsigned gossip".into())),
+                };
+                let acceptance = match verdict {
+                    Ok(true) => libp2p::gossipsub::MessageAcceptance::Accept,
+                    Ok(false) => libp2p::gossipsub::MessageAcceptance::Ignore,
+                    Err(r) => {
+                        self.reject(message.source.unwrap_or(propagation_source), &r);
+                        libp2p::gossipsub::MessageAcceptance::Reject
+                    }
+                };
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .gossipsub
-                    .report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        libp2p::gossipsub::MessageAcceptance::Reject,
-                    );
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            // Publishing needs subscribers: refresh our advertisement when one appears.
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                libp2p::gossipsub::Event::Subscribed { topic, .. },
+            )) if self
+                .advertising
+                .as_ref()
+                .is_some_and(|a| a.topics.contains(&topic)) =>
+            {
+                self.publish_advertisement();
             }
             _ => {}
         }

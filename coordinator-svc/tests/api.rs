@@ -574,3 +574,113 @@ async fn admin_blacklist_and_unblacklist_take_effect_immediately() {
         tonic::Code::NotFound
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertise_and_discover_through_the_api() {
+    let base = tempfile::tempdir().unwrap();
+    let mut ps = Vec::new();
+    for s in 121..123u8 {
+        ps.push(procs::ProcParty::start(base.path(), s, "").await);
+    }
+    mesh(&ps).await;
+    let mut a = ps[0].client().await;
+    let mut b = ps[1].client().await;
+    let mut events = watch(&mut b).await;
+    let r = a
+        .advertise_signer(pb::AdvertiseSignerRequest {
+            signer_keys: vec![ps[0].key.to_vec()],
+            transaction_types: vec![
+                pb::TransactionType::Spend as i32,
+                pb::TransactionType::Custody as i32,
+            ],
+            min_amount: 100,
+            max_amount: 10_000,
+            ttl_ms: 60_000,
+            description: "treasury desk".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.expires_at_ms > 0);
+    let found = next_event(&mut events, |e| match e {
+        pb::watch_events_response::Event::SignerDiscovered(d) => d.signer.clone(),
+        _ => None,
+    })
+    .await;
+    assert_eq!(found.signer_key, ps[0].key.to_vec());
+    assert_eq!(found.peer_id, ps[0].peer_id);
+    let discover = |t: pb::TransactionType, amount: u64| pb::DiscoverSignersRequest {
+        transaction_type: t as i32,
+        amount,
+        limit: 0,
+    };
+    let n = |r: pb::DiscoverSignersResponse| r.signers.len();
+    assert_eq!(
+        n(
+            b.discover_signers(discover(pb::TransactionType::Spend, 500))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        1
+    );
+    assert_eq!(
+        n(
+            b.discover_signers(discover(pb::TransactionType::Unspecified, 0))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        1
+    );
+    assert_eq!(
+        n(b.discover_signers(discover(pb::TransactionType::Swap, 500))
+            .await
+            .unwrap()
+            .into_inner()),
+        0
+    );
+    assert_eq!(
+        n(
+            b.discover_signers(discover(pb::TransactionType::Spend, 50_000))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        0
+    );
+    assert_eq!(
+        n(b.discover_signers(discover(pb::TransactionType::Spend, 50))
+            .await
+            .unwrap()
+            .into_inner()),
+        0
+    );
+    // Rate limit and bad input.
+    let again = a
+        .advertise_signer(pb::AdvertiseSignerRequest {
+            signer_keys: vec![ps[0].key.to_vec()],
+            transaction_types: vec![pb::TransactionType::Swap as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::ResourceExhausted);
+    let bad = a
+        .advertise_signer(pb::AdvertiseSignerRequest {
+            signer_keys: vec![ps[0].key.to_vec()],
+            transaction_types: vec![],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    // A discovered signer can be signed with right away.
+    session(
+        &ps,
+        shared::musig::SignatureFormat::Bip340,
+        [0x71; 32],
+        false,
+    )
+    .await;
+}

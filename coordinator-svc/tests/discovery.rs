@@ -1,0 +1,197 @@
+//! Signer advertisements over GossipSub: discovery by criteria, expiry, and the rate limit that
+//! graylists a spamming peer.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Party, wait_event, wait_until};
+use coordinator_svc::node::{NodeError, NodeEvent, signer_topic};
+use shared::election::SessionId;
+use shared::wire::{self, pb};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn advert(
+    types: Vec<pb::TransactionType>,
+    min: u64,
+    max: u64,
+    ttl_ms: i64,
+    description: &str,
+) -> wire::Advertisement {
+    wire::Advertisement {
+        transaction_types: types,
+        min_amount: min,
+        max_amount: max,
+        expires_at_ms: now_ms() + ttl_ms,
+        description: description.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advertised_signer_is_discovered_through_gossipsub() {
+    let a = Party::start(111, common::fast_config()).await;
+    let mut b = Party::start(112, common::fast_config()).await;
+    common::connect(&a, &b).await;
+    // GossipSub needs the subscription exchange first; the node re-publishes when it sees one.
+    let started = std::time::Instant::now();
+    a.node
+        .advertise(
+            vec![a.key],
+            advert(
+                vec![pb::TransactionType::Spend, pb::TransactionType::Custody],
+                1,
+                1000,
+                60_000,
+                "desk A",
+            ),
+        )
+        .await
+        .unwrap();
+    let (key, ad) = wait_event(&mut b.events, |e| match e {
+        NodeEvent::SignerDiscovered {
+            key, advertisement, ..
+        } => Some((*key, advertisement.clone())),
+        _ => None,
+    })
+    .await;
+    println!("discovered in {:?}", started.elapsed());
+    assert_eq!(key, a.key);
+    assert_eq!(ad.description, "desk A");
+    let found = b.node.discovered().await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].1, a.node.peer_id());
+    // A second advertisement within 60 s is refused locally.
+    let e = a
+        .node
+        .advertise(
+            vec![a.key],
+            advert(vec![pb::TransactionType::Swap], 0, 0, 60_000, ""),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NodeError::ResourceExhausted(_)), "{e}");
+    // Keys the node does not hold cannot be advertised.
+    let other = shared::musig::SecretKey::from_bytes(&[0x7f; 32])
+        .unwrap()
+        .public_key();
+    assert!(matches!(
+        a.node
+            .advertise(
+                vec![other],
+                advert(vec![pb::TransactionType::Spend], 0, 0, 1000, "")
+            )
+            .await,
+        Err(NodeError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertisement_spam_is_rate_limited_then_graylisted() {
+    let x = Party::start(113, common::fast_config()).await;
+    let mut b = Party::start(114, common::fast_config()).await;
+    common::connect(&x, &b).await;
+    let topic = signer_topic(pb::TransactionType::Swap).to_string();
+    let pb_ = b.node.peer_id();
+    let px = x.node.peer_id();
+    let mut sent = 0u64;
+    // Different advertisements for the same key, as fast as possible.
+    for i in 0..40u64 {
+        let body = advert(
+            vec![pb::TransactionType::Swap],
+            i,
+            0,
+            60_000,
+            &format!("spam {i}"),
+        );
+        let m = wire::Message {
+            header: wire::Header {
+                session_id: SessionId([0; 16]),
+                sender: x.key,
+                sequence: 1000 + i,
+                timestamp_ms: now_ms(),
+            },
+            body: wire::Body::Advertisement(body),
+        };
+        let env = x.node.envelope(m.to_pb(), x.key).await.unwrap();
+        // Until the subscription is known, publishing fails: retry.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match x.node.publish_raw(&topic, env.clone()).await {
+                Ok(()) => break,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        sent += 1;
+        if b.node
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer == px && p.ban.is_some())
+        {
+            break;
+        }
+    }
+    let until = wait_event(&mut b.events, |e| match e {
+        NodeEvent::PeerGraylisted { peer, until_ms, .. } if *peer == px => Some(*until_ms),
+        _ => None,
+    })
+    .await;
+    assert!(until > now_ms() + 3_500_000, "graylisted for about an hour");
+    let status = b
+        .node
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.peer == px)
+        .unwrap();
+    assert!(status.record.rate_limit_violations >= 10, "{status:?}");
+    assert_eq!(
+        status.rejections.get("rate_limited").copied().unwrap_or(0),
+        u64::from(status.record.rate_limit_violations)
+    );
+    assert!(sent >= 11);
+    // Only the first advertisement was kept.
+    let found = b.node.discovered().await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].2.description, "spam 0");
+    wait_until(|| async { b.node.info().await.unwrap().connected_peers == 0 }).await;
+    let _ = pb_;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_advertisements_disappear() {
+    let a = Party::start(115, common::fast_config()).await;
+    let mut b = Party::start(116, common::fast_config()).await;
+    common::connect(&a, &b).await;
+    a.node
+        .advertise(
+            vec![a.key],
+            advert(vec![pb::TransactionType::Escrow], 0, 0, 1500, "short"),
+        )
+        .await
+        .unwrap();
+    wait_event(&mut b.events, |e| {
+        matches!(e, NodeEvent::SignerDiscovered { .. }).then_some(())
+    })
+    .await;
+    assert_eq!(b.node.discovered().await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(b.node.discovered().await.unwrap().is_empty());
+}
