@@ -215,11 +215,14 @@ pub fn build(keypair: identity::Keypair, cfg: &NetConfig) -> anyhow::Result<Swar
                 .heartbeat_interval(Duration::from_secs(1))
                 .build()
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let gossipsub = gossipsub::Behaviour::new(
+            let mut gossipsub = gossipsub::Behaviour::new(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossip_cfg,
             )
             .map_err(std::io::Error::other)?;
+            gossipsub
+                .with_peer_score(peer_score_params(), peer_score_thresholds())
+                .map_err(std::io::Error::other)?;
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
@@ -251,4 +254,59 @@ pub fn build(keypair: identity::Keypair, cfg: &NetConfig) -> anyhow::Result<Swar
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     Ok(swarm)
+}
+
+/// GossipSub peer scoring tuned for this protocol. Only signer advertisements travel on
+/// GossipSub; they are rare (one per key per minute) and every message is validated by the
+/// application, so the score is driven by invalid messages. GossipSub squares that counter
+/// (weight −0.5 × count², decaying by 10 % per interval): a peer falls below the gossip
+/// threshold (−10) after 5 rejected messages, below the publish threshold (−50) after 10 and
+/// below the graylist threshold (−80) after 13 — by then the application has counted 10
+/// violations and banned it at the connection level, which is the stronger, persisted
+/// measure. Mesh-delivery rates are not scored (traffic is too sparse for them
+/// to mean anything); time in mesh gives a small bonus. The application's own reputation (bans)
+/// is separate and stronger: see `shared::security`.
+pub fn peer_score_params() -> gossipsub::PeerScoreParams {
+    let mut params = gossipsub::PeerScoreParams::default();
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 10.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.5,
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -0.5,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    for t in [
+        shared::wire::pb::TransactionType::Spend,
+        shared::wire::pb::TransactionType::Swap,
+        shared::wire::pb::TransactionType::Coinjoin,
+        shared::wire::pb::TransactionType::Custody,
+        shared::wire::pb::TransactionType::Escrow,
+        shared::wire::pb::TransactionType::Channel,
+    ] {
+        params
+            .topics
+            .insert(crate::node::signer_topic(t).hash(), topic.clone());
+    }
+    // No IP co-location penalty: parties behind one NAT or Kubernetes node are normal here,
+    // and Sybil resistance comes from attestations (a key needs a signer) and the ban list.
+    params.ip_colocation_factor_weight = 0.0;
+    params
+}
+
+/// Thresholds matching [`peer_score_params`].
+pub fn peer_score_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    }
 }

@@ -437,3 +437,64 @@ async fn a_peer_sending_invalid_signatures_is_banned_and_the_ban_survives_a_rest
     x.node.connect(a_addr).await.unwrap();
     stop.cancel();
 }
+
+/// A peer flooding an honest node with junk does not stop a concurrent honest session; the
+/// flooder is cut off once its refusals cross the spam threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_session_completes_while_a_peer_floods() {
+    let mut a = Party::start(37, common::fast_config()).await;
+    let mut b = Party::start(38, common::fast_config()).await;
+    let mut c = Party::start(39, common::fast_config()).await;
+    let x = Party::start(40, common::fast_config()).await;
+    common::connect_refs(&[&a, &b, &c]).await;
+    common::connect(&x, &b).await;
+    let (pb_, px) = (b.node.peer_id(), x.node.peer_id());
+    let flooder = x.node.clone();
+    let xkey = x.key;
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u32;
+        loop {
+            let m = msg(SessionId([9; 16]), xkey, 1, now_ms() - 10 * 60_000, join());
+            let Ok(env) = flooder.envelope(m, xkey).await else {
+                break;
+            };
+            if flooder.send_raw(pb_, env).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let ctx = context(&[&a, &b, &c], SignatureFormat::Lotus, false, [0x44; 32]);
+    let id = a.node.create_session(ctx, None, None).await.unwrap().id;
+    for p in [&mut b, &mut c] {
+        wait_event(&mut p.events, |e| {
+            matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
+        })
+        .await;
+        p.node.join_session(id).await.unwrap();
+    }
+    for p in [&mut a, &mut b, &mut c] {
+        wait_event(&mut p.events, |e| match e {
+            NodeEvent::Complete { id: i, .. } if *i == id => Some(()),
+            NodeEvent::Aborted { id: i, info } if *i == id => panic!("aborted: {}", info.reason),
+            _ => None,
+        })
+        .await;
+    }
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(20), flood)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sent >= 49, "the flood was cut off after {sent} messages");
+    let status = b
+        .node
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.peer == px)
+        .unwrap();
+    assert!(status.ban.is_some(), "{status:?}");
+    assert!(status.record.spam_events >= 50);
+}
