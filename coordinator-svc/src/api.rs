@@ -260,7 +260,22 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
         } => Ev::SignerDiscovered(pb::SignerDiscovered {
             signer: Some(discovered_pb(key, peer, advertisement)),
         }),
-        NodeEvent::Rejected { .. } | NodeEvent::PeerIdentified { .. } => return None,
+        NodeEvent::SigningRequestReceived {
+            request_id,
+            peer,
+            context,
+            transaction_type,
+            amount,
+        } => Ev::SigningRequestReceived(pb::SigningRequestReceived {
+            request_id: hex::encode(request_id),
+            from_peer_id: peer.to_string(),
+            context: Some(context.to_pb()),
+            transaction_type: *transaction_type as i32,
+            amount: *amount,
+        }),
+        NodeEvent::Rejected { .. }
+        | NodeEvent::PeerIdentified { .. }
+        | NodeEvent::SigningResponseReceived { .. } => return None,
     })
 }
 
@@ -773,15 +788,33 @@ impl CoordinatorService for Api {
     }
     async fn send_signing_request(
         &self,
-        _r: Request<pb::SendSigningRequestRequest>,
+        r: Request<pb::SendSigningRequestRequest>,
     ) -> Result<Response<pb::SendSigningRequestResponse>, Status> {
-        Err(not_built())
+        let r = r.into_inner();
+        let ctx = context(&r.signer_keys, &r.message, r.format, &r.tweaks)?;
+        let t = match pb::TransactionType::try_from(r.transaction_type) {
+            Ok(pb::TransactionType::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(
+                    "transaction_type: unknown or unspecified value",
+                ));
+            }
+            Ok(t) => t,
+        };
+        let id = self.node.send_signing_request(ctx, t, r.amount).await?;
+        Ok(Response::new(pb::SendSigningRequestResponse {
+            request_id: hex::encode(id),
+        }))
     }
     async fn respond_signing_request(
         &self,
-        _r: Request<pb::RespondSigningRequestRequest>,
+        r: Request<pb::RespondSigningRequestRequest>,
     ) -> Result<Response<pb::RespondSigningRequestResponse>, Status> {
-        Err(not_built())
+        let r = r.into_inner();
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(&r.request_id, &mut id)
+            .map_err(|_| Status::invalid_argument("request_id must be 32 hex characters"))?;
+        self.node.respond_signing_request(id, r.accept).await?;
+        Ok(Response::new(pb::RespondSigningRequestResponse {}))
     }
 
     type WatchEventsStream = EventStream;
@@ -868,10 +901,4 @@ impl CoordinatorService for Api {
             tokio_stream::wrappers::ReceiverStream::new(out),
         )))
     }
-}
-
-fn not_built() -> Status {
-    Status::unimplemented(
-        "matchmaking (signing requests) is not built yet; use CreateSession with discovered keys",
-    )
 }

@@ -261,6 +261,28 @@ pub enum NodeEvent {
         /// Reference.
         reference: String,
     },
+    /// Another party asks our signers to sign.
+    SigningRequestReceived {
+        /// Request id.
+        request_id: [u8; 16],
+        /// Requesting peer.
+        peer: PeerId,
+        /// What would be signed.
+        context: SessionContext,
+        /// Transaction type.
+        transaction_type: pb::TransactionType,
+        /// Amount.
+        amount: u64,
+    },
+    /// A signer answered one of our signing requests.
+    SigningResponseReceived {
+        /// Request id.
+        request_id: [u8; 16],
+        /// Answering signer.
+        key: [u8; 33],
+        /// Accepted.
+        accept: bool,
+    },
     /// A signer advertisement arrived.
     SignerDiscovered {
         /// Advertised key.
@@ -392,6 +414,17 @@ enum Command {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerStatus>>,
+    },
+    SendRequest {
+        context: SessionContext,
+        transaction_type: pb::TransactionType,
+        amount: u64,
+        reply: oneshot::Sender<Result<[u8; 16], NodeError>>,
+    },
+    Respond {
+        request_id: [u8; 16],
+        accept: bool,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Advertise {
         keys: Vec<[u8; 33]>,
@@ -645,6 +678,43 @@ impl NodeHandle {
             .await?
     }
 
+    /// Matchmaking: ask the (connected, attested) holders of the other keys of `context` to sign;
+    /// when all accept, the session is created and they join it. Returns the request id.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn send_signing_request(
+        &self,
+        context: SessionContext,
+        transaction_type: pb::TransactionType,
+        amount: u64,
+    ) -> Result<[u8; 16], NodeError> {
+        self.call(|reply| Command::SendRequest {
+            context,
+            transaction_type,
+            amount,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answer a signing request received from another party.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`] for an unknown or expired request.
+    pub async fn respond_signing_request(
+        &self,
+        request_id: [u8; 16],
+        accept: bool,
+    ) -> Result<(), NodeError> {
+        self.call(|reply| Command::Respond {
+            request_id,
+            accept,
+            reply,
+        })
+        .await?
+    }
+
     /// Stop advertising.
     ///
     /// # Errors
@@ -775,7 +845,23 @@ struct Node {
     /// Our own advertisement, if any.
     advertising: Option<OwnAdvert>,
     advert_seq: u64,
+    /// Our signing requests: context, who accepted, expiry.
+    out_requests: HashMap<[u8; 16], OutRequest>,
+    /// Requests from others: requester peer, context, expiry.
+    in_requests: HashMap<[u8; 16], (PeerId, SessionContext, i64)>,
+    /// Accepted requests: join the matching session when it is announced.
+    auto_join: Vec<(SessionContext, i64)>,
+    /// Last signing request per peer (rate limit), ms.
+    request_times: HashMap<PeerId, i64>,
 }
+
+/// One of our signing requests: context, keys that accepted, expiry (ms).
+type OutRequest = (SessionContext, HashSet<[u8; 33]>, i64);
+
+/// Minimum time between two signing requests of one peer, ms.
+pub const SIGNING_REQUEST_INTERVAL_MS: i64 = 30_000;
+/// Lifetime of a signing request, ms.
+pub const SIGNING_REQUEST_TTL_MS: i64 = 5 * 60_000;
 
 /// What this node advertises.
 #[derive(Debug, Clone)]
@@ -912,6 +998,10 @@ pub async fn start(
         advert_times: HashMap::new(),
         advertising: None,
         advert_seq: u64::try_from(now_ms()).unwrap_or(1),
+        out_requests: HashMap::new(),
+        in_requests: HashMap::new(),
+        auto_join: Vec::new(),
+        request_times: HashMap::new(),
     };
     for t in [
         pb::TransactionType::Spend,
@@ -1324,6 +1414,178 @@ impl Node {
         Ok(true)
     }
 
+    // ---------------------------------------------------------------- matchmaking
+
+    fn zero_message(&mut self, from: [u8; 33], body: Body) -> Result<Vec<u8>, NodeError> {
+        self.advert_seq += 1;
+        let msg = Message {
+            header: Header {
+                session_id: SessionId([0; 16]),
+                sender: from,
+                sequence: self.advert_seq,
+                timestamp_ms: now_ms(),
+            },
+            body,
+        };
+        self.envelope(&msg.to_pb(), &from)
+    }
+
+    fn send_request(
+        &mut self,
+        context: SessionContext,
+        transaction_type: pb::TransactionType,
+        amount: u64,
+    ) -> Result<[u8; 16], NodeError> {
+        let context = SessionContext::from_pb(&context.to_pb())
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let Some(&from) = context.signer_keys.iter().find(|k| self.keys.contains(k)) else {
+            return Err(NodeError::FailedPrecondition(
+                "the local signer holds none of the keys".into(),
+            ));
+        };
+        let mut peers = Vec::new();
+        for k in context
+            .signer_keys
+            .iter()
+            .filter(|k| !self.keys.contains(k))
+        {
+            let peer = self
+                .peer_keys
+                .iter()
+                .find(|(p, keys)| keys.contains(k) && self.swarm.is_connected(p))
+                .map(|(p, _)| *p)
+                .ok_or_else(|| {
+                    NodeError::NotFound(format!("no connected peer speaks for {}", hex::encode(k)))
+                })?;
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        }
+        if self.out_requests.len() >= 1000 {
+            return Err(NodeError::ResourceExhausted(
+                "too many open signing requests".into(),
+            ));
+        }
+        let mut request_id = [0u8; 16];
+        rand::rng().fill_bytes(&mut request_id);
+        let expires_at_ms = now_ms() + SIGNING_REQUEST_TTL_MS;
+        let body = Body::SigningRequest(Box::new(wire::SigningRequest {
+            request_id,
+            context: context.clone(),
+            transaction_type,
+            amount,
+            expires_at_ms,
+        }));
+        let bytes = self.zero_message(from, body)?;
+        let mine: HashSet<[u8; 33]> = context
+            .signer_keys
+            .iter()
+            .filter(|k| self.keys.contains(k))
+            .copied()
+            .collect();
+        self.out_requests
+            .insert(request_id, (context, mine, expires_at_ms));
+        for p in peers {
+            self.send_to(p, bytes.clone());
+        }
+        Ok(request_id)
+    }
+
+    fn respond(&mut self, request_id: [u8; 16], accept: bool) -> Result<(), NodeError> {
+        let (peer, context, expires) = self.in_requests.remove(&request_id).ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "signing request {} is unknown or expired",
+                hex::encode(request_id)
+            ))
+        })?;
+        let from = context
+            .signer_keys
+            .iter()
+            .find(|k| self.keys.contains(k))
+            .copied()
+            .ok_or_else(|| NodeError::FailedPrecondition("no local key in the request".into()))?;
+        if accept {
+            self.auto_join.push((context, expires));
+        }
+        let bytes = self.zero_message(from, Body::SigningResponse { request_id, accept })?;
+        self.send_to(peer, bytes);
+        Ok(())
+    }
+
+    fn on_matchmaking(&mut self, peer: PeerId, msg: Message) -> Result<(), Refusal> {
+        let now = now_ms();
+        match msg.body {
+            Body::SigningRequest(r) => {
+                if !r.context.signer_keys.contains(&msg.header.sender) {
+                    return Err(Refusal(
+                        "not_member",
+                        "the requester is not among the signers".into(),
+                    ));
+                }
+                if !r.context.signer_keys.iter().any(|k| self.keys.contains(k)) {
+                    return Err(Refusal("not_member", "no key of this node is asked".into()));
+                }
+                if self
+                    .request_times
+                    .get(&peer)
+                    .is_some_and(|t| now - t < SIGNING_REQUEST_INTERVAL_MS)
+                {
+                    return Err(Refusal(
+                        "rate_limited",
+                        "more than one signing request per 30 s".into(),
+                    ));
+                }
+                if self.in_requests.len() >= 1000 {
+                    return Err(Refusal("too_many_requests", "request table full".into()));
+                }
+                self.request_times.insert(peer, now);
+                self.in_requests
+                    .insert(r.request_id, (peer, r.context.clone(), r.expires_at_ms));
+                self.emit(NodeEvent::SigningRequestReceived {
+                    request_id: r.request_id,
+                    peer,
+                    context: r.context,
+                    transaction_type: r.transaction_type,
+                    amount: r.amount,
+                });
+                Ok(())
+            }
+            Body::SigningResponse { request_id, accept } => {
+                let Some((context, accepted, _)) = self.out_requests.get_mut(&request_id) else {
+                    return Err(Refusal("unknown_request", "no such signing request".into()));
+                };
+                if !context.signer_keys.contains(&msg.header.sender) {
+                    return Err(Refusal("not_member", "the responder was not asked".into()));
+                }
+                if !accept {
+                    self.out_requests.remove(&request_id);
+                    self.emit(NodeEvent::SigningResponseReceived {
+                        request_id,
+                        key: msg.header.sender,
+                        accept,
+                    });
+                    return Ok(());
+                }
+                accepted.insert(msg.header.sender);
+                let complete = accepted.len() == context.signer_keys.len();
+                let context = context.clone();
+                self.emit(NodeEvent::SigningResponseReceived {
+                    request_id,
+                    key: msg.header.sender,
+                    accept,
+                });
+                if complete {
+                    self.out_requests.remove(&request_id);
+                    if let Err(e) = self.create(context, None, None) {
+                        tracing::warn!(error = %e, "session from an accepted signing request not created");
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Refusal("unsupported", "not a matchmaking message".into())),
+        }
+    }
+
     // ---------------------------------------------------------------- bans
 
     /// Ban a peer (until a time, or for good): persisted, its connections closed and refused.
@@ -1716,6 +1978,21 @@ impl Node {
                 };
                 let _ = reply.send(r);
             }
+            Command::SendRequest {
+                context,
+                transaction_type,
+                amount,
+                reply,
+            } => {
+                let _ = reply.send(self.send_request(context, transaction_type, amount));
+            }
+            Command::Respond {
+                request_id,
+                accept,
+                reply,
+            } => {
+                let _ = reply.send(self.respond(request_id, accept));
+            }
             Command::Advertise { keys, body, reply } => {
                 let r = self.advertise(keys, body);
                 let _ = reply.send(r);
@@ -1986,6 +2263,10 @@ impl Node {
             self.unban(p);
         }
         self.adverts.retain(|_, (_, a)| a.expires_at_ms > now_ms);
+        self.in_requests.retain(|_, (_, _, e)| *e > now_ms);
+        self.out_requests.retain(|_, (_, _, e)| *e > now_ms);
+        self.request_times
+            .retain(|_, t| now_ms - *t < SIGNING_REQUEST_INTERVAL_MS);
         self.advert_times
             .retain(|_, t| now_ms - *t < ADVERTISEMENT_INTERVAL_MS);
     }
@@ -2288,12 +2569,11 @@ impl Node {
                 self.note_keys(pid, &keys)
             }
             Body::Announce(_) => self.on_announce(Some(pid), bytes, msg),
-            Body::Advertisement(_) | Body::SigningRequest(_) | Body::SigningResponse { .. } => {
-                Err(Refusal(
-                    "unsupported",
-                    format!("{} is not served on this protocol", msg.body.kind()),
-                ))
-            }
+            Body::SigningRequest(_) | Body::SigningResponse { .. } => self.on_matchmaking(pid, msg),
+            Body::Advertisement(_) => Err(Refusal(
+                "unsupported",
+                format!("{} is not served on this protocol", msg.body.kind()),
+            )),
             _ => self.on_session_message(pid, msg),
         }
     }
@@ -2393,6 +2673,14 @@ impl Node {
         let view = SessionView::of(&session);
         self.sessions.insert(id, session);
         self.emit(NodeEvent::SessionCreated(Box::new(view)));
+        let now = now_ms();
+        self.auto_join.retain(|(_, exp)| *exp > now);
+        if let Some(pos) = self.auto_join.iter().position(|(c, _)| *c == a.context) {
+            self.auto_join.remove(pos);
+            if let Err(e) = self.join(id) {
+                tracing::warn!(session = %id, error = %e, "auto-join of an accepted request failed");
+            }
+        }
         if let Some(orphans) = self.orphans.remove(&id) {
             for (p, m) in orphans {
                 if let Err(r) = self.on_session_message(p, m) {

@@ -195,3 +195,89 @@ async fn expired_advertisements_disappear() {
     tokio::time::sleep(Duration::from_millis(1700)).await;
     assert!(b.node.discovered().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_request_accepted_ends_in_a_completed_session() {
+    let mut a = Party::start(117, common::fast_config()).await;
+    let mut b = Party::start(118, common::fast_config()).await;
+    common::connect(&a, &b).await;
+    // A advertises; B finds it and asks it to co-sign.
+    a.node
+        .advertise(
+            vec![a.key],
+            advert(
+                vec![pb::TransactionType::Custody],
+                0,
+                0,
+                60_000,
+                "custody desk",
+            ),
+        )
+        .await
+        .unwrap();
+    let (key, _) = wait_event(&mut b.events, |e| match e {
+        NodeEvent::SignerDiscovered {
+            key, advertisement, ..
+        } => Some((*key, advertisement.clone())),
+        _ => None,
+    })
+    .await;
+    let ctx = common::context(
+        &[&a, &b],
+        shared::musig::SignatureFormat::Lotus,
+        false,
+        [0x5c; 32],
+    );
+    assert!(ctx.signer_keys.contains(&key));
+    let request = b
+        .node
+        .send_signing_request(ctx.clone(), pb::TransactionType::Custody, 2500)
+        .await
+        .unwrap();
+    let (rid, amount) = wait_event(&mut a.events, |e| match e {
+        NodeEvent::SigningRequestReceived {
+            request_id,
+            amount,
+            context,
+            ..
+        } if *context == ctx => Some((*request_id, *amount)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(rid, request);
+    assert_eq!(amount, 2500);
+    a.node.respond_signing_request(rid, true).await.unwrap();
+    // B creates the session once everyone accepted; A joins it by itself.
+    for p in [&mut a, &mut b] {
+        let sig = wait_event(&mut p.events, |e| match e {
+            NodeEvent::Complete { signature, .. } => Some(*signature),
+            NodeEvent::Aborted { info, .. } => panic!("aborted: {}", info.reason),
+            _ => None,
+        })
+        .await;
+        let key_agg = ctx.key_agg().unwrap();
+        shared::musig::verify(ctx.format, &key_agg.output_key(), &ctx.message, &sig).unwrap();
+    }
+    // Answering twice, or an unknown request, is refused.
+    assert!(matches!(
+        a.node.respond_signing_request(rid, true).await,
+        Err(NodeError::NotFound(_))
+    ));
+    // A second request within 30 s is rate limited at A.
+    b.node
+        .send_signing_request(ctx, pb::TransactionType::Custody, 1)
+        .await
+        .unwrap();
+    let pb_ = b.node.peer_id();
+    wait_until(|| async {
+        a.node
+            .rejections()
+            .await
+            .unwrap()
+            .get(&pb_)
+            .and_then(|m| m.get("rate_limited"))
+            .copied()
+            == Some(1)
+    })
+    .await;
+}
