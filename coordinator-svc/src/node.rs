@@ -34,6 +34,8 @@ use crate::signer::{Signer, SignerError};
 
 /// Domain tag of envelope signatures.
 pub const ENVELOPE_TAG: &[u8] = b"musig2/v1/envelope";
+/// DHT key prefix of signer advertisements.
+pub const SIGNER_KEY_PREFIX: &str = "musig2-signer:";
 /// DHT key prefix of session announcements.
 pub const SESSION_KEY_PREFIX: &str = "musig2-session:";
 /// Messages kept per peer waiting to be sent.
@@ -830,6 +832,8 @@ struct Node {
     raw_replies: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NodeError>>>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<PeerId, NodeError>>>>,
     dht_joins: HashMap<kad::QueryId, (SessionId, oneshot::Sender<Result<SessionView, NodeError>>)>,
+    /// DHT lookups of advertisements of keys learned from peers.
+    advert_lookups: HashMap<kad::QueryId, [u8; 33]>,
     rejections: HashMap<PeerId, HashMap<&'static str, u64>>,
     internal_tx: mpsc::Sender<Internal>,
     events: broadcast::Sender<NodeEvent>,
@@ -986,6 +990,7 @@ pub async fn start(
         raw_replies: HashMap::new(),
         dials: HashMap::new(),
         dht_joins: HashMap::new(),
+        advert_lookups: HashMap::new(),
         rejections: HashMap::new(),
         internal_tx,
         events: events.clone(),
@@ -1347,7 +1352,7 @@ impl Node {
             }
             if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                 let mut record = Record::new(
-                    RecordKey::new(&format!("musig2-signer:{}", hex::encode(key))),
+                    RecordKey::new(&format!("{SIGNER_KEY_PREFIX}{}", hex::encode(key))),
                     bytes,
                 );
                 record.expires = Some(
@@ -1412,6 +1417,31 @@ impl Node {
             advertisement: ad,
         });
         Ok(true)
+    }
+
+    /// An advertisement found in the DHT (e.g. after this node restarted).
+    fn on_advert_record(&mut self, key: [u8; 33], record: &Record) {
+        if self.adverts.contains_key(&key) || self.validate_record(record).is_err() {
+            return;
+        }
+        let Ok((pid, msg)) = self.open(&record.value, None) else {
+            return;
+        };
+        let Body::Advertisement(ad) = msg.body else {
+            return;
+        };
+        if msg.header.sender != key
+            || ad.expires_at_ms <= now_ms()
+            || self.adverts.len() >= MAX_ADVERTS
+        {
+            return;
+        }
+        self.adverts.insert(key, (pid, ad.clone()));
+        self.emit(NodeEvent::SignerDiscovered {
+            key,
+            peer: pid,
+            advertisement: ad,
+        });
     }
 
     // ---------------------------------------------------------------- matchmaking
@@ -2468,7 +2498,8 @@ impl Node {
     // ---------------------------------------------------------------- inbound
 
     /// Check an envelope: canonical, signed by the peer whose key it carries (and, for direct
-    /// messages, the peer that sent it), a valid message, attested for its sender key.
+    /// and gossip messages, the peer that sent it), a valid message, attested for its sender
+    /// key. `expected = None` is a DHT record: judged by its expiry instead of the ±5 min window.
     fn open(&self, bytes: &[u8], expected: Option<PeerId>) -> Result<(PeerId, Message), Refusal> {
         let env: pb::SignedEnvelope = wire::decode_canonical(bytes, MAX_DIRECT_MESSAGE_BYTES)?;
         let pk = identity::PublicKey::try_decode_protobuf(&env.peer_public_key)
@@ -2491,7 +2522,27 @@ impl Node {
         }
         let pbm: pb::WireMessage = wire::decode_canonical(&env.payload, MAX_DIRECT_MESSAGE_BYTES)?;
         let now = now_ms();
-        let msg = Message::from_pb(&pbm, now)?;
+        let msg = if expected.is_some() {
+            Message::from_pb(&pbm, now)?
+        } else {
+            // A DHT record (no sending peer): it may be older than the ±5 min window; it is
+            // valid while its announcement or advertisement has not expired.
+            let msg = Message::from_pb(&pbm, pbm.timestamp_ms)?;
+            let expires = match &msg.body {
+                Body::Announce(a) => a.expires_at_ms,
+                Body::Advertisement(a) => a.expires_at_ms,
+                _ => {
+                    return Err(Refusal(
+                        "bad_record",
+                        "only announcements and advertisements are stored".into(),
+                    ));
+                }
+            };
+            if expires <= now {
+                return Err(Refusal("expired", "the record has expired".into()));
+            }
+            msg
+        };
         let att = env.attestation.as_ref().ok_or(Refusal(
             "unattested",
             "no attestation for the sender key".into(),
@@ -2524,6 +2575,19 @@ impl Node {
         }
         if changed {
             let keys = known.clone();
+            if self.advert_lookups.len() < 256
+                && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+            {
+                for k in &keys {
+                    if !self.adverts.contains_key(k) {
+                        let q = kad.get_record(RecordKey::new(&format!(
+                            "{SIGNER_KEY_PREFIX}{}",
+                            hex::encode(k)
+                        )));
+                        self.advert_lookups.insert(q, *k);
+                    }
+                }
+            }
             self.emit(NodeEvent::PeerIdentified { peer, keys });
             self.replay_history(peer);
         }
@@ -2715,6 +2779,12 @@ impl Node {
                 result: kad::QueryResult::GetRecord(result),
                 ..
             } => {
+                if let Some(key) = self.advert_lookups.remove(&qid) {
+                    if let Ok(kad::GetRecordOk::FoundRecord(found)) = result {
+                        self.on_advert_record(key, &found.record);
+                    }
+                    return;
+                }
                 let Some((sid, reply)) = self.dht_joins.remove(&qid) else {
                     return;
                 };
@@ -2763,6 +2833,18 @@ impl Node {
     fn validate_record(&self, record: &Record) -> Result<(), Refusal> {
         let key = std::str::from_utf8(record.key.as_ref())
             .map_err(|_| Refusal("bad_record", "key is not text".into()))?;
+        if let Some(hex_key) = key.strip_prefix(SIGNER_KEY_PREFIX) {
+            let (_, msg) = self.open(&record.value, None)?;
+            if hex::encode(msg.header.sender) != hex_key
+                || !matches!(msg.body, Body::Advertisement(_))
+            {
+                return Err(Refusal(
+                    "bad_record",
+                    "record value is not this key's advertisement".into(),
+                ));
+            }
+            return Ok(());
+        }
         let hex_id = key
             .strip_prefix(SESSION_KEY_PREFIX)
             .ok_or(Refusal("bad_record", "unknown key namespace".into()))?;

@@ -281,3 +281,33 @@ async fn a_signing_request_accepted_ends_in_a_completed_session() {
     })
     .await;
 }
+
+/// A node that was not listening when the advertisement was gossiped (or restarted since)
+/// finds it in the DHT as soon as it learns the advertiser's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advertisement_is_found_through_the_dht_by_a_node_that_missed_the_gossip() {
+    let a = Party::start(119, common::fast_config()).await;
+    a.node
+        .advertise(
+            vec![a.key],
+            advert(vec![pb::TransactionType::Spend], 0, 0, 60_000, "in the DHT"),
+        )
+        .await
+        .unwrap();
+    // Stop the gossip refresh: only the DHT record is left.
+    a.node.withdraw().await.unwrap();
+    // Let GossipSub's message cache (5 heartbeats of 1 s) forget it, so that only the DHT has it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut c = Party::start(120, common::fast_config()).await;
+    common::connect(&c, &a).await;
+    let (key, ad) = wait_event(&mut c.events, |e| match e {
+        NodeEvent::SignerDiscovered {
+            key, advertisement, ..
+        } => Some((*key, advertisement.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(key, a.key);
+    assert_eq!(ad.description, "in the DHT");
+    assert_eq!(c.node.discovered().await.unwrap().len(), 1);
+}
