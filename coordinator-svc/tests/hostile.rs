@@ -498,3 +498,75 @@ async fn an_honest_session_completes_while_a_peer_floods() {
     assert!(status.ban.is_some(), "{status:?}");
     assert!(status.record.spam_events >= 50);
 }
+
+/// A peer may speak for at most 10 keys: an eleventh attested key is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_more_than_ten_keys_is_refused() {
+    let b = Party::start(45, common::fast_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets: Vec<shared::musig::SecretKey> = (0..11u8)
+        .map(|i| shared::musig::SecretKey::from_bytes(&[0x90 + i; 32]).unwrap())
+        .collect();
+    let (ep, _stop) = common::start_signer_with(dir.path(), &secrets).await;
+    let signer = coordinator_svc::signer::Signer::connect_lazy(&ep).unwrap();
+    let store = coordinator_svc::store::Store::open(&dir.path().join("x.redb")).unwrap();
+    let identity = libp2p::identity::Keypair::generate_ed25519();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (x, _task) = coordinator_svc::node::start(
+        common::fast_config(),
+        identity.clone(),
+        signer.clone(),
+        store,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        x.keys().len(),
+        10,
+        "the node itself speaks for at most 10 keys"
+    );
+    x.connect(b.addr().await).await.unwrap();
+    let px = x.peer_id();
+    wait_until(|| async {
+        b.node
+            .peer_keys()
+            .await
+            .unwrap()
+            .get(&px)
+            .is_some_and(|k| k.len() == 10)
+    })
+    .await;
+    // The eleventh key, attested by the same signer, in a hand-made hello.
+    let eleventh = secrets
+        .iter()
+        .map(|s| s.public_key())
+        .find(|k| !x.keys().contains(k))
+        .unwrap();
+    let expires = now_ms() + 60_000;
+    let sig = signer
+        .attest(&eleventh, &px.to_bytes(), expires)
+        .await
+        .unwrap();
+    let att = pb::PeerAttestation {
+        signer_key: eleventh.to_vec(),
+        peer_id: px.to_bytes(),
+        expires_at_ms: expires,
+        signature: sig.to_vec(),
+    };
+    let hello = pb::wire_message::Body::Hello(pb::PeerHello {
+        attestations: vec![att],
+    });
+    let first = x.keys()[0];
+    let env = x
+        .envelope(
+            msg(SessionId([0; 16]), first, u64::MAX / 2, now_ms(), hello),
+            first,
+        )
+        .await
+        .unwrap();
+    let answer = String::from_utf8(x.send_raw(b.node.peer_id(), env).await.unwrap()).unwrap();
+    assert!(answer.contains("too_many_keys"), "{answer}");
+    assert_eq!(b.node.peer_keys().await.unwrap()[&px].len(), 10);
+    stop.cancel();
+}

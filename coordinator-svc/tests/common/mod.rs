@@ -43,6 +43,14 @@ pub async fn start_signer(
     dir: &std::path::Path,
     secret: &SecretKey,
 ) -> (SignerEndpoint, CancellationToken) {
+    start_signer_with(dir, std::slice::from_ref(secret)).await
+}
+
+/// A signer holding several keys.
+pub async fn start_signer_with(
+    dir: &std::path::Path,
+    secrets: &[SecretKey],
+) -> (SignerEndpoint, CancellationToken) {
     musig2_proto::transport::install_crypto_provider();
     let ca = Ca::new("party CA").unwrap();
     let ca_path = ca.write_cert(dir, "ca").unwrap();
@@ -53,12 +61,14 @@ pub async fn start_signer(
         .issue_to(dir, "coordinator", &pki::client("coordinator"))
         .unwrap();
     let mut store = signer_svc::keystore::KeyStore::empty();
-    store
-        .add(
-            "party".into(),
-            SecretKey::from_bytes(&secret.dangerous_to_bytes()).unwrap(),
-        )
-        .unwrap();
+    for (i, secret) in secrets.iter().enumerate() {
+        store
+            .add(
+                format!("party-{i}"),
+                SecretKey::from_bytes(&secret.dangerous_to_bytes()).unwrap(),
+            )
+            .unwrap();
+    }
     store
         .save(&dir.join("keys.json"), b"party passphrase", 8192, 1)
         .unwrap();
