@@ -240,11 +240,8 @@ impl Config {
     /// # Errors
     /// [`ConfigError`].
     pub fn parse(text: &str, env: &[(String, String)], base: &Path) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError(vec![format!("TOML: {e}")]))?;
-        shared::config::apply_env(&mut table, env, ENV_PREFIX).map_err(ConfigError)?;
-        let mut c: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError(vec![format!("{}: {}", e.path(), e.inner())]))?;
+        let mut c: Config =
+            shared::config::parse_toml(text, env, ENV_PREFIX).map_err(ConfigError)?;
         for p in [
             &mut c.data_dir,
             &mut c.signer.ca,

@@ -46,3 +46,20 @@ fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Re
         }
     }
 }
+
+/// Parse TOML text into `T` after applying environment overrides (`PREFIX` + `A__B__C`),
+/// naming the offending key in every error (`tls.cert: invalid type…`).
+///
+/// # Errors
+/// The messages: TOML syntax, overrides that clash with tables, or the first field that does
+/// not deserialize (with its path).
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    env: &[(String, String)],
+    prefix: &str,
+) -> Result<T, Vec<String>> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| vec![format!("TOML: {e}")])?;
+    apply_env(&mut table, env, prefix)?;
+    serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| vec![format!("{}: {}", e.path(), e.inner())])
+}

@@ -155,11 +155,8 @@ impl Config {
     /// # Errors
     /// [`ConfigError`].
     pub fn parse(text: &str, env: &[(String, String)], base: &Path) -> Result<Self, ConfigError> {
-        let mut value: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError(vec![format!("TOML: {e}")]))?;
-        shared::config::apply_env(&mut value, env, ENV_PREFIX).map_err(ConfigError)?;
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
-            .map_err(|e| ConfigError(vec![format!("{}: {}", e.path(), e.inner())]))?;
+        let mut config: Config =
+            shared::config::parse_toml(text, env, ENV_PREFIX).map_err(ConfigError)?;
         config.resolve(base);
         config.validate()?;
         Ok(config)

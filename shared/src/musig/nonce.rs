@@ -15,7 +15,8 @@ use super::{Contribution, Error, KeyAggContext, SignatureFormat, invalid};
 /// A signer's secret key.
 ///
 /// # Security
-/// Zeroized on drop; no `Clone`, `Display` or serde; `Debug` prints only the public key.
+/// Zeroized on drop; no `Clone`, `Display` or serde; its debug output shows only the public
+/// key.
 pub struct SecretKey {
     scalar: Scalar,
     public: [u8; 33],
