@@ -2220,42 +2220,25 @@ impl Node {
     // ---------------------------------------------------------------- internal results
 
     fn on_internal(&mut self, i: Internal) {
-        let (id, actions) = match i {
-            Internal::Nonce { id, index, result } => {
-                let Some(s) = self.sessions.get_mut(&id) else {
-                    return;
-                };
-                match result {
-                    Ok(n) => (id, s.on_local_nonce(index, n)),
-                    Err(e) => {
-                        let mut a = Vec::new();
-                        s.fail(
-                            wire::AbortCode::SignerRefused,
-                            format!("local signer refused a nonce: {e}"),
-                            Vec::new(),
-                            &mut a,
-                        );
-                        (id, a)
-                    }
-                }
-            }
-            Internal::Psig { id, index, result } => {
-                let Some(s) = self.sessions.get_mut(&id) else {
-                    return;
-                };
-                match result {
-                    Ok(p) => (id, s.on_local_psig(index, p)),
-                    Err(e) => {
-                        let mut a = Vec::new();
-                        s.fail(
-                            wire::AbortCode::SignerRefused,
-                            format!("local signer refused to sign: {e}"),
-                            Vec::new(),
-                            &mut a,
-                        );
-                        (id, a)
-                    }
-                }
+        let (id, index, result) = match i {
+            Internal::Nonce { id, index, result } => (id, index, result.map(Ok)),
+            Internal::Psig { id, index, result } => (id, index, result.map(Err)),
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let actions = match result {
+            Ok(Ok(nonce)) => s.on_local_nonce(index, nonce),
+            Ok(Err(psig)) => s.on_local_psig(index, psig),
+            Err(e) => {
+                let mut a = Vec::new();
+                s.fail(
+                    wire::AbortCode::SignerRefused,
+                    format!("local signer refused: {e}"),
+                    Vec::new(),
+                    &mut a,
+                );
+                a
             }
         };
         self.apply(id, actions);
