@@ -52,6 +52,11 @@ pub const MAX_PEER_ID_BYTES: usize = 128;
 pub const MAX_ADVERTISEMENT_TTL_MS: i64 = 24 * 3600 * 1000;
 /// Most keys one peer may speak for.
 pub const MAX_KEYS_PER_PEER: usize = 10;
+/// Longest lifetime of a peer attestation, ms (30 days): signers refuse to attest further ahead,
+/// and verifiers refuse an attestation whose expiry lies more than this (plus
+/// [`MAX_TIMESTAMP_SKEW_MS`]) ahead of the time of checking, so a forged or leaked long-lived
+/// attestation is worthless.
+pub const MAX_ATTESTATION_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// Why a message was rejected. [`WireError::reason`] gives a stable label for metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -884,6 +889,15 @@ impl Attestation {
         }
         if att.expires_at_ms <= now_ms {
             return Err(WireError::Attestation("expired"));
+        }
+        if att.expires_at_ms
+            > now_ms
+                .saturating_add(MAX_ATTESTATION_LIFETIME_MS)
+                .saturating_add(MAX_TIMESTAMP_SKEW_MS)
+        {
+            return Err(WireError::Attestation(
+                "expiry lies further ahead than the protocol's maximum attestation lifetime",
+            ));
         }
         att.verify_signature()?;
         Ok(att)

@@ -277,6 +277,30 @@ fn stateless_rules_reject() {
 }
 
 #[test]
+fn long_lived_attestations_are_refused_by_verifiers() {
+    use shared::wire::{MAX_ATTESTATION_LIFETIME_MS, MAX_TIMESTAMP_SKEW_MS};
+    let sk = SecretKey::from_bytes(&[4; 32]).unwrap();
+    let peer = b"\x00\x24peer-id-bytes";
+    let signed = |expires: i64| Attestation {
+        signer_key: sk.public_key(),
+        peer_id: peer.to_vec(),
+        expires_at_ms: expires,
+        signature: sk.sign_attestation(peer, expires, &[0; 32]).unwrap(),
+    };
+    // The longest lifetime the protocol allows, plus the skew allowance: accepted.
+    let limit = NOW + MAX_ATTESTATION_LIFETIME_MS + MAX_TIMESTAMP_SKEW_MS;
+    Attestation::verify_pb(&signed(limit).to_pb(), peer, NOW).unwrap();
+    // One millisecond further, or years ahead: a valid signature, refused all the same.
+    for expires in [limit + 1, NOW + 10 * 365 * 24 * 3600 * 1000, i64::MAX] {
+        let err = Attestation::verify_pb(&signed(expires).to_pb(), peer, NOW).unwrap_err();
+        assert!(
+            err.to_string().contains("maximum attestation lifetime"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn attestations_verify_and_bind_the_peer() {
     let sk = SecretKey::from_bytes(&[4; 32]).unwrap();
     let peer = b"\x00\x24peer-id-bytes";

@@ -30,6 +30,9 @@ pub struct Config {
     /// Optional Prometheus endpoint.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Built-in limit on `AttestPeer` (holds with no policy configured).
+    #[serde(default)]
+    pub attestation: AttestationConfig,
     /// Signing policy.
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -88,6 +91,44 @@ impl Default for NonceConfig {
         NonceConfig {
             ttl_secs: default_ttl_secs(),
             capacity: default_capacity(),
+        }
+    }
+}
+
+/// `[attestation]`: the built-in rate limit on `AttestPeer`, per key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// Most attestations per key per window (default 720: one every 5 s sustained).
+    #[serde(default = "default_attest_max")]
+    pub max_per_window: u32,
+    /// Window, seconds (default 3600).
+    #[serde(default = "default_attest_window")]
+    pub window_secs: u64,
+}
+
+fn default_attest_max() -> u32 {
+    crate::policy::AttestLimit::default().max
+}
+fn default_attest_window() -> u64 {
+    u64::try_from(crate::policy::AttestLimit::default().window_ms / 1000).unwrap_or(3600)
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        AttestationConfig {
+            max_per_window: default_attest_max(),
+            window_secs: default_attest_window(),
+        }
+    }
+}
+
+impl AttestationConfig {
+    /// The limit the policy enforces.
+    pub fn limit(&self) -> crate::policy::AttestLimit {
+        crate::policy::AttestLimit {
+            max: self.max_per_window,
+            window_ms: i64::try_from(self.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         }
     }
 }
@@ -232,6 +273,12 @@ impl Config {
                 "log.level: {:?} is not a valid filter",
                 self.log.level
             ));
+        }
+        if self.attestation.max_per_window == 0 || self.attestation.max_per_window > 1_000_000 {
+            errs.push("attestation.max_per_window: must be between 1 and 1000000".into());
+        }
+        if self.attestation.window_secs == 0 || self.attestation.window_secs > 30 * 86_400 {
+            errs.push("attestation.window_secs: must be between 1 and 2592000 (30 days)".into());
         }
         errs.extend(self.policy.validate());
         if errs.is_empty() {

@@ -63,18 +63,54 @@ pub struct Event {
     /// Free-form detail (recovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Signature format of the session (`bip340`, `lotus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// The session's signer keys (hex), in context order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_keys: Option<Vec<String>>,
+    /// The session's tweaks in order: `plain:<hex>`, `xonly:<hex>`, `taproot` or
+    /// `taproot:<merkle root hex>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tweaks: Option<Vec<String>>,
+    /// Aggregate key before tweaks (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_key: Option<String>,
+    /// Output key after every tweak (hex): the key the final signature verifies under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
+    /// The message (hex), when at most [`INLINE_MESSAGE_BYTES`] long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// SHA-256 of the message (hex), when longer than [`INLINE_MESSAGE_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_sha256: Option<String>,
+    /// Message length, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_len: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Messages up to this length are journaled in full; longer ones by SHA-256 and length.
+pub const INLINE_MESSAGE_BYTES: usize = 256;
+
+/// One journal record: what a line's body holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Body {
-    seq: u64,
-    time_ms: i64,
-    kind: RecordKind,
-    prev: String,
+pub struct Record {
+    /// Sequence number, from 1.
+    pub seq: u64,
+    /// Wall-clock time of the append, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// What the record is about.
+    pub kind: RecordKind,
+    /// Chain hash of the previous record (hex).
+    pub prev: String,
+    /// The event.
     #[serde(flatten)]
-    event: Event,
+    pub event: Event,
 }
+
+type Body = Record;
 
 /// Journal errors.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +163,20 @@ fn chain(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
 /// # Errors
 /// [`JournalError::Broken`] at the first line that does not continue the chain.
 pub fn verify_bytes(path: &str, data: &[u8]) -> Result<Report, JournalError> {
+    walk(path, data, |_| {})
+}
+
+/// Verify a journal's bytes and return its whole records in order.
+///
+/// # Errors
+/// [`JournalError::Broken`] at the first line that does not continue the chain.
+pub fn records(path: &str, data: &[u8]) -> Result<(Report, Vec<Record>), JournalError> {
+    let mut out = Vec::new();
+    let report = walk(path, data, |r| out.push(r))?;
+    Ok((report, out))
+}
+
+fn walk(path: &str, data: &[u8], mut each: impl FnMut(Record)) -> Result<Report, JournalError> {
     let mut prev = GENESIS;
     let mut seq = 0u64;
     let mut offset = 0usize;
@@ -172,6 +222,7 @@ pub fn verify_bytes(path: &str, data: &[u8]) -> Result<Report, JournalError> {
         prev = expected;
         seq = parsed.seq;
         offset += nl + 1;
+        each(parsed);
     }
     Ok(Report {
         records: seq,
@@ -227,6 +278,15 @@ impl Journal {
     /// # Errors
     /// A broken chain refuses the start: the operator must look at it.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
+        Self::open_replaying(path, |_| {})
+    }
+
+    /// [`Journal::open`], handing every whole record found to `each` (in order) while the
+    /// chain is verified: how the signer refills its rate windows after a restart.
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_replaying(path: &Path, each: impl FnMut(Record)) -> Result<Self, JournalError> {
         let p = path.display().to_string();
         let io = |source| JournalError::Io {
             path: p.clone(),
@@ -250,7 +310,7 @@ impl Journal {
         let mut data = Vec::new();
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.read_to_end(&mut data).map_err(io)?;
-        let report = verify_bytes(&p, &data)?;
+        let report = walk(&p, &data, each)?;
         let mut prev = GENESIS;
         hex::decode_to_slice(&report.head, &mut prev).map_err(|_| JournalError::Broken {
             path: p.clone(),

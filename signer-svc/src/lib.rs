@@ -8,6 +8,7 @@
 )]
 
 pub mod config;
+pub mod guard;
 pub mod journal;
 pub mod keystore;
 pub mod metrics;

@@ -9,11 +9,12 @@ use musig2_proto::v1::signer_service_server::SignerServiceServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{Journal, RecordKind};
 use crate::keystore::KeyStore;
 use crate::metrics::Metrics;
 use crate::nonces::NonceStore;
-use crate::service::Signer;
+use crate::policy::Released;
+use crate::service::{Faults, Signer};
 
 /// Largest gRPC request accepted, bytes (100 keys, 100 nonces and a 1 KiB message fit easily).
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
@@ -38,6 +39,19 @@ pub async fn start(
     keys: KeyStore,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    start_with_faults(config, keys, shutdown, Faults::default()).await
+}
+
+/// [`start`] with fault injection (tests only).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_faults(
+    config: &Config,
+    keys: KeyStore,
+    shutdown: CancellationToken,
+    faults: Faults,
+) -> anyhow::Result<Running> {
     musig2_proto::transport::install_crypto_provider();
     let tls = ServerTls {
         cert: config.tls.cert.clone(),
@@ -46,14 +60,36 @@ pub async fn start(
         allow: AllowList::parse(&config.tls.allowed_clients)?,
     }
     .server_config()?;
-    let policy = config
-        .policy
-        .compile()
-        .map_err(|e| anyhow::anyhow!("policy: {}", e.join("; ")))?;
+    let policy = Arc::new(
+        config
+            .policy
+            .compile_with(config.attestation.limit())
+            .map_err(|e| anyhow::anyhow!("policy: {}", e.join("; ")))?,
+    );
     let journal_path = config.audit.journal.clone();
-    let journal =
-        Arc::new(tokio::task::spawn_blocking(move || Journal::open(&journal_path)).await??);
-    tracing::info!(journal = %config.audit.journal.display(), head_seq = journal.head_seq(), "audit journal open");
+    let replay = policy.clone();
+    let (journal, replayed) = tokio::task::spawn_blocking(move || {
+        let mut replayed = 0u64;
+        let journal = Journal::open_replaying(&journal_path, |r| {
+            let what = match r.kind {
+                RecordKind::PartialSignature => Released::PartialSignature,
+                RecordKind::Attestation => Released::Attestation,
+                _ => return,
+            };
+            let key = r.event.key.as_deref().and_then(|k| {
+                let mut out = [0u8; 33];
+                hex::decode_to_slice(k, &mut out).ok().map(|()| out)
+            });
+            if let Some(key) = key {
+                replay.replay_released(what, &key, r.time_ms);
+                replayed += 1;
+            }
+        })?;
+        Ok::<_, crate::journal::JournalError>((journal, replayed))
+    })
+    .await??;
+    let journal = Arc::new(journal);
+    tracing::info!(journal = %config.audit.journal.display(), head_seq = journal.head_seq(), released_records = replayed, counted_in_rate_windows = policy.counted(), "audit journal open; rate windows refilled from it");
     let metrics = Arc::new(Metrics::new());
     metrics.journal_seq(journal.head_seq());
     let nonces = NonceStore::new(
@@ -64,7 +100,7 @@ pub async fn start(
     for k in keys.keys() {
         tracing::info!(label = %k.label, public_key = %hex::encode(k.secret.public_key()), "key loaded");
     }
-    let signer = Signer::new(keys, nonces, policy, journal, metrics.clone());
+    let signer = Signer::with_faults(keys, nonces, policy, journal, metrics.clone(), faults);
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

@@ -13,27 +13,44 @@ use musig2_proto::v1::{
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use shared::musig::{AggNonce, PubNonce, SecretKey, SigningSession, nonce_gen};
+use shared::musig::{AggNonce, PubNonce, SecretKey, SigningSession, Tweak, nonce_gen};
 use shared::wire::SessionContext;
 use tonic::{Request, Response, Status};
 
-use crate::journal::{Event, Journal, RecordKind};
+use crate::journal::{Event, INLINE_MESSAGE_BYTES, Journal, RecordKind};
 use crate::keystore::KeyStore;
 use crate::metrics::Metrics;
 use crate::nonces::{InsertError, NonceStore, SlotState};
-use crate::policy::{Policy, Stage};
+use crate::policy::{Admission, Policy, Stage};
 
-/// Longest attestation lifetime accepted.
-pub const MAX_ATTESTATION_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
+pub use shared::wire::MAX_ATTESTATION_LIFETIME_MS;
+
+/// The signer service. Every call runs to completion in a task of its own, so a client that
+/// disconnects (or a cancelled call) can never leave a nonce half-used: once the journal holds a
+/// partial signature, the stored answer is in place for the identical retry.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    inner: Arc<Inner>,
+}
+
+/// Fault injection for tests: delays at points where a crash or a cancellation is rare.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Pause after a partial signature is journaled, before its slot is marked used.
+    pub delay_after_journal: std::time::Duration,
+}
 
 /// The signer's state shared by all requests.
 #[derive(Debug)]
-pub struct Signer {
+struct Inner {
     keys: Arc<KeyStore>,
+    /// Our public keys, for the built-in own-key check.
+    own_keys: Vec<[u8; 33]>,
     nonces: NonceStore,
-    policy: Policy,
+    policy: Arc<Policy>,
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
+    faults: Faults,
 }
 
 fn now_ms() -> i64 {
@@ -61,8 +78,40 @@ struct Checked<'a> {
     context: SessionContext,
     context_hash: [u8; 32],
     index: usize,
-    aggregate_key: [u8; 33],
     key_agg: shared::musig::KeyAggContext,
+}
+
+fn tweak_text(t: &Tweak) -> String {
+    match t {
+        Tweak::Plain(b) => format!("plain:{}", hex::encode(b)),
+        Tweak::XOnly(b) => format!("xonly:{}", hex::encode(b)),
+        Tweak::Taproot { merkle_root: None } => "taproot".into(),
+        Tweak::Taproot {
+            merkle_root: Some(r),
+        } => format!("taproot:{}", hex::encode(r)),
+    }
+}
+
+impl Checked<'_> {
+    /// The journal event describing this request: what the key is asked to sign.
+    fn event(&self) -> Event {
+        let m = &self.context.message;
+        let long = m.len() > INLINE_MESSAGE_BYTES;
+        Event {
+            session_id: Some(hex::encode(self.session_id)),
+            key: Some(hex::encode(self.key)),
+            context_hash: Some(hex::encode(self.context_hash)),
+            format: Some(self.context.format.as_str().to_string()),
+            signer_keys: Some(self.context.signer_keys.iter().map(hex::encode).collect()),
+            tweaks: Some(self.context.tweaks.iter().map(tweak_text).collect()),
+            aggregate_key: Some(hex::encode(self.key_agg.aggregate_key())),
+            output_key: Some(hex::encode(self.key_agg.output_key())),
+            message: (!long).then(|| hex::encode(m)),
+            message_sha256: long.then(|| hex::encode(Sha256::digest(m))),
+            message_len: Some(m.len()),
+            ..Event::default()
+        }
+    }
 }
 
 impl Signer {
@@ -70,19 +119,50 @@ impl Signer {
     pub fn new(
         keys: Arc<KeyStore>,
         nonces: NonceStore,
-        policy: Policy,
+        policy: Arc<Policy>,
         journal: Arc<Journal>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::with_faults(keys, nonces, policy, journal, metrics, Faults::default())
+    }
+
+    /// Assemble the service with fault injection (tests only).
+    pub fn with_faults(
+        keys: Arc<KeyStore>,
+        nonces: NonceStore,
+        policy: Arc<Policy>,
+        journal: Arc<Journal>,
+        metrics: Arc<Metrics>,
+        faults: Faults,
+    ) -> Self {
+        let own_keys = keys.keys().iter().map(|k| k.secret.public_key()).collect();
         Signer {
-            keys,
-            nonces,
-            policy,
-            journal,
-            metrics,
+            inner: Arc::new(Inner {
+                keys,
+                own_keys,
+                nonces,
+                policy,
+                journal,
+                metrics,
+                faults,
+            }),
         }
     }
 
+    /// Run one call in a task of its own: it finishes its state changes even when the caller's
+    /// future is dropped (client gone, deadline passed).
+    async fn detached<T, F>(&self, f: impl FnOnce(Arc<Inner>) -> F) -> Result<T, Status>
+    where
+        F: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(f(self.inner.clone()))
+            .await
+            .unwrap_or_else(|_| Err(Status::internal("signer task failed; nothing was released")))
+    }
+}
+
+impl Inner {
     fn check<'a>(
         &'a self,
         public_key: &[u8],
@@ -107,21 +187,24 @@ impl Signer {
         let key_agg = context
             .key_agg()
             .map_err(|e| Status::invalid_argument(format!("context: {e}")))?;
+        crate::guard::check_context(&self.own_keys, &key_agg).map_err(|c| {
+            self.metrics.refusal("builtin_own_key");
+            Status::failed_precondition(c.to_string())
+        })?;
         Ok(Checked {
             key,
             secret,
             session_id,
             context_hash: context.hash(),
-            aggregate_key: key_agg.aggregate_key(),
             context,
             index,
             key_agg,
         })
     }
 
-    fn policy(&self, stage: Stage, c: &Checked<'_>) -> Result<(), Status> {
+    fn policy(&self, stage: Stage, c: &Checked<'_>) -> Result<Admission<'_>, Status> {
         self.policy
-            .check(stage, &c.key, &c.context, &c.aggregate_key)
+            .check_session(stage, &c.key, &c.context, &c.key_agg)
             .map_err(|r| {
                 self.metrics.refusal(&r.rule);
                 Status::permission_denied(r.to_string())
@@ -153,7 +236,7 @@ impl Signer {
         req: GenerateNonceRequest,
     ) -> Result<GenerateNonceResponse, Status> {
         let c = self.check(&req.public_key, &req.session_id, req.context.as_ref())?;
-        self.policy(Stage::Nonce, &c)?;
+        drop(self.policy(Stage::Nonce, &c)?);
         let expires_at_ms = now_ms()
             .saturating_add(i64::try_from(self.nonces.ttl().as_millis()).unwrap_or(i64::MAX));
         // Made before taking the store lock; dropped (zeroized) if the slot already exists.
@@ -200,11 +283,8 @@ impl Signer {
             }
         }
         let event = Event {
-            session_id: Some(hex::encode(c.session_id)),
-            key: Some(hex::encode(c.key)),
-            context_hash: Some(hex::encode(c.context_hash)),
             public_nonce: Some(hex::encode(public_nonce)),
-            ..Event::default()
+            ..c.event()
         };
         if let Err(e) = self.journal(RecordKind::Nonce, event).await {
             drop(state);
@@ -264,7 +344,7 @@ impl Signer {
             ))
         })?;
         let mut state = slot.state.lock().await;
-        let secnonce = match &*state {
+        let taken = match &*state {
             SlotState::Used {
                 request_hash: h,
                 partial_signature,
@@ -296,14 +376,15 @@ impl Signer {
                         c.index
                     )));
                 }
-                self.policy(Stage::Sign, &c)?;
+                let admission = self.policy(Stage::Sign, &c)?;
                 // Take the secret nonce out before computing anything with it.
                 match std::mem::replace(&mut *state, SlotState::Burned { request_hash }) {
-                    SlotState::Pending { secnonce, .. } => *secnonce,
+                    SlotState::Pending { secnonce, .. } => (*secnonce, admission),
                     _ => return Err(Status::internal("nonce state changed under its lock")),
                 }
             }
         };
+        let (secnonce, admission) = taken;
         let aggnonce = AggNonce::sum(c.context.format, &nonces).map_err(|e| {
             Status::invalid_argument(format!("public_nonces: {e}; the nonce is now spent"))
         })?;
@@ -316,18 +397,19 @@ impl Signer {
             .map_err(|e| Status::internal(format!("signing failed: {e}; the nonce is now spent")))?
             .to_bytes();
         let event = Event {
-            session_id: Some(hex::encode(c.session_id)),
-            key: Some(hex::encode(c.key)),
-            context_hash: Some(hex::encode(c.context_hash)),
             public_nonce: req.public_nonces.get(c.index).map(hex::encode),
             partial_signature: Some(hex::encode(psig)),
-            ..Event::default()
+            ..c.event()
         };
         self.journal(RecordKind::PartialSignature, event).await?;
+        if !self.faults.delay_after_journal.is_zero() {
+            tokio::time::sleep(self.faults.delay_after_journal).await;
+        }
         *state = SlotState::Used {
             request_hash,
             partial_signature: psig,
         };
+        admission.commit();
         self.metrics.partial_signed(c.context.format);
         Ok(PartialSignResponse {
             partial_signature: psig.to_vec(),
@@ -346,7 +428,7 @@ impl Signer {
         }
         let now = now_ms();
         if req.expires_at_ms <= now
-            || req.expires_at_ms > now.saturating_add(MAX_ATTESTATION_TTL_MS)
+            || req.expires_at_ms > now.saturating_add(MAX_ATTESTATION_LIFETIME_MS)
         {
             return Err(Status::invalid_argument(
                 "expires_at_ms must be in the future and at most 30 days ahead",
@@ -355,6 +437,17 @@ impl Signer {
         let secret = self.keys.get(&key).ok_or_else(|| {
             Status::not_found(format!("this signer holds no key {}", hex::encode(key)))
         })?;
+        let admission = self
+            .policy
+            .check_attestation(&key, req.expires_at_ms.saturating_sub(now))
+            .map_err(|r| {
+                self.metrics.refusal(&r.rule);
+                if r.rule.starts_with("builtin_") {
+                    Status::resource_exhausted(r.to_string())
+                } else {
+                    Status::permission_denied(r.to_string())
+                }
+            })?;
         let mut aux = [0u8; 32];
         rand::rng().fill_bytes(&mut aux);
         let sig = secret
@@ -367,6 +460,7 @@ impl Signer {
             ..Event::default()
         };
         self.journal(RecordKind::Attestation, event).await?;
+        admission.commit();
         Ok(AttestPeerResponse {
             signature: sig.to_vec(),
         })
@@ -394,6 +488,7 @@ impl SignerService for Signer {
         let started = Instant::now();
         let r = Ok(ListKeysResponse {
             keys: self
+                .inner
                 .keys
                 .keys()
                 .iter()
@@ -403,7 +498,7 @@ impl SignerService for Signer {
                 })
                 .collect(),
         });
-        self.observe("ListKeys", started, &r);
+        self.inner.observe("ListKeys", started, &r);
         r.map(Response::new)
     }
 
@@ -413,8 +508,14 @@ impl SignerService for Signer {
         req: Request<GenerateNonceRequest>,
     ) -> Result<Response<GenerateNonceResponse>, Status> {
         let started = Instant::now();
-        let r = self.generate_nonce_inner(req.into_inner()).await;
-        self.observe("GenerateNonce", started, &r);
+        let req = req.into_inner();
+        let r = self
+            .detached(|inner| async move {
+                let r = inner.generate_nonce_inner(req).await;
+                inner.observe("GenerateNonce", started, &r);
+                r
+            })
+            .await;
         r.map(Response::new)
     }
 
@@ -424,8 +525,14 @@ impl SignerService for Signer {
         req: Request<PartialSignRequest>,
     ) -> Result<Response<PartialSignResponse>, Status> {
         let started = Instant::now();
-        let r = self.partial_sign_inner(req.into_inner()).await;
-        self.observe("PartialSign", started, &r);
+        let req = req.into_inner();
+        let r = self
+            .detached(|inner| async move {
+                let r = inner.partial_sign_inner(req).await;
+                inner.observe("PartialSign", started, &r);
+                r
+            })
+            .await;
         r.map(Response::new)
     }
 
@@ -435,8 +542,14 @@ impl SignerService for Signer {
         req: Request<AttestPeerRequest>,
     ) -> Result<Response<AttestPeerResponse>, Status> {
         let started = Instant::now();
-        let r = self.attest_inner(req.into_inner()).await;
-        self.observe("AttestPeer", started, &r);
+        let req = req.into_inner();
+        let r = self
+            .detached(|inner| async move {
+                let r = inner.attest_inner(req).await;
+                inner.observe("AttestPeer", started, &r);
+                r
+            })
+            .await;
         r.map(Response::new)
     }
 }

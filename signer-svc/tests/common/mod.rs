@@ -134,6 +134,14 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(n_keys: usize, extra: &str) -> Self {
+        Self::start_with_faults(n_keys, extra, signer_svc::service::Faults::default()).await
+    }
+
+    pub async fn start_with_faults(
+        n_keys: usize,
+        extra: &str,
+        faults: signer_svc::service::Faults,
+    ) -> Self {
         musig2_proto::transport::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());
@@ -142,15 +150,22 @@ impl Harness {
         let allowed = format!("\"sha256:{}\"", pki.client.fingerprint);
         let path = write_config(dir.path(), &pki, &allowed, extra);
         let config = Config::load(&path).unwrap();
-        Self::boot(dir, pki, keys, config).await
+        Self::boot(dir, pki, keys, config, faults).await
     }
 
-    async fn boot(dir: tempfile::TempDir, pki: Pki, keys: Vec<SecretKey>, config: Config) -> Self {
+    async fn boot(
+        dir: tempfile::TempDir,
+        pki: Pki,
+        keys: Vec<SecretKey>,
+        config: Config,
+        faults: signer_svc::service::Faults,
+    ) -> Self {
         let store = KeyStore::open(&config.keys.file, PASSPHRASE.as_bytes()).unwrap();
         let shutdown = CancellationToken::new();
-        let running = signer_svc::server::start(&config, store, shutdown.clone())
-            .await
-            .unwrap();
+        let running =
+            signer_svc::server::start_with_faults(&config, store, shutdown.clone(), faults)
+                .await
+                .unwrap();
         Harness {
             dir,
             pki,
@@ -167,7 +182,14 @@ impl Harness {
     pub async fn restart(self) -> Self {
         self.shutdown.cancel();
         let _ = self.task.await;
-        Self::boot(self.dir, self.pki, self.keys, self.config).await
+        Self::boot(
+            self.dir,
+            self.pki,
+            self.keys,
+            self.config,
+            signer_svc::service::Faults::default(),
+        )
+        .await
     }
 
     pub async fn client(&self) -> SignerServiceClient<Channel> {

@@ -1,0 +1,577 @@
+//! The signer driven as a fully compromised coordinator would drive it: a caller holding the
+//! coordinator's client certificate, real mutual TLS on loopback, trying to make the signer
+//! sign what the operator did not intend. One test (or more) per class of defect; each asserts
+//! the refusal *and* that the attack is real (the construction reaches its target), so the test
+//! fails if the defence is removed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use common::{Harness, nonce_req, sign_req};
+use musig2_proto::v1::AttestPeerRequest;
+use shared::musig::{
+    AggNonce, KeyAggContext, PartialSignature, PubNonce, SecretKey, SignatureFormat,
+    SigningSession, Tweak, nonce_gen,
+};
+use shared::wire::{Attestation, MAX_ATTESTATION_LIFETIME_MS, SessionContext, attestation_digest};
+use signer_svc::journal::{self, RecordKind};
+use tonic::Code;
+
+// ---- scalar arithmetic mod n, for the attacker (libsecp256k1's tweak API) ----
+
+fn sk(b: [u8; 32]) -> secp256k1::SecretKey {
+    secp256k1::SecretKey::from_secret_bytes(b).unwrap()
+}
+fn scalar(b: [u8; 32]) -> secp256k1::Scalar {
+    secp256k1::Scalar::from_be_bytes(b).unwrap()
+}
+fn mul(a: [u8; 32], b: [u8; 32]) -> [u8; 32] {
+    sk(a).mul_tweak(&scalar(b)).unwrap().to_secret_bytes()
+}
+fn neg(a: [u8; 32]) -> [u8; 32] {
+    sk(a).negate().to_secret_bytes()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// An attacker key whose public key sorts before `target` (so `target` is the second key of the
+/// sorted pair and gets coefficient 1 in BIP340 KeyAgg).
+fn attacker_key_below(target: &[u8; 33], seed: u8) -> ([u8; 32], SecretKey) {
+    for i in 0u32.. {
+        let mut b = [seed; 32];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        let k = SecretKey::from_bytes(&b).unwrap();
+        if k.public_key() < *target {
+            return (b, k);
+        }
+    }
+    unreachable!()
+}
+
+/// The attack on `ours`: key set {attacker, ours} with a tweak cancelling the attacker's share.
+/// Returns the context and the attacker's secret.
+fn oracle_context(ours: &[u8; 33], xonly: bool, msg: &[u8]) -> (SessionContext, SecretKey) {
+    let (a_bytes, attacker) = attacker_key_below(ours, 0x42);
+    let keys = vec![attacker.public_key(), *ours];
+    let plain = KeyAggContext::new(SignatureFormat::Bip340, &keys).unwrap();
+    assert_eq!(
+        plain.coefficient(1).unwrap(),
+        {
+            let mut one = [0u8; 32];
+            one[31] = 1;
+            one
+        },
+        "BIP327 gives the second distinct key coefficient 1"
+    );
+    // Q = a·A + S, so Q - S = (a·x_A)·G, which the attacker knows.
+    let d = mul(plain.coefficient(0).unwrap(), a_bytes);
+    let tweak = if xonly {
+        // ApplyTweak negates Q first when its y is odd: -Q + d·G = -S (same x as S).
+        let odd = plain.aggregate_key()[0] == 0x03;
+        Tweak::XOnly(if odd { d } else { neg(d) })
+    } else {
+        Tweak::Plain(neg(d))
+    };
+    let ctx = SessionContext {
+        signer_keys: keys,
+        message: msg.to_vec(),
+        format: SignatureFormat::Bip340,
+        tweaks: vec![tweak],
+    };
+    (ctx, attacker)
+}
+
+/// Without the signer's check, the attack yields a BIP340 signature by our key alone on a
+/// message the attacker chose. Reproduced here with the victim's secret in-process, to show the
+/// construction is real (the signer's refusal below is what stops it).
+fn forge_with_victim_secret(
+    ctx: &SessionContext,
+    attacker: &SecretKey,
+    victim: &SecretKey,
+) -> [u8; 64] {
+    let key_agg = ctx.key_agg().unwrap();
+    let mut rng = rand::rng();
+    let (sn_a, pn_a) = nonce_gen(&mut rng, attacker, &key_agg, &ctx.message).unwrap();
+    let (sn_v, pn_v) = nonce_gen(&mut rng, victim, &key_agg, &ctx.message).unwrap();
+    let agg = AggNonce::sum(SignatureFormat::Bip340, &[pn_a, pn_v]).unwrap();
+    let s = SigningSession::new(&key_agg, &agg, &ctx.message).unwrap();
+    let pa = s.sign_at(sn_a, attacker, 0).unwrap();
+    let pv = s.sign_at(sn_v, victim, 1).unwrap();
+    s.aggregate(&[pa, pv]).unwrap().to_bytes()
+}
+
+#[tokio::test]
+async fn key_set_plus_tweak_cannot_turn_a_session_into_our_own_signature() {
+    let h = Harness::start(1, "").await;
+    let victim = &h.keys[0];
+    let ours = victim.public_key();
+    let mut client = h.client().await;
+    let peer_id = b"\x00\x24attacker-peer".to_vec();
+    let forever = now_ms() + 10 * 365 * 24 * 3600 * 1000;
+    let digest = attestation_digest(&ours, &peer_id, forever);
+    for (i, xonly) in [false, true].into_iter().enumerate() {
+        let (ctx, attacker) = oracle_context(&ours, xonly, &digest);
+        let key_agg = ctx.key_agg().unwrap();
+        // The construction reaches our key (x coordinate) ...
+        assert_eq!(key_agg.output_key()[1..], ours[1..], "xonly={xonly}");
+        // ... and the resulting MuSig2 signature *is* an attestation by our key alone, living
+        // ten years (the signer's own AttestPeer caps lifetimes at 30 days).
+        let sig = forge_with_victim_secret(&ctx, &attacker, victim);
+        let forged = Attestation {
+            signer_key: ours,
+            peer_id: peer_id.clone(),
+            expires_at_ms: forever,
+            signature: sig,
+        };
+        forged.verify_signature().unwrap();
+        // Verifiers refuse it anyway: its expiry lies beyond the protocol's maximum lifetime.
+        let err = Attestation::verify_pb(&forged.to_pb(), &peer_id, now_ms()).unwrap_err();
+        assert!(
+            err.to_string().contains("maximum attestation lifetime"),
+            "{err}"
+        );
+
+        // The signer refuses the context outright: no nonce, no partial signature.
+        let session = [0x60 + i as u8; 16];
+        let err = client
+            .generate_nonce(nonce_req(victim, session, &ctx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("own key"), "{}", err.message());
+        assert!(err.message().contains("output key"), "{}", err.message());
+        let fake_nonces = vec![vec![2u8; 66], vec![2u8; 66]];
+        let err = client
+            .partial_sign(sign_req(victim, session, &ctx, &fake_nonces))
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::Ok);
+    }
+    // Nothing about these sessions reached the journal.
+    let (_, records) = journal::records("j", &std::fs::read(h.journal()).unwrap()).unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| !matches!(r.kind, RecordKind::Nonce | RecordKind::PartialSignature)),
+        "{records:?}"
+    );
+}
+
+#[tokio::test]
+async fn lotus_construction_does_not_reach_our_key_and_is_refused_anyway() {
+    let h = Harness::start(1, "").await;
+    let victim = &h.keys[0];
+    let ours = victim.public_key();
+    let (a_bytes, attacker) = attacker_key_below(&ours, 0x43);
+    let keys = vec![attacker.public_key(), ours];
+    // Lotus gives every distinct key a hashed coefficient: ours is not 1, so no known tweak
+    // can cancel the attacker's share ...
+    let lotus = KeyAggContext::new(SignatureFormat::Lotus, &keys).unwrap();
+    let mut one = [0u8; 32];
+    one[31] = 1;
+    assert_ne!(lotus.coefficient(1).unwrap(), one);
+    // ... and Lotus allows no plain or x-only tweak at all: the same construction is refused
+    // as malformed before any key work.
+    let d = mul(lotus.coefficient(0).unwrap(), a_bytes);
+    let mut client = h.client().await;
+    for tweak in [Tweak::Plain(neg(d)), Tweak::XOnly(d)] {
+        let ctx = SessionContext {
+            signer_keys: keys.clone(),
+            message: vec![7; 32],
+            format: SignatureFormat::Lotus,
+            tweaks: vec![tweak],
+        };
+        let err = client
+            .generate_nonce(nonce_req(victim, [0x70; 16], &ctx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("Taproot"), "{}", err.message());
+    }
+    // The Taproot commitment is hash-derived: the output key is not ours either.
+    let ctx = SessionContext {
+        signer_keys: keys.clone(),
+        message: vec![7; 32],
+        format: SignatureFormat::Lotus,
+        tweaks: vec![Tweak::Taproot { merkle_root: None }],
+    };
+    assert_ne!(ctx.key_agg().unwrap().output_key()[1..], ours[1..]);
+    client
+        .generate_nonce(nonce_req(victim, [0x71; 16], &ctx))
+        .await
+        .unwrap();
+    // The check itself is format-blind: see `guard::tests` for a Lotus context whose output
+    // key equals ours being refused.
+    let _ = attacker;
+}
+
+#[tokio::test]
+async fn attestations_are_capped_in_lifetime_and_rate_and_journaled() {
+    let extra = r#"
+[attestation]
+max_per_window = 5
+window_secs = 3600
+"#;
+    let h = Harness::start(1, extra).await;
+    let key = h.keys[0].public_key().to_vec();
+    let mut client = h.client().await;
+    let req = |expires_at_ms: i64| AttestPeerRequest {
+        public_key: key.clone(),
+        peer_id: b"\x00\x24peer".to_vec(),
+        expires_at_ms,
+    };
+    // Lifetime beyond the protocol's maximum: refused, nothing journaled, nothing counted.
+    let err = client
+        .attest_peer(req(now_ms() + MAX_ATTESTATION_LIFETIME_MS + 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    for _ in 0..5 {
+        client.attest_peer(req(now_ms() + 60_000)).await.unwrap();
+    }
+    let err = client
+        .attest_peer(req(now_ms() + 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("builtin_attest_rate"),
+        "{}",
+        err.message()
+    );
+    let count = |h: &Harness| {
+        let (_, records) = journal::records("j", &std::fs::read(h.journal()).unwrap()).unwrap();
+        records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Attestation)
+            .inspect(|r| {
+                assert_eq!(
+                    r.event.peer_id.as_deref(),
+                    Some(hex::encode(b"\x00\x24peer").as_str())
+                );
+                assert!(r.event.expires_at_ms.is_some());
+            })
+            .count()
+    };
+    assert_eq!(count(&h), 5, "one record per released attestation only");
+    // The limit survives a restart: the window is refilled from the journal.
+    let h = h.restart().await;
+    let mut client = h.client().await;
+    let err = client
+        .attest_peer(req(now_ms() + 60_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(count(&h), 5);
+}
+
+#[tokio::test]
+async fn attest_peer_policy_rule_limits_lifetime() {
+    let extra = r#"
+[[policy.rules]]
+id = "short-attestations"
+kind = "attest_peer"
+max_ttl_secs = 3600
+"#;
+    let h = Harness::start(1, extra).await;
+    let mut client = h.client().await;
+    let req = |ttl: i64| AttestPeerRequest {
+        public_key: h.keys[0].public_key().to_vec(),
+        peer_id: b"\x00\x24peer".to_vec(),
+        expires_at_ms: now_ms() + ttl,
+    };
+    client.attest_peer(req(3_000_000)).await.unwrap();
+    let err = client.attest_peer(req(7_200_000)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().starts_with("policy rule short-attestations:"));
+}
+
+/// Run nonce + partial signature for `key` with a co-signer the test plays itself.
+async fn sign_once(
+    h: &Harness,
+    client: &mut musig2_proto::v1::signer_service_client::SignerServiceClient<
+        tonic::transport::Channel,
+    >,
+    session: [u8; 16],
+    tweaks: Vec<Tweak>,
+) -> Result<PartialSignature, tonic::Status> {
+    let ours = &h.keys[0];
+    let other = SecretKey::from_bytes(&[0x77; 32]).unwrap();
+    let mut keys = vec![ours.public_key(), other.public_key()];
+    keys.sort_unstable();
+    let ctx = SessionContext {
+        signer_keys: keys.clone(),
+        message: vec![9; 32],
+        format: SignatureFormat::Bip340,
+        tweaks,
+    };
+    let key_agg = ctx.key_agg().unwrap();
+    let own_nonce = client
+        .generate_nonce(nonce_req(ours, session, &ctx))
+        .await?
+        .into_inner()
+        .public_nonce;
+    let (_sn, pn) = nonce_gen(&mut rand::rng(), &other, &key_agg, &ctx.message).unwrap();
+    let nonces: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| {
+            if *k == ours.public_key() {
+                own_nonce.clone()
+            } else {
+                pn.to_bytes().to_vec()
+            }
+        })
+        .collect();
+    let r = client
+        .partial_sign(sign_req(ours, session, &ctx, &nonces))
+        .await?
+        .into_inner();
+    Ok(PartialSignature::from_slice(&r.partial_signature).unwrap())
+}
+
+#[tokio::test]
+async fn tweaks_and_output_keys_are_visible_to_policy() {
+    let other = SecretKey::from_bytes(&[0x77; 32]).unwrap();
+    let ours = common::secret_keys(1).remove(0);
+    let mut keys = vec![ours.public_key(), other.public_key()];
+    keys.sort_unstable();
+    let taproot = KeyAggContext::with_tweaks(
+        SignatureFormat::Bip340,
+        &keys,
+        &[Tweak::Taproot { merkle_root: None }],
+    )
+    .unwrap()
+    .output_key();
+    // Only Taproot-tweaked sessions, and only to one output key (given x-only).
+    let extra = format!(
+        r#"
+[[policy.rules]]
+id = "taproot-only"
+kind = "allowed_tweaks"
+tweaks = ["taproot"]
+
+[[policy.rules]]
+id = "treasury-address"
+kind = "allowed_output_keys"
+output_keys = ["{}"]
+"#,
+        hex::encode(&taproot[1..])
+    );
+    let h = Harness::start(1, &extra).await;
+    let mut client = h.client().await;
+    sign_once(
+        &h,
+        &mut client,
+        [1; 16],
+        vec![Tweak::Taproot { merkle_root: None }],
+    )
+    .await
+    .unwrap();
+    for (i, tweaks, rule) in [
+        (2u8, vec![], "taproot-only"),
+        (3, vec![Tweak::Plain([5; 32])], "taproot-only"),
+        (4, vec![Tweak::XOnly([5; 32])], "taproot-only"),
+        (
+            5,
+            vec![Tweak::Taproot {
+                merkle_root: Some([1; 32]),
+            }],
+            "treasury-address",
+        ),
+    ] {
+        let err = sign_once(&h, &mut client, [i; 16], tweaks)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message().starts_with(&format!("policy rule {rule}:")),
+            "{}",
+            err.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_counts_released_signatures_across_a_restart() {
+    let extra = r#"
+[[policy.rules]]
+id = "two-per-hour"
+kind = "rate_limit"
+max_signatures = 2
+window_secs = 3600
+"#;
+    let h = Harness::start(1, extra).await;
+    let mut client = h.client().await;
+    sign_once(&h, &mut client, [1; 16], vec![]).await.unwrap();
+    sign_once(&h, &mut client, [2; 16], vec![]).await.unwrap();
+    let err = sign_once(&h, &mut client, [3; 16], vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // A restart must not reset the window: the two signatures are in the journal.
+    let h = h.restart().await;
+    let mut client = h.client().await;
+    let err = sign_once(&h, &mut client, [4; 16], vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().starts_with("policy rule two-per-hour:"));
+}
+
+#[tokio::test]
+async fn default_deny_refuses_keys_no_rule_names() {
+    let keys = common::secret_keys(2);
+    let extra = format!(
+        r#"
+[policy]
+default_deny = true
+
+[[policy.rules]]
+id = "k0"
+kind = "allowed_formats"
+formats = ["bip340"]
+keys = ["{}"]
+"#,
+        hex::encode(keys[0].public_key())
+    );
+    let h = Harness::start(2, &extra).await;
+    let mut client = h.client().await;
+    let ctx = common::context(&h.keys, SignatureFormat::Bip340, false, &[1; 32]);
+    client
+        .generate_nonce(nonce_req(&h.keys[0], [1; 16], &ctx))
+        .await
+        .unwrap();
+    let err = client
+        .generate_nonce(nonce_req(&h.keys[1], [1; 16], &ctx))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().starts_with("policy rule default_deny:"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn journal_records_what_was_signed() {
+    let h = Harness::start(1, "").await;
+    let mut client = h.client().await;
+    sign_once(
+        &h,
+        &mut client,
+        [1; 16],
+        vec![Tweak::Taproot { merkle_root: None }],
+    )
+    .await
+    .unwrap();
+    let (_, records) = journal::records("j", &std::fs::read(h.journal()).unwrap()).unwrap();
+    let psig = records
+        .iter()
+        .find(|r| r.kind == RecordKind::PartialSignature)
+        .unwrap();
+    let e = &psig.event;
+    assert_eq!(e.format.as_deref(), Some("bip340"));
+    assert_eq!(e.message.as_deref(), Some(hex::encode([9u8; 32]).as_str()));
+    assert_eq!(e.message_len, Some(32));
+    assert_eq!(e.tweaks.as_deref(), Some(&["taproot".to_string()][..]));
+    assert_eq!(e.signer_keys.as_ref().map(Vec::len), Some(2));
+    let other = SecretKey::from_bytes(&[0x77; 32]).unwrap();
+    let mut keys = vec![h.keys[0].public_key(), other.public_key()];
+    keys.sort_unstable();
+    let output = KeyAggContext::with_tweaks(
+        SignatureFormat::Bip340,
+        &keys,
+        &[Tweak::Taproot { merkle_root: None }],
+    )
+    .unwrap()
+    .output_key();
+    assert_eq!(e.output_key.as_deref(), Some(hex::encode(output).as_str()));
+    assert!(e.partial_signature.is_some());
+}
+
+#[tokio::test]
+async fn cancelled_partial_sign_finishes_and_the_retry_gets_the_stored_signature() {
+    let faults = signer_svc::service::Faults {
+        delay_after_journal: std::time::Duration::from_millis(600),
+    };
+    let h = Harness::start_with_faults(1, "", faults).await;
+    let mut client = h.client().await;
+    let ours = &h.keys[0];
+    let other = SecretKey::from_bytes(&[0x77; 32]).unwrap();
+    let mut keys = vec![ours.public_key(), other.public_key()];
+    keys.sort_unstable();
+    let ctx = SessionContext {
+        signer_keys: keys.clone(),
+        message: vec![3; 32],
+        format: SignatureFormat::Bip340,
+        tweaks: vec![],
+    };
+    let key_agg = ctx.key_agg().unwrap();
+    let session = [0x33; 16];
+    let own = client
+        .generate_nonce(nonce_req(ours, session, &ctx))
+        .await
+        .unwrap()
+        .into_inner()
+        .public_nonce;
+    let (_sn, pn) = nonce_gen(&mut rand::rng(), &other, &key_agg, &ctx.message).unwrap();
+    let nonces: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| {
+            if *k == ours.public_key() {
+                own.clone()
+            } else {
+                pn.to_bytes().to_vec()
+            }
+        })
+        .collect();
+    // The caller gives up while the signer sits between its journal write and its state change
+    // (the client drops the call; the server sees the stream reset).
+    let call = client.partial_sign(sign_req(ours, session, &ctx, &nonces));
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(200), call).await;
+    assert!(gave_up.is_err(), "the call should still be in flight");
+    // The identical retry gets the partial signature the journal holds.
+    let r = client
+        .partial_sign(sign_req(ours, session, &ctx, &nonces))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.replayed, "the retry must replay the stored answer");
+    let (_, records) = journal::records("j", &std::fs::read(h.journal()).unwrap()).unwrap();
+    let journaled: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == RecordKind::PartialSignature)
+        .collect();
+    assert_eq!(journaled.len(), 1);
+    assert_eq!(
+        journaled[0].event.partial_signature.as_deref(),
+        Some(hex::encode(&r.partial_signature).as_str())
+    );
+    let agg = AggNonce::sum(
+        SignatureFormat::Bip340,
+        &nonces
+            .iter()
+            .map(|n| PubNonce::from_slice(n).unwrap())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let s = SigningSession::new(&key_agg, &agg, &ctx.message).unwrap();
+    let idx = keys.iter().position(|k| *k == ours.public_key()).unwrap();
+    s.verify_partial(
+        &PartialSignature::from_slice(&r.partial_signature).unwrap(),
+        &PubNonce::from_slice(&own).unwrap(),
+        idx,
+    )
+    .unwrap();
+}
