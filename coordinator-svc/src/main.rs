@@ -74,16 +74,23 @@ fn certs(
 ) -> anyhow::Result<()> {
     use musig2_proto::pki::{self, Ca, LeafSpec};
     std::fs::create_dir_all(out)?;
-    for f in [
-        "ca.pem",
-        "signer.pem",
-        "coordinator.pem",
-        "coordinator-client.pem",
-    ] {
-        if out.join(f).exists() {
+    // Every file this command writes; refuse before writing any if one exists (a file or a
+    // symbolic link: private keys are never written through a planted link).
+    let mut files: Vec<String> = vec!["ca.pem".into()];
+    for name in ["signer", "coordinator", "coordinator-client"]
+        .into_iter()
+        .map(String::from)
+        .chain(apps.iter().map(|a| format!("app-{a}")))
+    {
+        files.push(format!("{name}.pem"));
+        files.push(format!("{name}.key"));
+    }
+    for f in &files {
+        let p = out.join(f);
+        if std::fs::symlink_metadata(&p).is_ok() {
             anyhow::bail!(
-                "{} exists; refusing to overwrite a PKI",
-                out.join(f).display()
+                "{} exists; refusing to overwrite a PKI (nothing was written)",
+                p.display()
             );
         }
     }

@@ -75,3 +75,32 @@ fn certs_command_makes_a_working_pki() {
         .unwrap();
     assert!(!again.status.success());
 }
+
+#[cfg(unix)]
+#[test]
+fn certs_refuses_a_planted_symlink_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    std::fs::create_dir(&out).unwrap();
+    let stolen = dir.path().join("stolen-key");
+    // An attacker with write access to the directory plants a link where a private key goes.
+    std::os::unix::fs::symlink(&stolen, out.join("app-wallet.key")).unwrap();
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_musig2-coordinator"))
+        .args(["certs", "--out"])
+        .arg(&out)
+        .args(["--app", "wallet"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("app-wallet.key exists"), "{err}");
+    assert!(
+        !stolen.exists(),
+        "a private key was written through the link"
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        1,
+        "nothing may be written when the command refuses"
+    );
+}

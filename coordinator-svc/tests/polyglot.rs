@@ -1,7 +1,7 @@
 //! Clients in other languages, generated or loaded from `proto/`, drive a full 3-party session
 //! against the running services (real signer and coordinator processes): Python (grpcio-tools
 //! generated stubs) and TypeScript/Node (@grpc/grpc-js + @grpc/proto-loader). The tools come
-//! from PyPI and npm (`.ci/run` installs the Python ones; this test runs `npm install`).
+//! from PyPI and npm, pinned, installed on first use into the build cache (`e2e_tests::tools`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -80,7 +80,8 @@ async fn python_client_completes_a_session() {
     let stubs_dir = base.path().join("py");
     std::fs::create_dir_all(&stubs_dir).unwrap();
     let proto = repo().join("proto");
-    let st = Command::new("python3")
+    let python = e2e_tests::tools::python(e2e_tests::tools::PY_GRPC);
+    let st = Command::new(&python)
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(&proto)
         .arg(format!("--python_out={}", stubs_dir.display()))
@@ -92,13 +93,13 @@ async fn python_client_completes_a_session() {
         ])
         .current_dir(&proto)
         .status()
-        .expect("python3 with grpcio-tools (pip install grpcio grpcio-tools)");
+        .expect("python with grpcio-tools");
     assert!(st.success(), "grpc_tools.protoc failed");
     let ps = parties(base.path(), 91).await;
     let msg = [0x51; 32];
     let cfg = config(&ps, base.path(), "lotus", msg);
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(&python)
             .arg(repo().join("tests/clients/python/sign.py"))
             .arg(&stubs_dir)
             .arg(&cfg)
@@ -115,15 +116,23 @@ async fn node_client_completes_a_session() {
     let base = tempfile::tempdir().unwrap();
     let app = base.path().join("node");
     std::fs::create_dir_all(&app).unwrap();
-    for f in ["package.json", "sign.js"] {
-        std::fs::copy(repo().join("tests/clients/node").join(f), app.join(f)).unwrap();
+    std::fs::copy(
+        repo().join("tests/clients/node/sign.js"),
+        app.join("sign.js"),
+    )
+    .unwrap();
+    // The pinned packages of tests/clients/node/package.json, installed once in the build cache.
+    let package: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("tests/clients/node/package.json")).unwrap(),
+    )
+    .unwrap();
+    for (name, version) in e2e_tests::tools::NPM_GRPC {
+        assert_eq!(
+            package["dependencies"][name], *version,
+            "package.json and NPM_GRPC agree"
+        );
     }
-    let st = Command::new("npm")
-        .args(["install", "--silent", "--no-audit", "--no-fund"])
-        .current_dir(&app)
-        .status()
-        .expect("npm");
-    assert!(st.success(), "npm install failed");
+    let modules = e2e_tests::tools::node_modules(e2e_tests::tools::NPM_GRPC).join("node_modules");
     let ps = parties(base.path(), 95).await;
     let msg = [0x52; 32];
     let cfg = config(&ps, base.path(), "bip340", msg);
@@ -133,6 +142,7 @@ async fn node_client_completes_a_session() {
             .arg(app.join("sign.js"))
             .arg(&proto)
             .arg(&cfg)
+            .env("NODE_PATH", &modules)
             .current_dir(&app)
             .output()
             .unwrap()

@@ -21,5 +21,6 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/musig2_descriptor.bin"));
 
+pub mod files;
 pub mod pki;
 pub mod transport;

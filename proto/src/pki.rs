@@ -144,7 +144,7 @@ impl Ca {
         Ok(path)
     }
 
-    /// Issue and write `dir/<name>.pem` and `dir/<name>.key` (0600).
+    /// Issue and write `dir/<name>.pem` and `dir/<name>.key` (0600); refuses when either exists.
     ///
     /// # Errors
     /// [`PkiError`].
@@ -162,22 +162,13 @@ impl Ca {
     }
 }
 
+/// Create a new file (0600 for private keys): refuses when anything, a symbolic link included,
+/// already exists at the path.
 fn write(path: &Path, data: &[u8], secret: bool) -> Result<(), PkiError> {
-    use std::io::Write;
-    let io = |source| PkiError::Io {
+    crate::files::create_file(path, data, secret).map_err(|source| PkiError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    }
-    let _ = secret;
-    let mut f = opts.open(path).map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)
+    })
 }
 
 /// A server leaf for loopback (`localhost`, 127.0.0.1, ::1).

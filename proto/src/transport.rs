@@ -163,6 +163,13 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
         .collect()
 }
 
+/// The subject of a certificate, for logs (`?` when unparsable).
+fn subject(cert: &CertificateDer<'_>) -> String {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// WebPKI chain verification to the configured CA, then the allow-list.
 #[derive(Debug)]
 struct AllowListVerifier {
@@ -186,13 +193,24 @@ impl ClientCertVerifier for AllowListVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
+        let verified = match self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                if refusal_log_permit() {
+                    tracing::warn!(fingerprint = %fingerprint(end_entity), subject = %subject(end_entity), reason = %e, "client certificate refused: it does not chain to the configured client CA or is not valid now");
+                }
+                return Err(e);
+            }
+        };
         if self.allow.permits(end_entity) {
             Ok(verified)
         } else {
-            tracing::warn!(fingerprint = %fingerprint(end_entity), "client certificate chains to the CA but is not on the allow-list");
+            if refusal_log_permit() {
+                tracing::warn!(fingerprint = %fingerprint(end_entity), subject = %subject(end_entity), "client certificate chains to the CA but is not on the allow-list");
+            }
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
@@ -267,14 +285,76 @@ impl ServerTls {
     }
 }
 
-/// Most TLS handshakes in progress at once; further connections wait in the kernel backlog.
-pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Most connections kept before they authenticate. When a new connection arrives and the table
+/// is full, the oldest unauthenticated connection is closed: accepting never waits, so idle or
+/// slow connections cannot keep an allowed client in the kernel backlog.
+pub const MAX_UNAUTHENTICATED: usize = 1024;
+/// A connection that has sent no byte by then is closed.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client that has not finished its handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accept TCP connections and complete TLS handshakes concurrently (bounded), yielding only
-/// authenticated streams, until `shutdown` fires. Plaintext and unauthenticated clients are
-/// dropped after a failed handshake (logged at debug level).
+/// At most this many refused-handshake warnings per minute; the rest are counted and reported.
+const REFUSAL_LOGS_PER_MINUTE: u32 = 20;
+
+#[derive(Debug)]
+struct LogBudget {
+    window: std::time::Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+static REFUSAL_LOG: std::sync::Mutex<Option<LogBudget>> = std::sync::Mutex::new(None);
+
+/// Whether a refusal may be logged now (rate limited, so a flood of bad clients cannot flood
+/// the log); reports how many were suppressed in the previous minute.
+fn refusal_log_permit() -> bool {
+    let mut g = REFUSAL_LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    let b = g.get_or_insert(LogBudget {
+        window: now,
+        used: 0,
+        suppressed: 0,
+    });
+    if now.duration_since(b.window) >= Duration::from_secs(60) {
+        if b.suppressed > 0 {
+            tracing::warn!(
+                suppressed = b.suppressed,
+                "refused TLS handshakes not logged in the last minute (log rate limit)"
+            );
+        }
+        *b = LogBudget {
+            window: now,
+            used: 0,
+            suppressed: 0,
+        };
+    }
+    if b.used < REFUSAL_LOGS_PER_MINUTE {
+        b.used += 1;
+        true
+    } else {
+        b.suppressed += 1;
+        false
+    }
+}
+
+/// Connections that have not authenticated yet, oldest first.
+#[derive(Debug, Default)]
+struct PreAuth {
+    next: u64,
+    live: std::collections::BTreeMap<u64, CancellationToken>,
+}
+
+/// Accept TCP connections and complete TLS handshakes concurrently, yielding only authenticated
+/// streams, until `shutdown` fires. The accept loop never waits for a handshake slot: each
+/// connection gets its own task, at most [`MAX_UNAUTHENTICATED`] exist (the oldest is closed to
+/// make room), a connection silent for [`FIRST_BYTE_TIMEOUT`] is closed, and a handshake must
+/// finish within [`HANDSHAKE_TIMEOUT`]. Refused handshakes are logged at warn (rate limited)
+/// with the peer address, the reason and, where a certificate was presented, its fingerprint
+/// and subject. Accepted sockets get `TCP_NODELAY` (gRPC frames are small; Nagle's algorithm
+/// with delayed ACKs would add tens of milliseconds per call).
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -282,36 +362,72 @@ pub fn tls_incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<
     Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>,
 > {
-    let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING_HANDSHAKES);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let table = Arc::new(std::sync::Mutex::new(PreAuth::default()));
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                () = shutdown.cancelled() => break,
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
             let (tcp, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
+                        // Out of descriptors and the like: back off briefly, keep serving.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
+            let _ = tcp.set_nodelay(true);
+            let token = shutdown.child_token();
+            let id = {
+                let mut t = table
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if t.live.len() >= MAX_UNAUTHENTICATED
+                    && let Some((_, oldest)) = t.live.pop_first()
+                {
+                    oldest.cancel();
+                }
+                let id = t.next;
+                t.next += 1;
+                t.live.insert(id, token.clone());
+                id
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let table = table.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
+                let outcome = tokio::select! {
+                    () = token.cancelled() => Err("closed to make room for newer connections (too many unauthenticated)".to_string()),
+                    r = async {
+                        match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.readable()).await {
+                            Err(_) => return Err("sent nothing".to_string()),
+                            Ok(Err(e)) => return Err(e.to_string()),
+                            Ok(Ok(())) => {}
+                        }
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => Ok(tls),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("handshake timed out".to_string()),
+                        }
+                    } => r,
+                };
+                table
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .live
+                    .remove(&id);
+                match outcome {
+                    Ok(tls) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Err(reason) => {
+                        if refusal_log_permit() {
+                            tracing::warn!(%peer, %reason, "TLS connection refused before authentication");
+                        }
+                    }
                 }
             });
         }

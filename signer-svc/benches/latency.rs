@@ -170,5 +170,53 @@ async fn main() {
         report("GenerateNonce", gen_lat);
         report("PartialSign", sign_lat);
     }
+    // A new mutual-TLS connection and one ListKeys, without and with 300 unauthenticated
+    // connections held open by an attacker on the same address (250 silent, 50 stalled
+    // mid-record): accepting never waits for them.
+    let connect_and_list = || {
+        let tls =
+            musig2_proto::transport::client_tls(&ca_path, &client.cert, &client.key, "localhost")
+                .unwrap();
+        let url = format!("https://localhost:{}", running.addr.port());
+        async move {
+            let t = Instant::now();
+            let ch = tonic::transport::Channel::from_shared(url)
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            musig2_proto::v1::signer_service_client::SignerServiceClient::new(ch)
+                .list_keys(musig2_proto::v1::ListKeysRequest {})
+                .await
+                .unwrap();
+            t.elapsed()
+        }
+    };
+    let rounds = 200;
+    let mut quiet = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        quiet.push(connect_and_list().await);
+    }
+    println!("== new connection + ListKeys:");
+    report("quiet", quiet);
+    let mut flood = Vec::new();
+    for i in 0..300 {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        if i >= 250 {
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .unwrap();
+        }
+        flood.push(s);
+    }
+    let mut flooded = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        flooded.push(connect_and_list().await);
+    }
+    report("300 pre-auth", flooded);
+    drop(flood);
     shutdown.cancel();
 }

@@ -4,7 +4,6 @@
 //! data, so swapping or editing them fails decryption. Files are written 0600, fsynced, renamed
 //! into place, and the directory fsynced.
 
-use std::io::Write;
 use std::path::Path;
 
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -337,32 +336,13 @@ fn derive(
     Ok(key)
 }
 
-/// Write a file atomically with mode 0600: temp file, fsync, rename, fsync directory.
+/// Write a file atomically with mode 0600, never following a link at the temporary or final
+/// path ([`musig2_proto::files::write_private_atomic`]).
 ///
 /// # Errors
 /// I/O errors.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("keyfile")
-    ));
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    musig2_proto::files::write_private_atomic(path, data)
 }
 
 /// Read the passphrase from a file (trailing newline removed) or an environment variable.

@@ -575,3 +575,91 @@ async fn cancelled_partial_sign_finishes_and_the_retry_gets_the_stored_signature
     )
     .unwrap();
 }
+
+/// Open `idle` TCP connections that never send a byte and `slow` ones that send the first bytes
+/// of a TLS record and stall, all from 127.0.0.1 like the legitimate client.
+async fn pre_auth_flood(
+    addr: std::net::SocketAddr,
+    idle: usize,
+    slow: usize,
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut socks = Vec::new();
+    for i in 0..idle + slow {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i >= idle {
+            // A handshake record header announcing 512 bytes, then nothing.
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .unwrap();
+        }
+        socks.push(s);
+    }
+    socks
+}
+
+#[tokio::test]
+async fn idle_and_slow_connections_do_not_starve_an_allowed_client() {
+    let h = Harness::start(1, "").await;
+    let _flood = pre_auth_flood(h.addr, 250, 50).await;
+    let started = std::time::Instant::now();
+    let served = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut client = h.client().await;
+        client
+            .list_keys(musig2_proto::v1::ListKeysRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    })
+    .await
+    .expect("an allowed client must be served while 300 unauthenticated connections are open");
+    assert_eq!(served.keys.len(), 1);
+    eprintln!(
+        "served in {:?} with 300 unauthenticated connections open",
+        started.elapsed()
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn key_files_are_never_written_through_planted_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let stolen = dir.path().join("stolen");
+    let final_target = dir.path().join("elsewhere.json");
+    std::fs::write(&final_target, b"operator's other file").unwrap();
+    let path = dir.path().join("keys.json");
+    // Links at the temporary name the signer used to use and at the final path.
+    std::os::unix::fs::symlink(&stolen, dir.path().join(".keys.json.tmp")).unwrap();
+    std::os::unix::fs::symlink(&final_target, &path).unwrap();
+    let mut store = signer_svc::keystore::KeyStore::empty();
+    store
+        .add("k".into(), SecretKey::from_bytes(&[0x31; 32]).unwrap())
+        .unwrap();
+    store
+        .save(&path, b"a long passphrase", 8 * 1024, 1)
+        .unwrap();
+    assert!(
+        !stolen.exists(),
+        "the key file was written through the temp-path link"
+    );
+    assert_eq!(
+        std::fs::read(&final_target).unwrap(),
+        b"operator's other file"
+    );
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // It is a real key file.
+    let back = signer_svc::keystore::KeyStore::open(&path, b"a long passphrase").unwrap();
+    assert_eq!(back.keys().len(), 1);
+    // A loose 0644 file at the path ends 0600 after the next save.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    store
+        .save(&path, b"a long passphrase", 8 * 1024, 1)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

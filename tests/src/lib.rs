@@ -1,1 +1,6 @@
-//! End-to-end tests live in `tests/` of this crate; they start the real binaries.
+//! End-to-end tests live in `tests/` of this crate; they start the real binaries. The library
+//! holds what tests in several crates share: [`tools`] installs the PyPI and npm packages some
+//! tests need, so `cargo test --workspace` passes on a machine that has only Python 3 with pip,
+//! Node with npm and kubectl.
+
+pub mod tools;

@@ -1,7 +1,8 @@
 //! Every kustomize overlay renders (`kubectl kustomize`) and validates against the Kubernetes
 //! schemas (`kubernetes-validate`), the signer's NetworkPolicy admits only the coordinator and
-//! allows no egress, and a broken policy is caught. Needs `kubectl` and the PyPI package
-//! `kubernetes-validate` (`.ci/run` installs it).
+//! allows no egress, and a broken policy is caught. Needs `kubectl`; the PyPI package
+//! `kubernetes-validate` is installed on first use into a virtual environment in the build cache
+//! (`e2e_tests::tools`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ fn root() -> PathBuf {
 }
 
 fn validate(k8s_root: Option<&Path>) -> std::process::Output {
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(e2e_tests::tools::python(e2e_tests::tools::PY_KUBE));
     cmd.arg(root().join("tests/validate.py"));
     if let Some(r) = k8s_root {
         cmd.env("MUSIG2_K8S_ROOT", r);
