@@ -231,7 +231,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
-        let env: Vec<(String, String)> = std::env::vars().collect();
+        let env = shared::config::prefixed_env(ENV_PREFIX);
         Self::parse(&text, &env, path.parent().unwrap_or(Path::new(".")))
     }
 

@@ -48,6 +48,12 @@ pub struct LeafSpec {
     pub client: bool,
     /// Validity ended in 2021 (for tests of expiry).
     pub expired: bool,
+    /// URI subject alternative names (e.g. SPIFFE ids).
+    pub uris: Vec<String>,
+    /// Further common names beside `common_name` (tests of ambiguous subjects).
+    pub extra_common_names: Vec<String>,
+    /// Reuse this key (PKCS#8 PEM) instead of generating one: a renewal that keeps the key.
+    pub key_pem: Option<String>,
 }
 
 /// An issued certificate with its key, in PEM.
@@ -107,9 +113,20 @@ impl Ca {
         for ip in &spec.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
+        for u in &spec.uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI(u.as_str().try_into()?));
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, spec.common_name.as_str());
+        for cn in &spec.extra_common_names {
+            // Another attribute of type commonName (2.5.4.3).
+            params
+                .distinguished_name
+                .push(DnType::CustomDnType(vec![2, 5, 4, 3]), cn.as_str());
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if spec.server {
             params
@@ -125,7 +142,10 @@ impl Ca {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
-        let key = KeyPair::generate()?;
+        let key = match &spec.key_pem {
+            Some(pem) => KeyPair::from_pem(pem)?,
+            None => KeyPair::generate()?,
+        };
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
             cert_pem: cert.pem(),
@@ -181,8 +201,7 @@ pub fn loopback_server(common_name: &str) -> LeafSpec {
             IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
         ],
         server: true,
-        client: false,
-        expired: false,
+        ..LeafSpec::default()
     }
 }
 

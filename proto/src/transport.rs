@@ -41,7 +41,9 @@ pub enum TlsError {
     #[error("client CA: {0}")]
     Verifier(String),
     /// An allow-list entry is malformed.
-    #[error("allow-list entry {0:?} is neither a 64-hex-digit SHA-256 fingerprint nor a name")]
+    #[error(
+        "allow-list entry {0:?} is malformed (sha256:<64 hex>, spki:<64 hex>, cn:<name>, uri:<uri>, dns:<name>)"
+    )]
     AllowList(String),
 }
 
@@ -81,16 +83,31 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// Who may connect: certificate fingerprints and/or subject common names.
+/// Who may connect. Entries:
+///
+/// - `sha256:<64 hex>` (or bare 64 hex digits, colons allowed): SHA-256 of the whole DER
+///   certificate. Changes with every renewal.
+/// - `spki:<64 hex>`: SHA-256 of the certificate's SubjectPublicKeyInfo (its public key).
+///   Survives renewal when the key is kept; a new key needs a new entry.
+/// - `uri:<uri>` / `dns:<name>`: a URI or DNS subject alternative name the certificate carries
+///   (e.g. a SPIFFE id).
+/// - `cn:<name>` (or any other text): the subject common name. Matches only a certificate with
+///   exactly one common name, so a certificate carrying an allowed name beside another one is
+///   not mistaken for the allowed client.
+///
+/// Revocation: remove the entry (and, for names, rotate the CA that issued the certificate; see
+/// `deploy/README.md`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowList {
     fingerprints: HashSet<[u8; 32]>,
+    spki: HashSet<[u8; 32]>,
     common_names: HashSet<String>,
+    uris: HashSet<String>,
+    dns_names: HashSet<String>,
 }
 
 impl AllowList {
-    /// Build from entries: `sha256:<64 hex>` (or bare 64 hex digits, colons allowed) is a
-    /// fingerprint; `cn:<name>` (or any other text) is a subject common name.
+    /// Build from entries (see the type's documentation).
     ///
     /// # Errors
     /// [`TlsError::AllowList`] for an empty entry or a malformed fingerprint.
@@ -99,14 +116,24 @@ impl AllowList {
         for e in entries {
             let e = e.as_ref().trim();
             let bad = || TlsError::AllowList(e.to_string());
+            let nonempty = |v: &str| {
+                if v.is_empty() {
+                    Err(bad())
+                } else {
+                    Ok(v.to_string())
+                }
+            };
             if let Some(fp) = e.strip_prefix("sha256:") {
                 list.fingerprints
                     .insert(parse_fingerprint(fp).ok_or_else(bad)?);
+            } else if let Some(fp) = e.strip_prefix("spki:") {
+                list.spki.insert(parse_fingerprint(fp).ok_or_else(bad)?);
             } else if let Some(cn) = e.strip_prefix("cn:") {
-                if cn.is_empty() {
-                    return Err(bad());
-                }
-                list.common_names.insert(cn.to_string());
+                list.common_names.insert(nonempty(cn)?);
+            } else if let Some(u) = e.strip_prefix("uri:") {
+                list.uris.insert(nonempty(u)?);
+            } else if let Some(d) = e.strip_prefix("dns:") {
+                list.dns_names.insert(nonempty(d)?.to_ascii_lowercase());
             } else if let Some(fp) = parse_fingerprint(e) {
                 list.fingerprints.insert(fp);
             } else if e.is_empty() {
@@ -120,7 +147,11 @@ impl AllowList {
 
     /// Whether the list is empty (which would admit nobody).
     pub fn is_empty(&self) -> bool {
-        self.fingerprints.is_empty() && self.common_names.is_empty()
+        self.fingerprints.is_empty()
+            && self.spki.is_empty()
+            && self.common_names.is_empty()
+            && self.uris.is_empty()
+            && self.dns_names.is_empty()
     }
 
     /// Whether an end-entity certificate is allowed.
@@ -129,18 +160,52 @@ impl AllowList {
         if self.fingerprints.contains(&fp) {
             return true;
         }
-        if self.common_names.is_empty() {
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
             return false;
+        };
+        if !self.spki.is_empty() {
+            let spki: [u8; 32] = Sha256::digest(parsed.public_key().raw).into();
+            if self.spki.contains(&spki) {
+                return true;
+            }
         }
-        match x509_parser::parse_x509_certificate(cert.as_ref()) {
-            Ok((_, parsed)) => parsed
+        if !self.common_names.is_empty() {
+            let cns: Vec<&str> = parsed
                 .subject()
                 .iter_common_name()
                 .filter_map(|cn| cn.as_str().ok())
-                .any(|cn| self.common_names.contains(cn)),
-            Err(_) => false,
+                .collect();
+            if let [only] = cns.as_slice()
+                && self.common_names.contains(*only)
+            {
+                return true;
+            }
         }
+        if !(self.uris.is_empty() && self.dns_names.is_empty())
+            && let Ok(Some(san)) = parsed.subject_alternative_name()
+        {
+            use x509_parser::extensions::GeneralName;
+            return san.value.general_names.iter().any(|n| match n {
+                GeneralName::URI(u) => self.uris.contains(*u),
+                GeneralName::DNSName(d) => self.dns_names.contains(&d.to_ascii_lowercase()),
+                _ => false,
+            });
+        }
+        false
     }
+}
+
+/// SHA-256 of a DER certificate's SubjectPublicKeyInfo, lowercase hex (an `spki:` entry).
+///
+/// # Errors
+/// The certificate does not parse.
+pub fn spki_fingerprint(cert: &CertificateDer<'_>) -> Result<String, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    Ok(Sha256::digest(parsed.public_key().raw)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {

@@ -63,3 +63,35 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(toml::Value::Table(table))
         .map_err(|e| vec![format!("{}: {}", e.path(), e.inner())])
 }
+
+/// The process environment's variables whose names start with `prefix` (the only ones
+/// configuration overrides may come from). Every other variable — a passphrase held in the
+/// environment among them — is read only as raw bytes and wiped at once, never kept in a
+/// `String`. (The process environment itself still holds it: prefer passphrase files.)
+pub fn prefixed_env(prefix: &str) -> Vec<(String, String)> {
+    use zeroize::Zeroize;
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let keep = name.to_str().is_some_and(|n| n.starts_with(prefix));
+            if keep {
+                Some((name.into_string().ok()?, value.into_string().ok()?))
+            } else {
+                value.into_encoded_bytes().zeroize();
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn only_prefixed_variables_are_kept() {
+        // PATH is set in any test environment; nothing starts with this prefix.
+        let path = super::prefixed_env("PATH");
+        assert!(path.iter().all(|(k, _)| k.starts_with("PATH")));
+        assert!(path.iter().any(|(k, _)| k == "PATH"));
+        assert!(super::prefixed_env("MUSIG2_NO_SUCH_PREFIX__").is_empty());
+    }
+}

@@ -63,7 +63,9 @@ pub struct KeysConfig {
     pub file: PathBuf,
     /// File holding the passphrase (e.g. a mounted Kubernetes secret). Exactly one source.
     pub passphrase_file: Option<PathBuf>,
-    /// Environment variable holding the passphrase. Exactly one source.
+    /// Environment variable holding the passphrase. Exactly one source. The variable stays in
+    /// the process environment (readable in `/proc/<pid>/environ` by the same user and in core
+    /// dumps) for the signer's whole life: prefer `passphrase_file`.
     pub passphrase_env: Option<String>,
 }
 
@@ -187,7 +189,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
-        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let vars = shared::config::prefixed_env(ENV_PREFIX);
         Self::parse(&text, &vars, path.parent().unwrap_or(Path::new(".")))
     }
 

@@ -663,3 +663,355 @@ fn key_files_are_never_written_through_planted_links() {
         0o600
     );
 }
+
+/// Whether a client with `leaf` completes a ListKeys call.
+async fn admitted(h: &Harness, leaf: &musig2_proto::pki::LeafFiles) -> bool {
+    match h.client_with(leaf).await {
+        Ok(mut c) => c
+            .list_keys(musig2_proto::v1::ListKeysRequest {})
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn allow_list_names_are_unambiguous_and_keys_survive_renewal() {
+    use musig2_proto::pki::{self, LeafSpec};
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let spiffe = "spiffe://party-a/coordinator";
+    // A client key pinned by its SPKI (computed from any certificate carrying it).
+    let key_pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let throwaway = musig2_proto::pki::Ca::new("throwaway")
+        .unwrap()
+        .issue(&LeafSpec {
+            key_pem: Some(key_pem.clone()),
+            ..pki::client("x")
+        })
+        .unwrap();
+    let spki = musig2_proto::transport::spki_fingerprint(
+        &CertificateDer::from_pem_slice(throwaway.cert_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    // A fresh signer whose PKI we control fully: entries by CN, URI SAN and SPKI.
+    let h = Harness::start_allowing(1, &format!("\"cn:coordinator\", \"uri:{spiffe}\"")).await;
+    let d = h.dir.path();
+    let ca = &h.pki.issuer;
+    // Exactly one CN, the allowed one: admitted (the harness's own client).
+    assert!(admitted(&h, &h.pki.client).await);
+    // The allowed CN beside another CN: refused (it used to pass).
+    let two_cns = ca
+        .issue_to(
+            d,
+            "two-cns",
+            &LeafSpec {
+                extra_common_names: vec!["intruder".into()],
+                ..pki::client("coordinator")
+            },
+        )
+        .unwrap();
+    assert!(
+        !admitted(&h, &two_cns).await,
+        "a certificate with two CNs must not match cn:"
+    );
+    // URI SAN: the SPIFFE id admits a certificate whatever its CN; another id does not.
+    let by_uri = ca
+        .issue_to(
+            d,
+            "by-uri",
+            &LeafSpec {
+                uris: vec![spiffe.into()],
+                ..pki::client("workload-7")
+            },
+        )
+        .unwrap();
+    assert!(admitted(&h, &by_uri).await);
+    let other_uri = ca
+        .issue_to(
+            d,
+            "other-uri",
+            &LeafSpec {
+                uris: vec!["spiffe://party-a/app".into()],
+                ..pki::client("workload-8")
+            },
+        )
+        .unwrap();
+    assert!(!admitted(&h, &other_uri).await);
+
+    // SPKI pinning: a renewed certificate with the same key passes, a new key with the same
+    // name does not.
+    let h = Harness::start_allowing(1, &format!("\"spki:{spki}\"")).await;
+    // Issue the pinned key from the signer's CA twice (a renewal that keeps the key).
+    let d = h.dir.path();
+    let renewed = |name: &str| {
+        h.pki
+            .issuer
+            .issue_to(
+                d,
+                name,
+                &LeafSpec {
+                    key_pem: Some(key_pem.clone()),
+                    ..pki::client("renamed-too")
+                },
+            )
+            .unwrap()
+    };
+    let first = renewed("pinned-1");
+    let second = renewed("pinned-2");
+    assert_ne!(
+        first.fingerprint, second.fingerprint,
+        "two distinct certificates"
+    );
+    assert!(admitted(&h, &first).await);
+    assert!(admitted(&h, &second).await);
+    assert!(
+        !admitted(&h, &h.pki.client).await,
+        "same CA, other key: refused"
+    );
+}
+
+/// Random key sets (1–10 keys, some ours, some the attacker's) with tweak lists that include
+/// tweaks *constructed* to cancel the attacker's share: the signer never releases a partial
+/// signature for a session whose output (or aggregate) key is one of its own keys. Drives the
+/// real service code in-process (the gRPC trait, without the TLS transport) for speed.
+#[test]
+fn property_no_partial_signature_for_a_session_ending_in_our_key() {
+    use musig2_proto::v1::signer_service_server::SignerService;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use sha2::{Digest, Sha256};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ours = common::secret_keys(3);
+    let mut store = signer_svc::keystore::KeyStore::empty();
+    for (i, k) in ours.iter().enumerate() {
+        store
+            .add(
+                format!("k{i}"),
+                SecretKey::from_bytes(&k.dangerous_to_bytes()).unwrap(),
+            )
+            .unwrap();
+    }
+    let journal = Arc::new(signer_svc::journal::Journal::open(&dir.path().join("j.log")).unwrap());
+    let signer = signer_svc::service::Signer::new(
+        Arc::new(store),
+        signer_svc::nonces::NonceStore::new(std::time::Duration::from_secs(600), 1_000_000),
+        Arc::new(signer_svc::policy::Policy::allow_all()),
+        journal,
+        Arc::new(signer_svc::metrics::Metrics::new()),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let own_x: Vec<[u8; 32]> = ours
+        .iter()
+        .map(|k| k.public_key()[1..].try_into().unwrap())
+        .collect();
+    let attacker_secret = |seed: u64, salt: u32| -> [u8; 32] {
+        Sha256::digest([seed.to_be_bytes().as_slice(), &salt.to_be_bytes()].concat()).into()
+    };
+    let constructed = AtomicUsize::new(0);
+    let released = AtomicUsize::new(0);
+    let session_no = AtomicUsize::new(0);
+
+    // (constructive?, which of ours is the target, attacker key count, seed, x-only cancel?,
+    //  random tweak kinds, extra own keys in random mode)
+    let strategy = (
+        any::<bool>(),
+        0usize..3,
+        1usize..=8,
+        any::<u64>(),
+        any::<bool>(),
+        proptest::collection::vec(0u8..4, 0..3),
+        0usize..3,
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 192,
+        ..Config::default()
+    });
+    runner
+        .run(
+            &strategy,
+            |(constructive, target, n_att, seed, xonly, kinds, extra_own)| {
+                let target_sk = &ours[target];
+                let s_pub = target_sk.public_key();
+                // Attacker keys with known secrets.
+                let mut att: Vec<([u8; 32], [u8; 33])> = Vec::new();
+                let mut salt = 0u32;
+                while att.len() < n_att {
+                    salt += 1;
+                    let b = attacker_secret(seed, salt);
+                    let Ok(k) = SecretKey::from_bytes(&b) else {
+                        continue;
+                    };
+                    let p = k.public_key();
+                    if constructive {
+                        // Exactly one attacker key below our target, the rest above: the target
+                        // is then the second key and gets coefficient 1.
+                        let below = att.iter().filter(|(_, q)| *q < s_pub).count();
+                        if (p < s_pub && below == 1)
+                            || (p > s_pub && below == 0 && att.len() + 1 == n_att)
+                        {
+                            continue;
+                        }
+                        if p < s_pub && below == 0 || p > s_pub {
+                            att.push((b, p));
+                        }
+                    } else {
+                        att.push((b, p));
+                    }
+                }
+                let mut keys: Vec<[u8; 33]> = att.iter().map(|(_, p)| *p).collect();
+                keys.push(s_pub);
+                if !constructive {
+                    for o in ours.iter().take(extra_own) {
+                        if !keys.contains(&o.public_key()) {
+                            keys.push(o.public_key());
+                        }
+                    }
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                // Random tweaks first (plain/x-only/Taproot, or none).
+                let mut tweaks: Vec<Tweak> = kinds
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, k)| {
+                        let t = attacker_secret(seed ^ 0xdead, 1000 + i as u32);
+                        match k {
+                            0 => Some(Tweak::Plain(t)),
+                            1 => Some(Tweak::XOnly(t)),
+                            2 => Some(Tweak::Taproot { merkle_root: None }),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+                if constructive {
+                    tweaks.retain(|t| !matches!(t, Tweak::Taproot { .. }));
+                    // Q_cur = S + D·G with D known: D = a_A·x_A (+ the tweak sum so far, signed).
+                    let base = KeyAggContext::new(SignatureFormat::Bip340, &keys).unwrap();
+                    assert_eq!(keys[1], s_pub);
+                    let mut d = [0u8; 32];
+                    let mut have_d = false;
+                    for (i, k) in keys.iter().enumerate() {
+                        if *k == s_pub {
+                            continue;
+                        }
+                        let x = att.iter().find(|(_, p)| p == k).unwrap().0;
+                        let term = mul(base.coefficient(i).unwrap(), x);
+                        d = if have_d { add_s(d, term) } else { term };
+                        have_d = true;
+                    }
+                    // Follow the prefix tweaks: each may negate the running key first.
+                    // Q_cur = ±S + D·G throughout.
+                    let mut cur = KeyAggContext::new(SignatureFormat::Bip340, &keys).unwrap();
+                    for t in &tweaks {
+                        let odd = cur.output_key()[0] == 0x03;
+                        let (tb, negate) = match t {
+                            Tweak::Plain(b) => (*b, false),
+                            Tweak::XOnly(b) => (*b, odd),
+                            Tweak::Taproot { .. } => unreachable!(),
+                        };
+                        if negate {
+                            d = neg(d);
+                        }
+                        d = add_s(d, tb);
+                        cur.apply_tweak(t).unwrap();
+                    }
+                    let odd = cur.output_key()[0] == 0x03;
+                    let cancel = if xonly {
+                        // x-only: negated first when odd, then + t; either sign of S has our x.
+                        Tweak::XOnly(if odd { d } else { neg(d) })
+                    } else {
+                        Tweak::Plain(neg(d))
+                    };
+                    tweaks.push(cancel);
+                }
+                tweaks.truncate(shared::wire::MAX_TWEAKS);
+                let ctx = SessionContext {
+                    signer_keys: keys.clone(),
+                    message: vec![0x5c; 32],
+                    format: SignatureFormat::Bip340,
+                    tweaks,
+                };
+                let Ok(key_agg) = ctx.key_agg() else {
+                    return Ok(()); // a tweak out of range or to infinity: refused as malformed
+                };
+                let output_x: [u8; 32] = key_agg.output_key()[1..].try_into().unwrap();
+                let aggregate_x: [u8; 32] = key_agg.aggregate_key()[1..].try_into().unwrap();
+                let hits_ours = own_x.contains(&output_x) || own_x.contains(&aggregate_x);
+                if constructive {
+                    prop_assert!(hits_ours, "the construction must reach our key");
+                    constructed.fetch_add(1, Ordering::Relaxed);
+                }
+                // Play the protocol: nonces from the signer for each of our keys in the set, the
+                // attacker's own nonces for the others, then ask for partial signatures.
+                let n = session_no.fetch_add(1, Ordering::Relaxed) as u64;
+                let mut session = [0u8; 16];
+                session[..8].copy_from_slice(&n.to_be_bytes());
+                let mut nonces = Vec::new();
+                let mut mine = Vec::new();
+                for k in &keys {
+                    if let Some(o) = ours.iter().find(|o| o.public_key() == *k) {
+                        let r = rt.block_on(
+                            signer.generate_nonce(tonic::Request::new(nonce_req(o, session, &ctx))),
+                        );
+                        match r {
+                            Ok(r) => {
+                                nonces.push(r.into_inner().public_nonce);
+                                mine.push(o);
+                            }
+                            Err(e) => {
+                                prop_assert!(hits_ours, "an honest context was refused: {e:?}");
+                                prop_assert_eq!(e.code(), Code::FailedPrecondition);
+                                return Ok(());
+                            }
+                        }
+                    } else {
+                        let x = att.iter().find(|(_, p)| p == k).unwrap().0;
+                        let ask = SecretKey::from_bytes(&x).unwrap();
+                        let (_s, p) =
+                            nonce_gen(&mut rand::rng(), &ask, &key_agg, &ctx.message).unwrap();
+                        nonces.push(p.to_bytes().to_vec());
+                    }
+                }
+                for o in mine {
+                    let r = rt
+                        .block_on(signer.partial_sign(tonic::Request::new(sign_req(
+                            o, session, &ctx, &nonces,
+                        ))));
+                    if r.is_ok() {
+                        released.fetch_add(1, Ordering::Relaxed);
+                        prop_assert!(
+                            !hits_ours,
+                            "a partial signature was released for a session ending in our key"
+                        );
+                    }
+                }
+                prop_assert!(
+                    !hits_ours,
+                    "nonces were issued for a session ending in our key"
+                );
+                Ok(())
+            },
+        )
+        .unwrap();
+    let (c, r) = (
+        constructed.load(Ordering::Relaxed),
+        released.load(Ordering::Relaxed),
+    );
+    eprintln!("constructed attacks: {c}, partial signatures released for honest contexts: {r}");
+    assert!(c >= 40, "the generator must construct attacks often ({c})");
+    assert!(
+        r >= 40,
+        "the generator must produce honest sessions too ({r})"
+    );
+}
+
+fn add_s(a: [u8; 32], b: [u8; 32]) -> [u8; 32] {
+    sk(a).add_tweak(&scalar(b)).unwrap().to_secret_bytes()
+}

@@ -18,8 +18,17 @@ use super::{Contribution, Error, KeyAggContext, SignatureFormat, invalid};
 /// Zeroized on drop; no `Clone`, `Display` or serde; its debug output shows only the public
 /// key.
 pub struct SecretKey {
-    scalar: Scalar,
+    /// Boxed: moving a `SecretKey` (into a `Vec` that grows, out of a function) copies the
+    /// pointer, never the secret.
+    scalar: Box<Scalar>,
     public: [u8; 33],
+}
+
+/// Move a scalar onto the heap and wipe the stack copy it came from.
+fn boxed(mut s: Scalar) -> Box<Scalar> {
+    let b = Box::new(s);
+    s.zeroize();
+    b
 }
 
 impl SecretKey {
@@ -28,7 +37,7 @@ impl SecretKey {
     /// # Errors
     /// [`Error::InvalidSecretKey`].
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, Error> {
-        let scalar = scalar_checked(bytes).ok_or(Error::InvalidSecretKey)?;
+        let scalar = boxed(scalar_checked(bytes).ok_or(Error::InvalidSecretKey)?);
         let public = base_mul(&scalar).ok_or(Error::InvalidSecretKey)?;
         Ok(SecretKey {
             scalar,
@@ -90,7 +99,7 @@ impl SecretKey {
 
 impl Drop for SecretKey {
     fn drop(&mut self) {
-        self.scalar.zeroize();
+        self.scalar.as_mut().zeroize();
     }
 }
 
@@ -108,10 +117,11 @@ impl std::fmt::Debug for SecretKey {
 ///
 /// # Security
 /// Zeroized on drop, no `Clone`, consumed by value by [`super::SigningSession::sign`]: one
-/// secret nonce can produce at most one partial signature.
+/// secret nonce can produce at most one partial signature. The scalars are boxed, so moving a
+/// `SecNonce` copies pointers, never the secret.
 pub struct SecNonce {
-    pub(crate) k1: Scalar,
-    pub(crate) k2: Scalar,
+    pub(crate) k1: Box<Scalar>,
+    pub(crate) k2: Box<Scalar>,
     pub(crate) pk: [u8; 33],
     /// `k1*G || k2*G`, kept so that signing can verify its own output cheaply.
     pub(crate) public: PubNonce,
@@ -154,6 +164,7 @@ impl SecNonce {
     }
 
     fn new(k1: Scalar, k2: Scalar, pk: [u8; 33]) -> Result<Self, Error> {
+        let (k1, k2) = (boxed(k1), boxed(k2));
         let public = PubNonce {
             r1: base_mul(&k1).ok_or(Error::ZeroNonce)?,
             r2: base_mul(&k2).ok_or(Error::ZeroNonce)?,
@@ -174,8 +185,8 @@ impl SecNonce {
 
 impl Drop for SecNonce {
     fn drop(&mut self) {
-        self.k1.zeroize();
-        self.k2.zeroize();
+        self.k1.as_mut().zeroize();
+        self.k2.as_mut().zeroize();
     }
 }
 

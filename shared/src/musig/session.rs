@@ -223,7 +223,7 @@ impl<'a> SigningSession<'a> {
             .ctx
             .coef(index)
             .ok_or(Error::SignerIndexOutOfRange(index))?;
-        let mut k = Zeroizing::new(secnonce.k1 + self.b * secnonce.k2);
+        let mut k = Zeroizing::new(*secnonce.k1 + self.b * *secnonce.k2);
         drop(secnonce);
         if self.negate_nonce {
             *k = -*k;

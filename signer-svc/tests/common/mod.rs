@@ -25,6 +25,8 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 pub struct Pki {
     pub dir: PathBuf,
     pub ca: PathBuf,
+    /// The CA itself, to issue more client certificates in a test.
+    pub issuer: Ca,
     pub server: LeafFiles,
     pub client: LeafFiles,
     pub intruder: LeafFiles,
@@ -58,6 +60,7 @@ impl Pki {
             foreign: other
                 .issue_to(dir, "foreign", &pki::client("coordinator"))
                 .unwrap(),
+            issuer: ca,
         }
     }
 }
@@ -142,12 +145,28 @@ impl Harness {
         extra: &str,
         faults: signer_svc::service::Faults,
     ) -> Self {
+        Self::start_full(n_keys, None, extra, faults).await
+    }
+
+    /// A signer whose `allowed_clients` is `allowed` (TOML list items).
+    pub async fn start_allowing(n_keys: usize, allowed: &str) -> Self {
+        Self::start_full(n_keys, Some(allowed), "", Default::default()).await
+    }
+
+    async fn start_full(
+        n_keys: usize,
+        allowed: Option<&str>,
+        extra: &str,
+        faults: signer_svc::service::Faults,
+    ) -> Self {
         musig2_proto::transport::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());
         let keys = secret_keys(n_keys);
         write_keyfile(dir.path(), &keys);
-        let allowed = format!("\"sha256:{}\"", pki.client.fingerprint);
+        let allowed = allowed
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("\"sha256:{}\"", pki.client.fingerprint));
         let path = write_config(dir.path(), &pki, &allowed, extra);
         let config = Config::load(&path).unwrap();
         Self::boot(dir, pki, keys, config, faults).await
