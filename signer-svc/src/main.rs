@@ -60,6 +60,22 @@ enum AuditCommand {
         #[arg(long)]
         expect_head: Option<String>,
     },
+    /// What a key did: its nonces, partial signatures (format, key set, tweaks, output key,
+    /// message) and attestations, oldest first. The chain is verified first; a broken journal
+    /// is refused (exit 1).
+    Show {
+        /// Journal file.
+        file: PathBuf,
+        /// The key (33-byte compressed, hex).
+        #[arg(long)]
+        key: String,
+        /// Only records at or after this time: RFC 3339 (`2026-11-25T00:00:00Z`) or Unix ms.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print each matching record as its JSON body instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -185,7 +201,118 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("OK");
         }
+        Command::Audit {
+            command:
+                AuditCommand::Show {
+                    file,
+                    key,
+                    since,
+                    json,
+                },
+        } => return audit_show(&file, &key, since.as_deref(), json),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms}ms"))
+}
+
+fn parse_since(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| anyhow::anyhow!("--since {s:?}: neither Unix ms nor RFC 3339 ({e})"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| anyhow::anyhow!("--since {s:?}: out of range"))
+}
+
+fn audit_show(
+    file: &std::path::Path,
+    key: &str,
+    since: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use signer_svc::journal::RecordKind;
+    let key = key.trim().to_ascii_lowercase();
+    if key.len() != 66 || hex::decode(&key).is_err() {
+        anyhow::bail!("--key must be a 33-byte compressed public key in hex");
+    }
+    let since = since.map(parse_since).transpose()?;
+    let data = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let (report, records) = match signer_svc::journal::records(&file.display().to_string(), &data) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("FAILED: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let (mut nonces, mut psigs, mut attests) = (0u64, 0u64, 0u64);
+    for r in records.iter().filter(|r| {
+        r.event.key.as_deref() == Some(key.as_str()) && since.is_none_or(|t| r.time_ms >= t)
+    }) {
+        match r.kind {
+            RecordKind::Nonce => nonces += 1,
+            RecordKind::PartialSignature => psigs += 1,
+            RecordKind::Attestation => attests += 1,
+            _ => {}
+        }
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+            continue;
+        }
+        let e = &r.event;
+        let mut line = format!("{}  seq {}  {:?}", rfc3339(r.time_ms), r.seq, r.kind);
+        let mut field = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                line.push_str(&format!("  {name} {v}"));
+            }
+        };
+        field("session", e.session_id.clone());
+        field("format", e.format.clone());
+        field("output_key", e.output_key.clone());
+        field("aggregate_key", e.aggregate_key.clone());
+        field(
+            "signers",
+            e.signer_keys.as_ref().map(|k| k.len().to_string()),
+        );
+        field(
+            "tweaks",
+            e.tweaks.as_ref().map(|t| {
+                if t.is_empty() {
+                    "none".into()
+                } else {
+                    t.join(",")
+                }
+            }),
+        );
+        field("message", e.message.clone());
+        field(
+            "message_sha256",
+            e.message_sha256
+                .clone()
+                .map(|h| format!("{h} ({} bytes)", e.message_len.unwrap_or(0))),
+        );
+        field("partial_signature", e.partial_signature.clone());
+        field("peer_id", e.peer_id.clone());
+        field("expires", e.expires_at_ms.map(rfc3339));
+        println!("{line}");
+    }
+    eprintln!(
+        "key {key}: {psigs} partial signatures, {nonces} nonces, {attests} attestations{} (journal of {} records verified, head {})",
+        since
+            .map(|t| format!(" since {}", rfc3339(t)))
+            .unwrap_or_default(),
+        report.records,
+        report.head
+    );
     Ok(ExitCode::SUCCESS)
 }
 

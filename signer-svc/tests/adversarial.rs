@@ -1015,3 +1015,88 @@ fn property_no_partial_signature_for_a_session_ending_in_our_key() {
 fn add_s(a: [u8; 32], b: [u8; 32]) -> [u8; 32] {
     sk(a).add_tweak(&scalar(b)).unwrap().to_secret_bytes()
 }
+
+#[tokio::test]
+async fn audit_show_answers_what_a_key_signed_and_when() {
+    let h = Harness::start(1, "").await;
+    let mut client = h.client().await;
+    sign_once(
+        &h,
+        &mut client,
+        [1; 16],
+        vec![Tweak::Taproot { merkle_root: None }],
+    )
+    .await
+    .unwrap();
+    client
+        .attest_peer(AttestPeerRequest {
+            public_key: h.keys[0].public_key().to_vec(),
+            peer_id: b"\x00\x24peer".to_vec(),
+            expires_at_ms: now_ms() + 60_000,
+        })
+        .await
+        .unwrap();
+    let bin = env!("CARGO_BIN_EXE_musig2-signer");
+    let key = hex::encode(h.keys[0].public_key());
+    let show = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(["audit", "show"])
+            .arg(h.journal())
+            .args(["--key", &key])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = show(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "nonce, partial signature, attestation:\n{text}"
+    );
+    let psig_line = text
+        .lines()
+        .find(|l| l.contains("PartialSignature"))
+        .unwrap();
+    assert!(
+        psig_line.contains(&format!("message {}", hex::encode([9u8; 32]))),
+        "{psig_line}"
+    );
+    assert!(psig_line.contains("tweaks taproot"), "{psig_line}");
+    assert!(psig_line.contains("output_key 0"), "{psig_line}");
+    assert!(text.contains("peer_id 0024"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("1 partial signatures, 1 nonces, 1 attestations")
+    );
+    // JSON bodies, one per line.
+    let out = show(&["--json"]);
+    let bodies: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(bodies[1]["format"], "bip340");
+    // --since in the future: nothing; in the past (RFC 3339): everything.
+    let later = (now_ms() + 3_600_000).to_string();
+    assert_eq!(show(&["--since", &later]).stdout.len(), 0);
+    let out = show(&["--since", "2020-01-01T00:00:00Z"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
+    // Bad input is refused with a clear message.
+    let out = show(&["--since", "yesterday"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
+    // An edited journal is refused, not shown.
+    let path = h.journal();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("bip340", "lotus", 1)).unwrap();
+    let out = show(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED"));
+}
