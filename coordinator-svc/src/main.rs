@@ -36,8 +36,9 @@ enum Command {
         /// DNS name(s) of the coordinator API's server certificate.
         #[arg(long, default_value = "coordinator")]
         coordinator_name: Vec<String>,
-        /// Common names of application client certificates.
-        #[arg(long, default_value = "app")]
+        /// Common names of application client certificates (files `app-<name>.pem/.key`; the
+        /// default matches `allowed_clients = ["cn:wallet-backend"]` of the example config).
+        #[arg(long, default_value = "wallet-backend")]
         app: Vec<String>,
     },
 }

@@ -139,7 +139,7 @@ impl AttestationConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Append-only, hash-chained journal file (created if missing).
+    /// Append-only, hash-chained journal file (created if missing, with its directory, 0700).
     pub journal: PathBuf,
 }
 
@@ -257,12 +257,14 @@ impl Config {
         if self.nonces.capacity == 0 || self.nonces.capacity > 10_000_000 {
             errs.push("nonces.capacity: must be between 1 and 10000000".into());
         }
-        match self.audit.journal.parent() {
-            Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {}
-            _ => errs.push(format!(
-                "audit.journal: directory of {} does not exist",
-                self.audit.journal.display()
-            )),
+        if let Some(dir) = self.audit.journal.parent()
+            && dir.exists()
+            && !dir.is_dir()
+        {
+            errs.push(format!(
+                "audit.journal: {} is not a directory",
+                dir.display()
+            ));
         }
         if let Some(m) = &self.metrics
             && m.listen == self.listen

@@ -67,6 +67,17 @@ pub async fn start_with_faults(
             .map_err(|e| anyhow::anyhow!("policy: {}", e.join("; ")))?,
     );
     let journal_path = config.audit.journal.clone();
+    if let Some(dir) = journal_path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir)
+            .map_err(|e| anyhow::anyhow!("audit.journal: creating {}: {e}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "created the audit journal's directory (0700)");
+    }
     let replay = policy.clone();
     let (journal, replayed) = tokio::task::spawn_blocking(move || {
         let mut replayed = 0u64;

@@ -17,18 +17,28 @@ use musig2_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use shared::musig::SecretKey;
 use tonic::transport::Channel;
 
+/// The `musig2-signer` binary beside this test's binaries, built (or brought up to date) once
+/// per test process: Cargo builds only this package's binaries for its tests, and a stale
+/// signer from an earlier build must never stand in for the current code.
 pub fn signer_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = dir.join("musig2-signer");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "signer-svc", "--bin", "musig2-signer"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "building musig2-signer");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+            let target_dir = profile_dir.parent().unwrap();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-q", "-p", "signer-svc", "--bin", "musig2-signer"])
+                .arg("--target-dir")
+                .arg(target_dir);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let st = cmd.status().unwrap();
+            assert!(st.success(), "building musig2-signer");
+            profile_dir.join("musig2-signer")
+        })
+        .clone()
 }
 
 pub struct Proc(pub Child);
