@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod envelope;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -18,7 +18,6 @@ use libp2p::kad::{self, Record, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, identity};
-use prost::Message as _;
 use rand::RngCore;
 use shared::election::{ElectionMethod, SessionId, elect};
 use shared::musig::{PartialSignature, PubNonce, Signature};
@@ -900,14 +899,7 @@ fn session_record_key(id: &SessionId) -> RecordKey {
     RecordKey::new(&format!("{SESSION_KEY_PREFIX}{id}"))
 }
 
-/// A refusal: a metric label and a detail for the sender.
-struct Refusal(&'static str, String);
-
-impl From<wire::WireError> for Refusal {
-    fn from(e: wire::WireError) -> Self {
-        Refusal(e.reason(), e.to_string())
-    }
-}
+use crate::envelope::Refusal;
 
 /// Start a node: ask the signer for its keys and attestations, bind, dial bootstrap peers and
 /// run until `shutdown`.
@@ -1095,18 +1087,8 @@ impl Node {
                 hex::encode(from)
             ))
         })?;
-        let payload = msg.encode_to_vec();
-        let signature = self
-            .keypair
-            .sign(&[ENVELOPE_TAG, payload.as_slice()].concat())
-            .map_err(|e| NodeError::Unavailable(format!("signing: {e}")))?;
-        Ok(pb::SignedEnvelope {
-            payload,
-            peer_public_key: self.keypair.public().encode_protobuf(),
-            signature,
-            attestation: Some(attestation),
-        }
-        .encode_to_vec())
+        crate::envelope::seal(&self.keypair, msg, attestation)
+            .map_err(|e| NodeError::Unavailable(format!("signing: {e}")))
     }
 
     fn send_to(&mut self, peer: PeerId, bytes: Vec<u8>) {
@@ -2484,61 +2466,7 @@ impl Node {
     /// and gossip messages, the peer that sent it), a valid message, attested for its sender
     /// key. `expected = None` is a DHT record: judged by its expiry instead of the ±5 min window.
     fn open(&self, bytes: &[u8], expected: Option<PeerId>) -> Result<(PeerId, Message), Refusal> {
-        let env: pb::SignedEnvelope = wire::decode_canonical(bytes, MAX_DIRECT_MESSAGE_BYTES)?;
-        let pk = identity::PublicKey::try_decode_protobuf(&env.peer_public_key)
-            .map_err(|_| Refusal("bad_envelope", "peer public key does not decode".into()))?;
-        let pid = pk.to_peer_id();
-        if expected.is_some_and(|p| p != pid) {
-            return Err(Refusal(
-                "bad_envelope",
-                "envelope key is not the sending peer's".into(),
-            ));
-        }
-        if !pk.verify(
-            &[ENVELOPE_TAG, env.payload.as_slice()].concat(),
-            &env.signature,
-        ) {
-            return Err(Refusal(
-                "invalid_signature",
-                "envelope signature does not verify".into(),
-            ));
-        }
-        let pbm: pb::WireMessage = wire::decode_canonical(&env.payload, MAX_DIRECT_MESSAGE_BYTES)?;
-        let now = now_ms();
-        let msg = if expected.is_some() {
-            Message::from_pb(&pbm, now)?
-        } else {
-            // A DHT record (no sending peer): it may be older than the ±5 min window; it is
-            // valid while its announcement or advertisement has not expired.
-            let msg = Message::from_pb(&pbm, pbm.timestamp_ms)?;
-            let expires = match &msg.body {
-                Body::Announce(a) => a.expires_at_ms,
-                Body::Advertisement(a) => a.expires_at_ms,
-                _ => {
-                    return Err(Refusal(
-                        "bad_record",
-                        "only announcements and advertisements are stored".into(),
-                    ));
-                }
-            };
-            if expires <= now {
-                return Err(Refusal("expired", "the record has expired".into()));
-            }
-            msg
-        };
-        let att = env.attestation.as_ref().ok_or(Refusal(
-            "unattested",
-            "no attestation for the sender key".into(),
-        ))?;
-        let att = Attestation::verify_pb(att, &pid.to_bytes(), now)
-            .map_err(|e| Refusal("unattested", e.to_string()))?;
-        if att.signer_key != msg.header.sender {
-            return Err(Refusal(
-                "unattested",
-                "attestation is for another key".into(),
-            ));
-        }
-        Ok((pid, msg))
+        crate::envelope::open(bytes, expected, now_ms())
     }
 
     fn note_keys(&mut self, peer: PeerId, keys: &[[u8; 33]]) -> Result<(), Refusal> {
@@ -2812,34 +2740,10 @@ impl Node {
         }
     }
 
-    /// A DHT record must be a valid, signed, attested announcement stored under its own id.
+    /// A DHT record must be a valid, signed, attested announcement (or advertisement) stored
+    /// under its own key.
     fn validate_record(&self, record: &Record) -> Result<(), Refusal> {
-        let key = std::str::from_utf8(record.key.as_ref())
-            .map_err(|_| Refusal("bad_record", "key is not text".into()))?;
-        if let Some(hex_key) = key.strip_prefix(SIGNER_KEY_PREFIX) {
-            let (_, msg) = self.open(&record.value, None)?;
-            if hex::encode(msg.header.sender) != hex_key
-                || !matches!(msg.body, Body::Advertisement(_))
-            {
-                return Err(Refusal(
-                    "bad_record",
-                    "record value is not this key's advertisement".into(),
-                ));
-            }
-            return Ok(());
-        }
-        let hex_id = key
-            .strip_prefix(SESSION_KEY_PREFIX)
-            .ok_or(Refusal("bad_record", "unknown key namespace".into()))?;
-        let id = SessionId::from_hex(hex_id)
-            .map_err(|_| Refusal("bad_record", "bad session id".into()))?;
-        let (_, msg) = self.open(&record.value, None)?;
-        if msg.header.session_id != id || !matches!(msg.body, Body::Announce(_)) {
-            return Err(Refusal(
-                "bad_record",
-                "record value is not this session's announcement".into(),
-            ));
-        }
-        Ok(())
+        crate::envelope::validate_record(record.key.as_ref(), &record.value, now_ms())
     }
+
 }

@@ -20,6 +20,15 @@ pub const DEFAULT_KDF_MEMORY_KIB: u32 = 64 * 1024;
 pub const DEFAULT_KDF_ITERATIONS: u32 = 3;
 /// Smallest memory accepted when reading or writing a key file, KiB.
 pub const MIN_KDF_MEMORY_KIB: u32 = 8 * 1024;
+/// Largest memory a key file may ask for, KiB (1 GiB): a crafted file cannot make the signer
+/// allocate more.
+pub const MAX_KDF_MEMORY_KIB: u32 = 1024 * 1024;
+/// Most Argon2id passes a key file may ask for.
+pub const MAX_KDF_ITERATIONS: u32 = 16;
+/// Most Argon2id lanes a key file may ask for.
+pub const MAX_KDF_PARALLELISM: u32 = 16;
+/// Largest key file read, bytes (far above 1,000 keys).
+pub const MAX_KEY_FILE_BYTES: usize = 1024 * 1024;
 /// Shortest passphrase accepted.
 pub const MIN_PASSPHRASE_LEN: usize = 8;
 
@@ -155,8 +164,17 @@ impl KeyStore {
     /// # Errors
     /// Any [`KeyStoreError`].
     pub fn open(path: &Path, passphrase: &[u8]) -> Result<Self, KeyStoreError> {
-        let file = read_file(path)?;
         let p = path.display().to_string();
+        Self::open_bytes(&read_bytes(path)?, passphrase, &p)
+    }
+
+    /// Parse and decrypt the bytes of a key file; `name` names it in errors.
+    ///
+    /// # Errors
+    /// Any [`KeyStoreError`].
+    pub fn open_bytes(bytes: &[u8], passphrase: &[u8], name: &str) -> Result<Self, KeyStoreError> {
+        let file = parse_file(bytes, name)?;
+        let p = name.to_string();
         let key = derive(&file.kdf, passphrase, &p)?;
         let nonce: [u8; 24] = hex::decode(&file.nonce)
             .ok()
@@ -220,6 +238,16 @@ impl KeyStore {
                 "must be at least {MIN_PASSPHRASE_LEN} bytes"
             )));
         }
+        if !(MIN_KDF_MEMORY_KIB..=MAX_KDF_MEMORY_KIB).contains(&memory_kib)
+            || !(1..=MAX_KDF_ITERATIONS).contains(&iterations)
+        {
+            return Err(format_err(
+                &p,
+                &format!(
+                    "KDF memory must be {MIN_KDF_MEMORY_KIB} to {MAX_KDF_MEMORY_KIB} KiB and passes 1 to {MAX_KDF_ITERATIONS}"
+                ),
+            ));
+        }
         let mut rng = rand::rng();
         let mut salt = [0u8; 16];
         rng.fill_bytes(&mut salt);
@@ -275,21 +303,54 @@ pub fn list_public(path: &Path) -> Result<Vec<PublicEntry>, KeyStoreError> {
     Ok(read_file(path)?.keys)
 }
 
-fn read_file(path: &Path) -> Result<KeyFile, KeyStoreError> {
+fn read_bytes(path: &Path) -> Result<Vec<u8>, KeyStoreError> {
+    use std::io::Read;
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| KeyStoreError::Io {
+    let io = |source| KeyStoreError::Io {
         path: p.clone(),
         source,
-    })?;
-    let file: KeyFile =
-        serde_json::from_slice(&bytes).map_err(|e| format_err(&p, &e.to_string()))?;
-    if file.version != 1 || file.cipher != "xchacha20poly1305" || file.kdf.algorithm != "argon2id" {
-        return Err(format_err(&p, "unsupported version, cipher or KDF"));
-    }
-    if file.kdf.memory_kib < MIN_KDF_MEMORY_KIB {
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_KEY_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    Ok(bytes)
+}
+
+fn read_file(path: &Path) -> Result<KeyFile, KeyStoreError> {
+    parse_file(&read_bytes(path)?, &path.display().to_string())
+}
+
+/// Parse a key file and check its parameters before any key derivation: a crafted file can ask
+/// for neither more memory nor more passes than the caps.
+fn parse_file(bytes: &[u8], p: &str) -> Result<KeyFile, KeyStoreError> {
+    if bytes.len() > MAX_KEY_FILE_BYTES {
         return Err(format_err(
-            &p,
-            &format!("KDF memory below {MIN_KDF_MEMORY_KIB} KiB"),
+            p,
+            &format!("larger than {MAX_KEY_FILE_BYTES} bytes"),
+        ));
+    }
+    let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| format_err(p, &e.to_string()))?;
+    if file.version != 1 || file.cipher != "xchacha20poly1305" || file.kdf.algorithm != "argon2id" {
+        return Err(format_err(p, "unsupported version, cipher or KDF"));
+    }
+    let k = &file.kdf;
+    if !(MIN_KDF_MEMORY_KIB..=MAX_KDF_MEMORY_KIB).contains(&k.memory_kib) {
+        return Err(format_err(
+            p,
+            &format!("KDF memory must be {MIN_KDF_MEMORY_KIB} to {MAX_KDF_MEMORY_KIB} KiB"),
+        ));
+    }
+    if !(1..=MAX_KDF_ITERATIONS).contains(&k.iterations)
+        || !(1..=MAX_KDF_PARALLELISM).contains(&k.parallelism)
+    {
+        return Err(format_err(
+            p,
+            &format!(
+                "KDF passes must be 1 to {MAX_KDF_ITERATIONS} and lanes 1 to {MAX_KDF_PARALLELISM}"
+            ),
         ));
     }
     Ok(file)

@@ -1,0 +1,145 @@
+//! Signed envelopes and DHT records: the checks every byte string from a peer goes through
+//! before any session logic sees it. Pure functions of (bytes, expected sender, now), so they
+//! can be fuzzed and tested without a swarm.
+
+use libp2p::{PeerId, identity};
+use shared::election::SessionId;
+use shared::wire::{self, Attestation, Body, MAX_DIRECT_MESSAGE_BYTES, Message, pb};
+
+use crate::node::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
+
+/// A refusal: a metric label (the offence's reason) and a detail for the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub &'static str, pub String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0, self.1)
+    }
+}
+
+impl From<wire::WireError> for Refusal {
+    fn from(e: wire::WireError) -> Self {
+        Refusal(e.reason(), e.to_string())
+    }
+}
+
+/// Sign `message` as the peer `keypair` speaking for the key `attestation` attests: the
+/// encoding every direct message, gossip message and DHT record carries.
+///
+/// # Errors
+/// The key pair cannot sign (not for Ed25519 or secp256k1 peer keys).
+pub fn seal(
+    keypair: &identity::Keypair,
+    message: &pb::WireMessage,
+    attestation: pb::PeerAttestation,
+) -> Result<Vec<u8>, identity::SigningError> {
+    use prost::Message as _;
+    let payload = message.encode_to_vec();
+    let signature = keypair.sign(&[ENVELOPE_TAG, payload.as_slice()].concat())?;
+    Ok(pb::SignedEnvelope {
+        payload,
+        peer_public_key: keypair.public().encode_protobuf(),
+        signature,
+        attestation: Some(attestation),
+    }
+    .encode_to_vec())
+}
+
+/// Check an envelope: canonical, signed by the peer whose key it carries (and, for direct and
+/// gossip messages, the peer that sent it), a valid message, attested for its sender key.
+/// `expected = None` is a DHT record: judged by its expiry instead of the ±5 min window.
+///
+/// # Errors
+/// The first check that fails, as a [`Refusal`].
+pub fn open(bytes: &[u8], expected: Option<PeerId>, now: i64) -> Result<(PeerId, Message), Refusal> {
+    let env: pb::SignedEnvelope = wire::decode_canonical(bytes, MAX_DIRECT_MESSAGE_BYTES)?;
+    let pk = identity::PublicKey::try_decode_protobuf(&env.peer_public_key)
+        .map_err(|_| Refusal("bad_envelope", "peer public key does not decode".into()))?;
+    let pid = pk.to_peer_id();
+    if expected.is_some_and(|p| p != pid) {
+        return Err(Refusal(
+            "bad_envelope",
+            "envelope key is not the sending peer's".into(),
+        ));
+    }
+    if !pk.verify(
+        &[ENVELOPE_TAG, env.payload.as_slice()].concat(),
+        &env.signature,
+    ) {
+        return Err(Refusal(
+            "invalid_signature",
+            "envelope signature does not verify".into(),
+        ));
+    }
+    let pbm: pb::WireMessage = wire::decode_canonical(&env.payload, MAX_DIRECT_MESSAGE_BYTES)?;
+    let msg = if expected.is_some() {
+        Message::from_pb(&pbm, now)?
+    } else {
+        // A DHT record (no sending peer): it may be older than the ±5 min window; it is
+        // valid while its announcement or advertisement has not expired.
+        let msg = Message::from_pb(&pbm, pbm.timestamp_ms)?;
+        let expires = match &msg.body {
+            Body::Announce(a) => a.expires_at_ms,
+            Body::Advertisement(a) => a.expires_at_ms,
+            _ => {
+                return Err(Refusal(
+                    "bad_record",
+                    "only announcements and advertisements are stored".into(),
+                ));
+            }
+        };
+        if expires <= now {
+            return Err(Refusal("expired", "the record has expired".into()));
+        }
+        msg
+    };
+    let att = env.attestation.as_ref().ok_or(Refusal(
+        "unattested",
+        "no attestation for the sender key".into(),
+    ))?;
+    let att = Attestation::verify_pb(att, &pid.to_bytes(), now)
+        .map_err(|e| Refusal("unattested", e.to_string()))?;
+    if att.signer_key != msg.header.sender {
+        return Err(Refusal(
+            "unattested",
+            "attestation is for another key".into(),
+        ));
+    }
+    Ok((pid, msg))
+}
+
+/// A DHT record must be a valid, signed, attested announcement stored under its own session id
+/// (`musig2-session:<id>`), or an advertisement stored under its own key (`musig2-signer:<key>`).
+///
+/// # Errors
+/// A [`Refusal`] (`bad_record` and the envelope's refusals).
+pub fn validate_record(key: &[u8], value: &[u8], now: i64) -> Result<(), Refusal> {
+    let key = std::str::from_utf8(key)
+        .map_err(|_| Refusal("bad_record", "key is not text".into()))?;
+    if let Some(hex_key) = key.strip_prefix(SIGNER_KEY_PREFIX) {
+        let (_, msg) = open(value, None, now)?;
+        if hex::encode(msg.header.sender) != hex_key
+            || !matches!(msg.body, Body::Advertisement(_))
+        {
+            return Err(Refusal(
+                "bad_record",
+                "record value is not this key's advertisement".into(),
+            ));
+        }
+        return Ok(());
+    }
+    let hex_id = key
+        .strip_prefix(SESSION_KEY_PREFIX)
+        .ok_or(Refusal("bad_record", "unknown key namespace".into()))?;
+    let id = SessionId::from_hex(hex_id)
+        .map_err(|_| Refusal("bad_record", "bad session id".into()))?;
+    let (_, msg) = open(value, None, now)?;
+    if msg.header.session_id != id || !matches!(msg.body, Body::Announce(_)) {
+        return Err(Refusal(
+            "bad_record",
+            "record value is not this session's announcement".into(),
+        ));
+    }
+    Ok(())
+}
