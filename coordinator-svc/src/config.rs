@@ -50,6 +50,11 @@ pub struct Config {
     /// Peers dialled at start (`…/p2p/<peer id>`).
     #[serde(default)]
     pub bootstrap_peers: Vec<String>,
+    /// Addresses other parties reach this node at (e.g. a LoadBalancer's address and port in
+    /// front of the pod), announced through Identify and the DHT instead of the pod's own
+    /// listen address.
+    #[serde(default)]
+    pub external_addresses: Vec<String>,
     /// enableDHT.
     #[serde(default = "t")]
     pub enable_dht: bool,
@@ -277,6 +282,14 @@ impl Config {
                 )),
             }
         }
+        for (i, a) in self.external_addresses.iter().enumerate() {
+            match a.parse::<libp2p::Multiaddr>() {
+                Ok(m) if !matches!(m.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) => {}
+                _ => errs.push(format!(
+                    "external_addresses[{i}]: {a:?} must be a multiaddress without /p2p (e.g. /dns4/party-a.example.com/tcp/4001)"
+                )),
+            }
+        }
         if libp2p::StreamProtocol::try_from_owned(self.dht_protocol.clone()).is_err() {
             errs.push(format!(
                 "dht_protocol: {:?} must start with '/'",
@@ -352,6 +365,11 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             bootstrap: self
                 .bootstrap_peers
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()?,
+            external: self
+                .external_addresses
                 .iter()
                 .map(|a| a.parse())
                 .collect::<Result<_, _>>()?,

@@ -52,7 +52,11 @@ pub fn seal(
 ///
 /// # Errors
 /// The first check that fails, as a [`Refusal`].
-pub fn open(bytes: &[u8], expected: Option<PeerId>, now: i64) -> Result<(PeerId, Message), Refusal> {
+pub fn open(
+    bytes: &[u8],
+    expected: Option<PeerId>,
+    now: i64,
+) -> Result<(PeerId, Message), Refusal> {
     let env: pb::SignedEnvelope = wire::decode_canonical(bytes, MAX_DIRECT_MESSAGE_BYTES)?;
     let pk = identity::PublicKey::try_decode_protobuf(&env.peer_public_key)
         .map_err(|_| Refusal("bad_envelope", "peer public key does not decode".into()))?;
@@ -115,12 +119,11 @@ pub fn open(bytes: &[u8], expected: Option<PeerId>, now: i64) -> Result<(PeerId,
 /// # Errors
 /// A [`Refusal`] (`bad_record` and the envelope's refusals).
 pub fn validate_record(key: &[u8], value: &[u8], now: i64) -> Result<(), Refusal> {
-    let key = std::str::from_utf8(key)
-        .map_err(|_| Refusal("bad_record", "key is not text".into()))?;
+    let key =
+        std::str::from_utf8(key).map_err(|_| Refusal("bad_record", "key is not text".into()))?;
     if let Some(hex_key) = key.strip_prefix(SIGNER_KEY_PREFIX) {
         let (_, msg) = open(value, None, now)?;
-        if hex::encode(msg.header.sender) != hex_key
-            || !matches!(msg.body, Body::Advertisement(_))
+        if hex::encode(msg.header.sender) != hex_key || !matches!(msg.body, Body::Advertisement(_))
         {
             return Err(Refusal(
                 "bad_record",
@@ -132,8 +135,8 @@ pub fn validate_record(key: &[u8], value: &[u8], now: i64) -> Result<(), Refusal
     let hex_id = key
         .strip_prefix(SESSION_KEY_PREFIX)
         .ok_or(Refusal("bad_record", "unknown key namespace".into()))?;
-    let id = SessionId::from_hex(hex_id)
-        .map_err(|_| Refusal("bad_record", "bad session id".into()))?;
+    let id =
+        SessionId::from_hex(hex_id).map_err(|_| Refusal("bad_record", "bad session id".into()))?;
     let (_, msg) = open(value, None, now)?;
     if msg.header.session_id != id || !matches!(msg.body, Body::Announce(_)) {
         return Err(Refusal(

@@ -55,6 +55,9 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     if let Some(m) = running.metrics_addr {
         println!("metrics {m}");
     }
+    for a in &info.external_addresses {
+        println!("external {a}");
+    }
     for a in &info.listen_addresses {
         println!("listen {a}");
     }

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers dialled at start (with `/p2p/<id>`).
     pub bootstrap: Vec<Multiaddr>,
+    /// Addresses announced to other parties (behind a load balancer or NAT).
+    pub external: Vec<Multiaddr>,
     /// libp2p limits and Kademlia settings.
     pub net: NetConfig,
     /// sessionTimeout (2 h).
@@ -84,6 +86,7 @@ impl Default for NodeConfig {
         NodeConfig {
             listen: Vec::new(),
             bootstrap: Vec::new(),
+            external: Vec::new(),
             net: NetConfig::default(),
             session_timeout: Duration::from_secs(2 * 3600),
             stuck_timeout: Duration::from_secs(600),
@@ -476,6 +479,8 @@ pub struct NodeInfo {
     pub peer_id: PeerId,
     /// Listen addresses (with `/p2p/<id>`).
     pub listen_addresses: Vec<Multiaddr>,
+    /// Addresses announced to other parties (with `/p2p/<id>`).
+    pub external_addresses: Vec<Multiaddr>,
     /// Signer keys this node speaks for.
     pub keys: Vec<[u8; 33]>,
     /// Connected peers.
@@ -953,6 +958,9 @@ pub async fn start(
             SwarmEvent::ListenerClosed { reason: Err(e), .. } => anyhow::bail!("listen: {e}"),
             _ => {}
         }
+    }
+    for addr in &cfg.external {
+        swarm.add_external_address(addr.clone());
     }
     for addr in &cfg.bootstrap {
         if let Some(libp2p::multiaddr::Protocol::P2p(p)) = addr.iter().last()
@@ -1934,6 +1942,11 @@ impl Node {
                         .listeners()
                         .map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me)))
                         .collect(),
+                    external_addresses: self
+                        .swarm
+                        .external_addresses()
+                        .map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(me)))
+                        .collect(),
                     keys: self.keys.clone(),
                     connected_peers: self.swarm.connected_peers().count(),
                 });
@@ -2745,5 +2758,4 @@ impl Node {
     fn validate_record(&self, record: &Record) -> Result<(), Refusal> {
         crate::envelope::validate_record(record.key.as_ref(), &record.value, now_ms())
     }
-
 }

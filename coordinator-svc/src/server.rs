@@ -99,13 +99,17 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
 
     let listener = tokio::net::TcpListener::bind(config.api.listen).await?;
     let api_addr = listener.local_addr()?;
+    // Mirrors the gRPC health status for kubelet (`/readyz` on the metrics port).
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics_addr = match &config.metrics {
         Some(m) => {
             let metrics = metrics.clone();
+            let ready = ready.clone();
             Some(
                 musig2_proto::transport::serve_metrics(
                     m.listen,
                     move || metrics.render(),
+                    move || ready.load(std::sync::atomic::Ordering::Relaxed),
                     shutdown.clone(),
                 )
                 .await?,
@@ -117,6 +121,7 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     {
         // Serving only while the node listens and the signer answers.
         let (node, signer, shutdown) = (node.clone(), signer.clone(), shutdown.clone());
+        let ready = ready.clone();
         tokio::spawn(async move {
             loop {
                 let listening = node
@@ -125,6 +130,7 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
                     .map(|i| !i.listen_addresses.is_empty())
                     .unwrap_or(false);
                 let signer_ok = signer.list_keys().await.is_ok();
+                ready.store(listening && signer_ok, std::sync::atomic::Ordering::Relaxed);
                 if listening && signer_ok {
                     health.set_serving::<CoordinatorServiceServer<Api>>().await;
                 } else {

@@ -74,15 +74,43 @@ impl Signer {
     /// # Errors
     /// Unreadable certificate files or a bad URL.
     pub fn connect_lazy(ep: &SignerEndpoint) -> Result<Self, SignerError> {
-        let tls = musig2_proto::transport::client_tls(&ep.ca, &ep.cert, &ep.key, &ep.server_name)
-            .map_err(|e| SignerError::Connect(e.to_string()))?;
-        let channel = Endpoint::from_shared(ep.url.clone())
-            .map_err(|e| SignerError::Connect(e.to_string()))?
-            .tls_config(tls)
-            .map_err(|e| SignerError::Connect(e.to_string()))?
+        let connect_err = |e: String| SignerError::Connect(e);
+        // Our client certificate is re-read when its files change (cert-manager renewals), so
+        // new connections present the new one; TCP_NODELAY on the dialled socket.
+        let tls = musig2_proto::transport::reloading_client_config(&ep.ca, &ep.cert, &ep.key)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let uri: tonic::transport::Uri = ep
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| connect_err(e.to_string()))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| connect_err(format!("{}: no host", ep.url)))?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let server_name = ep.server_name.clone();
+        let dial_host = host.clone();
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            musig2_proto::transport::connect_tls(
+                tls.clone(),
+                server_name.clone(),
+                dial_host.clone(),
+                port,
+            )
+        });
+        // The connector does TLS itself; tonic only sees an `http` URI (the scheme is not used
+        // for anything else on an already encrypted connection).
+        let plain_uri = if host.contains(':') {
+            format!("http://[{host}]:{port}")
+        } else {
+            format!("http://{host}:{port}")
+        };
+        let channel = Endpoint::from_shared(plain_uri)
+            .map_err(|e| connect_err(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
-            .connect_lazy();
+            .connect_with_connector_lazy(connector);
         Ok(Signer {
             client: SignerServiceClient::new(channel),
             latency: None,

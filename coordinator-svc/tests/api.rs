@@ -385,6 +385,41 @@ async fn metrics_health_and_overload() {
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
     // Metrics: the completed session, signer latency, accepted messages; no key material.
     let addr = ps[0].metrics.clone().expect("metrics line");
+    // Kubelet's endpoints on the same port: alive, and ready (node listening, signer answering;
+    // the status is refreshed every 2 s, so wait for the first refresh).
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        }
+    };
+    assert!(
+        tokio::task::spawn_blocking(get("/healthz"))
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tokio::task::spawn_blocking(get("/readyz"))
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never turned 200"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let body = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();

@@ -317,7 +317,10 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// Build the rustls configuration: TLS 1.3 only, ALPN h2, client certificate mandatory,
-    /// chained to `client_ca` and on the allow-list.
+    /// chained to `client_ca` and on the allow-list. The server certificate and key are
+    /// re-read when their files change ([`CertFiles`]), so a renewed certificate is presented
+    /// to new connections without a restart; the client CA is read once (a CA rollover is a
+    /// restart, see `deploy/README.md`).
     ///
     /// # Errors
     /// Any [`TlsError`], naming the file at fault; an empty allow-list is refused.
@@ -341,13 +344,202 @@ impl ServerTls {
             inner,
             allow: self.allow.clone(),
         };
+        let certs = Arc::new(CertFiles::load(&self.cert, &self.key, provider.clone())?);
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(verifier))
-            .with_single_cert(load_certs(&self.cert)?, load_key(&self.key)?)?;
+            .with_cert_resolver(certs);
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// How often certificate files are checked for a rotation, at most.
+pub const CERT_RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Loaded {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    certified: Arc<rustls::sign::CertifiedKey>,
+    checked: std::time::Instant,
+}
+
+/// A certificate chain and its key, read from PEM files and re-read when the files change
+/// (checked at most every [`CERT_RECHECK`], on use): cert-manager renews certificates in place
+/// (a Kubernetes Secret volume swaps the files), and new handshakes then present the new chain.
+/// A pair that fails to load (half-written, key and certificate mismatched) is logged and the
+/// previous one kept.
+#[derive(Debug)]
+pub struct CertFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    loaded: std::sync::Mutex<Loaded>,
+}
+
+impl CertFiles {
+    /// Load the pair now (errors name the file).
+    ///
+    /// # Errors
+    /// [`TlsError`] for unreadable files, no certificate, or a key that does not match.
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let (cert_pem, key_pem) = Self::read(cert, key)?;
+        let certified = Self::certify(cert, key, &cert_pem, &key_pem, &provider)?;
+        Ok(CertFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+            loaded: std::sync::Mutex::new(Loaded {
+                cert_pem,
+                key_pem,
+                certified,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    fn read(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+        let rd = |p: &Path| {
+            std::fs::read(p).map_err(|e| TlsError::Pem {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        Ok((rd(cert)?, rd(key)?))
+    }
+
+    fn certify(
+        cert: &Path,
+        key: &Path,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let pem_err = |p: &Path, reason: String| TlsError::Pem {
+            path: p.display().to_string(),
+            reason,
+        };
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err(cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(pem_err(cert, "no certificate found".into()));
+        }
+        let der =
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| pem_err(key, e.to_string()))?;
+        Ok(Arc::new(
+            rustls::sign::CertifiedKey::from_der(chain, der, provider)
+                .map_err(|e| pem_err(key, format!("does not fit the certificate: {e}")))?,
+        ))
+    }
+
+    /// The current pair, re-read first if the files changed.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let mut l = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if l.checked.elapsed() >= CERT_RECHECK {
+            l.checked = std::time::Instant::now();
+            match Self::read(&self.cert, &self.key) {
+                Ok((c, k)) if c != l.cert_pem || k != l.key_pem => {
+                    match Self::certify(&self.cert, &self.key, &c, &k, &self.provider) {
+                        Ok(certified) => {
+                            tracing::info!(cert = %self.cert.display(), fingerprint = %certified.end_entity_cert().map(fingerprint).unwrap_or_default(), "certificate files changed: new connections use the new certificate");
+                            *l = Loaded {
+                                cert_pem: c,
+                                key_pem: k,
+                                certified,
+                                checked: l.checked,
+                            };
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "certificate files changed but do not load (yet); keeping the previous certificate");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate files unreadable; keeping the previous certificate")
+                }
+            }
+        }
+        l.certified.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertFiles {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertFiles {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A mutual-TLS client configuration (TLS 1.3, ALPN h2) whose own certificate is re-read when
+/// its files change ([`CertFiles`]); the server must chain to `ca`.
+///
+/// # Errors
+/// [`TlsError`] naming the file at fault.
+pub fn reloading_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    }
+    let certs = Arc::new(CertFiles::load(cert, key, provider.clone())?);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Dial `host:port` with `TCP_NODELAY` and complete a TLS handshake for `server_name`: the
+/// connector behind a tonic channel whose client certificate may rotate.
+///
+/// # Errors
+/// Connection, name and handshake errors.
+pub async fn connect_tls(
+    config: Arc<rustls::ClientConfig>,
+    server_name: String,
+    host: String,
+    port: u16,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls_pki_types::ServerName::try_from(server_name)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    Ok(hyper_util::rt::TokioIo::new(tls))
 }
 
 /// Most connections kept before they authenticate. When a new connection arrives and the table
@@ -519,43 +711,55 @@ pub fn client_tls(
         .domain_name(server_name))
 }
 
-/// Serve a text body (Prometheus exposition format) on `GET /metrics` over plain HTTP/1.1 until
-/// `shutdown`. The body is produced on each request by `render`; it must hold no secret.
-pub async fn serve_metrics<F>(
+/// Serve, over plain HTTP/1.1 until `shutdown`:
+/// - `GET /metrics`: the text `render` produces (Prometheus exposition format; no secret in it);
+/// - `GET /healthz`: 200 while the process answers (liveness, startup);
+/// - `GET /readyz`: 200 when `ready()` holds, 503 otherwise (readiness: the same condition as
+///   the gRPC health service's `SERVING`, which kubelet cannot query over mutual TLS).
+pub async fn serve_metrics<F, R>(
     addr: SocketAddr,
     render: F,
+    ready: R,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr>
 where
     F: Fn() -> String + Send + Sync + 'static,
+    R: Fn() -> bool + Send + Sync + 'static,
 {
     use http_body_util::Full;
     use hyper::{Response, StatusCode, body::Bytes, service::service_fn};
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let render = Arc::new(render);
+    let ready = Arc::new(ready);
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             };
-            let render = render.clone();
+            let (render, ready) = (render.clone(), ready.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let render = render.clone();
+                    let (render, ready) = (render.clone(), ready.clone());
                     async move {
-                        let resp = if req.uri().path() == "/metrics" {
+                        let text = |status: StatusCode, body: &'static str| {
                             Response::builder()
+                                .status(status)
+                                .header("content-type", "text/plain; charset=utf-8")
+                                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                        };
+                        let resp = match req.uri().path() {
+                            "/metrics" => Response::builder()
                                 .header(
                                     "content-type",
                                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                                 )
-                                .body(Full::new(Bytes::from(render())))
-                        } else {
-                            Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from_static(b"not found\n")))
+                                .body(Full::new(Bytes::from(render()))),
+                            "/healthz" => text(StatusCode::OK, "ok\n"),
+                            "/readyz" if ready() => text(StatusCode::OK, "ready\n"),
+                            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+                            _ => text(StatusCode::NOT_FOUND, "not found\n"),
                         };
                         resp.map_err(|e| std::io::Error::other(e.to_string()))
                     }

@@ -124,6 +124,15 @@ pub enum JournalError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Another process holds the journal: two signers must never share one journal (or one key
+    /// set), since each would hand out nonces the other does not know of.
+    #[error(
+        "audit journal {path} is locked by another process (is a second signer running on this journal?); refusing to start"
+    )]
+    Locked {
+        /// File.
+        path: String,
+    },
     /// The chain is broken.
     #[error("audit journal {path}: line {line}: {reason}")]
     Broken {
@@ -257,6 +266,9 @@ struct Inner {
 pub struct Journal {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Set when an append failed: the signer releases nothing until it is restarted and the
+    /// operator has looked (readiness reports it).
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -299,6 +311,15 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(io)?;
+        // Exclusive for the life of the process (released when the file is closed, also on a
+        // crash): a second signer on the same journal refuses to start.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked { path: p.clone() });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
         if created {
             file.sync_all().map_err(io)?;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -318,6 +339,7 @@ impl Journal {
             reason: "bad head".into(),
         })?;
         let journal = Journal {
+            broken: std::sync::Arc::default(),
             path: path.to_path_buf(),
             inner: Mutex::new(Inner {
                 file,
@@ -391,12 +413,19 @@ impl Journal {
                 .file
                 .set_len(inner.len)
                 .and_then(|()| inner.file.sync_data());
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(JournalError::Io { path: p, source });
         }
         inner.prev = hash;
         inner.seq += 1;
         inner.len += line.len() as u64;
         Ok(inner.seq)
+    }
+
+    /// A flag that turns true once an append has failed (for readiness).
+    pub fn broken_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.broken.clone()
     }
 
     /// Sequence number of the last record.

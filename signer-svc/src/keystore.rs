@@ -442,3 +442,48 @@ pub fn read_passphrase(
     }
     Ok(raw)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn file_with(memory_kib: u64, iterations: u64, parallelism: u64) -> Vec<u8> {
+        format!(
+            r#"{{"version":1,"kdf":{{"algorithm":"argon2id","memory_kib":{memory_kib},"iterations":{iterations},"parallelism":{parallelism},"salt":"00"}},"cipher":"xchacha20poly1305","nonce":"{}","keys":[],"ciphertext":""}}"#,
+            "00".repeat(24)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn crafted_kdf_parameters_are_refused_before_any_derivation() {
+        // Each would allocate gigabytes or run for hours if derived; each is refused at once.
+        for (m, i, p) in [
+            (u64::from(u32::MAX), 3, 1),
+            (u64::from(MAX_KDF_MEMORY_KIB) + 1, 3, 1),
+            (65_536, 1_000_000, 1),
+            (65_536, 3, 255),
+            (65_536, 0, 1),
+        ] {
+            let started = std::time::Instant::now();
+            let err =
+                KeyStore::open_bytes(&file_with(m, i, p), b"passphrase!", "crafted").unwrap_err();
+            assert!(
+                matches!(err, KeyStoreError::Format { .. }),
+                "{m}/{i}/{p}: {err}"
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+        let huge = vec![b' '; MAX_KEY_FILE_BYTES + 1];
+        assert!(KeyStore::open_bytes(&huge, b"passphrase!", "huge").is_err());
+        // Saving with parameters a reader would refuse is refused too.
+        let d = std::env::temp_dir().join(format!("ks-cap-{}", std::process::id()));
+        assert!(
+            KeyStore::empty()
+                .save(&d, b"passphrase!", MAX_KDF_MEMORY_KIB + 1, 1)
+                .is_err()
+        );
+        assert!(!d.exists());
+    }
+}

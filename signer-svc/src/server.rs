@@ -111,6 +111,7 @@ pub async fn start_with_faults(
     for k in keys.keys() {
         tracing::info!(label = %k.label, public_key = %hex::encode(k.secret.public_key()), "key loaded");
     }
+    let journal_broken = journal.broken_flag();
     let signer = Signer::with_faults(keys, nonces, policy, journal, metrics.clone(), faults);
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -118,10 +119,14 @@ pub async fn start_with_faults(
     let metrics_addr = match &config.metrics {
         Some(m) => {
             let metrics = metrics.clone();
+            let journal_broken = journal_broken.clone();
             Some(
                 musig2_proto::transport::serve_metrics(
                     m.listen,
                     move || metrics.render(),
+                    // Ready once serving: keys decrypted, journal verified and locked, policy
+                    // compiled (all done before this point), and the journal still writable.
+                    move || !journal_broken.load(std::sync::atomic::Ordering::Relaxed),
                     shutdown.clone(),
                 )
                 .await?,

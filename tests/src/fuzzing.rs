@@ -160,7 +160,8 @@ pub fn signer_request(data: &[u8]) {
     match which {
         0 => {
             if let Ok(r) = v::GenerateNonceRequest::decode(rest) {
-                let _ = s.rt.block_on(s.signer.generate_nonce(tonic::Request::new(r)));
+                let _ =
+                    s.rt.block_on(s.signer.generate_nonce(tonic::Request::new(r)));
             }
         }
         1 => {
@@ -320,14 +321,20 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             session_id: vec![2; 16],
             context: Some(ctx.to_pb()),
         };
-        out.push(("signer_request", [&[0u8][..], &nonce_req.encode_to_vec()].concat()));
+        out.push((
+            "signer_request",
+            [&[0u8][..], &nonce_req.encode_to_vec()].concat(),
+        ));
         let sign = musig2_proto::v1::PartialSignRequest {
             public_key: sk.public_key().to_vec(),
             session_id: vec![2; 16],
             context: Some(ctx.to_pb()),
             public_nonces: vec![nonce.to_bytes().to_vec(); 3],
         };
-        out.push(("signer_request", [&[1u8][..], &sign.encode_to_vec()].concat()));
+        out.push((
+            "signer_request",
+            [&[1u8][..], &sign.encode_to_vec()].concat(),
+        ));
     }
     let adv = Message {
         header: Header {
@@ -354,7 +361,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         peer_id: peer.to_bytes(),
         expires_at_ms: NOW + 60_000,
     };
-    out.push(("signer_request", [&[2u8][..], &attest.encode_to_vec()].concat()));
+    out.push((
+        "signer_request",
+        [&[2u8][..], &attest.encode_to_vec()].concat(),
+    ));
     out.push(("signer_request", vec![3u8]));
     out.push(("direct_frame", 200_000u32.to_be_bytes().to_vec()));
 
