@@ -28,7 +28,14 @@ enum Command {
         config: PathBuf,
     },
     /// Create a new random key in a key file (created if missing); prints only its public key.
-    Keygen(KeyArgs),
+    Keygen {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Do nothing if the file already holds a key with this label (print its public key):
+        /// for an init container that makes a development key on first start only.
+        #[arg(long)]
+        if_missing: bool,
+    },
     /// Import a secret key (64 hex characters in a file) into a key file.
     Import {
         #[command(flatten)]
@@ -151,7 +158,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(serve(config))?;
         }
-        Command::Keygen(args) => {
+        Command::Keygen {
+            key: args,
+            if_missing,
+        } => {
+            if if_missing
+                && args.file.exists()
+                && let Some(e) = keystore::list_public(&args.file)?
+                    .into_iter()
+                    .find(|e| e.label == args.label)
+            {
+                eprintln!(
+                    "{} already holds key {:?}; nothing to do",
+                    args.file.display(),
+                    e.label
+                );
+                println!("{}", e.public_key);
+                return Ok(ExitCode::SUCCESS);
+            }
             let public = add_key(&args, shared::musig::SecretKey::generate(&mut rand::rng()))?;
             println!("{}", hex::encode(public));
         }

@@ -440,6 +440,24 @@ fn cli_keygen_import_list() {
     );
     let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(public.len(), 66, "prints only the 33-byte public key");
+    // --if-missing (the dev overlay's init container): the existing key, no second one.
+    let again = run(&[
+        "keygen",
+        "--if-missing",
+        "--file",
+        f,
+        "--label",
+        "treasury",
+        "--passphrase-file",
+        p,
+        "--kdf-memory-kib",
+        "8192",
+        "--kdf-iterations",
+        "1",
+    ]);
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), public);
+    assert_eq!(signer_svc::keystore::list_public(&file).unwrap().len(), 1);
     // Import a known key.
     let secret = dir.path().join("secret.hex");
     std::fs::write(&secret, hex::encode([0x33u8; 32])).unwrap();
