@@ -2592,15 +2592,26 @@ impl Node {
                 "the sender key is not a signer of this session".into(),
             )
         })?;
-        let actions = s
-            .on_remote(
-                index,
-                msg.header.sequence,
-                &msg.body,
-                self.cfg.max_sequence_gap,
-                self.cfg.enable_replay_protection,
-            )
-            .map_err(|r| Refusal(r.reason(), r.to_string()))?;
+        let digest: [u8; 32] = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(msg.encode()).into()
+        };
+        let actions = match s.on_remote(
+            index,
+            msg.header.sequence,
+            &msg.body,
+            self.cfg.max_sequence_gap,
+            self.cfg.enable_replay_protection,
+        ) {
+            Ok(a) => {
+                s.note_accepted(digest);
+                a
+            }
+            // A byte-identical copy of a message we accepted: an honest re-send (the peer
+            // restarted, or a delivery was retried). Acknowledged, not applied, not penalised.
+            Err(_) if s.was_accepted(&digest) => return Ok(()),
+            Err(r) => return Err(Refusal(r.reason(), r.to_string())),
+        };
         if actions.is_empty() {
             // Accepted without visible effect (a buffered contribution, a sequence number):
             // still state to keep.

@@ -173,6 +173,10 @@ pub struct Session {
     pub last_progress: Instant,
     last_seq: HashMap<[u8; 33], u64>,
     next_seq: HashMap<[u8; 33], u64>,
+    /// Digests of the messages accepted for this session (a few per member): a byte-identical
+    /// copy (a peer re-sending after its restart, a retried delivery) is acknowledged without
+    /// being applied again or counted against the sender.
+    accepted: std::collections::HashSet<[u8; 32]>,
     /// Failover progress after completion.
     pub failover: FailoverRecord,
 }
@@ -222,7 +226,20 @@ impl Session {
             last_progress: Instant::now(),
             last_seq: HashMap::from([(creator, 1)]),
             next_seq,
+            accepted: std::collections::HashSet::new(),
             failover: FailoverRecord::default(),
+        }
+    }
+
+    /// Whether a message with this digest was accepted before.
+    pub fn was_accepted(&self, digest: &[u8; 32]) -> bool {
+        self.accepted.contains(digest)
+    }
+
+    /// Remember an accepted message's digest (bounded: a member sends a handful per session).
+    pub fn note_accepted(&mut self, digest: [u8; 32]) {
+        if self.accepted.len() < 16 * self.n() + 16 {
+            self.accepted.insert(digest);
         }
     }
 
@@ -343,7 +360,9 @@ impl Session {
             {
                 return Err(Reject::Duplicate("partial signature"));
             }
-            Body::Abort(_) if self.phase.is_terminal() => return Err(out_of_phase()),
+            // Concurrent closes and aborts race honestly: an abort of a session that already
+            // ended changes nothing and costs the sender nothing.
+            Body::Abort(_) if self.phase.is_terminal() => return Ok(Vec::new()),
             Body::SignatureFinalized(_) if self.phase == Phase::Init => return Err(out_of_phase()),
             Body::BroadcastConfirmed { .. }
                 if self.phase != Phase::Complete && self.phase != Phase::Closed =>

@@ -570,3 +570,88 @@ async fn a_peer_claiming_more_than_ten_keys_is_refused() {
     assert_eq!(b.node.peer_keys().await.unwrap()[&px].len(), 10);
     stop.cancel();
 }
+
+/// Honest duplicates are not offences (issue: honest restarts got peers banned). A peer that
+/// restarts re-sends its stored, byte-identical messages; concurrent closes make aborts cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_duplicates_and_late_aborts_cost_nothing() {
+    let a = Party::start(41, common::fast_config()).await;
+    let mut b = Party::start(42, common::fast_config()).await;
+    let c = Party::start(43, common::fast_config()).await;
+    for (p, q) in [(&a, &b), (&a, &c), (&b, &c)] {
+        common::connect(p, q).await;
+    }
+    let ctx = context(&[&a, &b, &c], SignatureFormat::Bip340, false, [6; 32]);
+    let id = a
+        .node
+        .create_session(ctx.clone(), None, None)
+        .await
+        .unwrap()
+        .id;
+    wait_event(&mut b.events, |e| {
+        matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
+    })
+    .await;
+    b.node.join_session(id).await.unwrap(); // B's Join is B's sequence 1
+    let pb_ = b.node.peer_id();
+    wait_until(|| async { a.node.session(id).await.unwrap().unwrap().joined.len() == 2 }).await;
+    // B's nonce share (sequence 2), then the very same bytes again, as after B's restart.
+    let nonce = shared::musig::nonce_gen(
+        &mut rand::rng(),
+        &b.secret,
+        &ctx.key_agg().unwrap(),
+        &ctx.message,
+    )
+    .unwrap()
+    .1;
+    let share = msg(
+        id,
+        b.key,
+        2,
+        now_ms(),
+        pb::wire_message::Body::NonceShare(pb::NonceShare {
+            public_nonce: nonce.to_bytes().to_vec(),
+        }),
+    );
+    let env = b.node.envelope(share, b.key).await.unwrap();
+    let pa = a.node.peer_id();
+    assert_eq!(
+        String::from_utf8(b.node.send_raw(pa, env.clone()).await.unwrap()).unwrap(),
+        ""
+    );
+    for _ in 0..60 {
+        // Sixty copies: before the fix, 50 of these blacklisted an honest peer.
+        let r = String::from_utf8(b.node.send_raw(pa, env.clone()).await.unwrap()).unwrap();
+        assert_eq!(r, "", "a byte-identical copy must be acknowledged");
+    }
+    let rejected: u64 = a
+        .node
+        .rejections()
+        .await
+        .unwrap()
+        .get(&pb_)
+        .map(|m| m.values().sum())
+        .unwrap_or(0);
+    assert_eq!(rejected, 0, "duplicates counted against an honest peer");
+    // A *different* message reusing that sequence number is still refused.
+    let other = msg(id, b.key, 2, now_ms() + 1, join());
+    let r = send(&b, pa, other).await;
+    assert!(r.starts_with("rejected:"), "{r}");
+    // Close on A, then B's abort arrives after: a no-op, not an offence.
+    let phase = a.node.close_session(id, "closed by A").await.unwrap();
+    assert!(phase.is_terminal(), "{phase:?}");
+    let abort = msg(
+        id,
+        b.key,
+        3,
+        now_ms(),
+        pb::wire_message::Body::Abort(pb::SessionAbort {
+            code: pb::AbortCode::Closed as i32,
+            reason: "closed by B too".into(),
+            culprits: vec![],
+        }),
+    );
+    assert_eq!(send(&b, pa, abort).await, "");
+    assert_eq!(count(&a, pb_, "out_of_phase").await, 0);
+    let _ = c;
+}

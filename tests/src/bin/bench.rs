@@ -1,0 +1,368 @@
+//! `musig2-bench`: what users get through the gRPC API. Starts N real signer and coordinator
+//! processes on loopback (mutual TLS everywhere, journals and stores fsynced), drives sessions
+//! through the coordinators' API (`CreateSession` on a rotating creator, then `Sign` on every
+//! party), with K sessions in flight, and prints sessions/s, latency percentiles per phase, CPU
+//! per process, and, measured in the same run, the in-process crypto-only rate for the same N
+//! (the machine's limit for this work on one core) with the ratio between the two.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use e2e_tests::localnet::{Binaries, LocalParty};
+use musig2_proto::v1 as pb;
+use shared::musig::{
+    AggNonce, KeyAggContext, PartialSignature, SecretKey, SignatureFormat, SigningSession,
+    nonce_gen,
+};
+
+/// Load generator over the real services' gRPC API.
+#[derive(Debug, Parser)]
+#[command(name = "musig2-bench", version, about)]
+struct Args {
+    /// Parties.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=20))]
+    parties: u8,
+    /// Sessions to measure (after a warm-up of 10).
+    #[arg(long, default_value_t = 300)]
+    sessions: usize,
+    /// Sessions in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// bip340 or lotus.
+    #[arg(long, default_value = "bip340")]
+    format: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+type Client = pb::coordinator_service_client::CoordinatorServiceClient<tonic::transport::Channel>;
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One session through the API: create on `creator`, `Sign` on every party. Returns (create
+/// latency, total latency) in ms.
+async fn session(
+    clients: &[Client],
+    keys: &[Vec<u8>],
+    creator: usize,
+    i: usize,
+    format: SignatureFormat,
+) -> anyhow::Result<(f64, f64)> {
+    let t0 = Instant::now();
+    let msg = <sha2::Sha256 as sha2::Digest>::digest(format!("bench {i}").as_bytes()).to_vec();
+    let s = clients[creator]
+        .clone()
+        .create_session(pb::CreateSessionRequest {
+            signer_keys: keys.to_vec(),
+            message: msg,
+            format: shared::wire::format_to_pb(format) as i32,
+            timeout_ms: 30_000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .session
+        .context("no session")?;
+    let created = t0.elapsed().as_secs_f64() * 1e3;
+    let mut calls = Vec::new();
+    for c in clients {
+        let mut c = c.clone();
+        let id = s.session_id.clone();
+        calls.push(tokio::spawn(async move {
+            c.sign(pb::SignRequest {
+                session_id: id,
+                timeout_ms: 30_000,
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    let mut sig = None;
+    for c in calls {
+        let r = c.await??.into_inner();
+        if let Some(prev) = &sig {
+            anyhow::ensure!(
+                prev == &r.signature,
+                "parties returned different signatures"
+            );
+        }
+        sig = Some(r.signature);
+    }
+    Ok((created, t0.elapsed().as_secs_f64() * 1e3))
+}
+
+/// The in-process, crypto-only rate for n signers on one core: KeyAgg, n NonceGen, NonceAgg, n
+/// partial signatures (each self-verified, as the signer does), n partial verifications (as
+/// the coordinators do), aggregation and the final verification.
+fn crypto_limit(n: usize, format: SignatureFormat, for_secs: f64) -> f64 {
+    let sks: Vec<SecretKey> = (0..n)
+        .map(|i| SecretKey::from_bytes(&[0x30 + i as u8; 32]).unwrap_or_else(|_| unreachable!()))
+        .collect();
+    let mut keys: Vec<[u8; 33]> = sks.iter().map(SecretKey::public_key).collect();
+    keys.sort_unstable();
+    let msg = [7u8; 32];
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut rng = rand::rng();
+    while started.elapsed().as_secs_f64() < for_secs {
+        let ctx = KeyAggContext::new(format, &keys).unwrap_or_else(|_| unreachable!());
+        let mut secs = Vec::new();
+        let mut pubs = Vec::new();
+        for k in &keys {
+            let sk = sks
+                .iter()
+                .find(|s| s.public_key() == *k)
+                .unwrap_or_else(|| unreachable!());
+            let (s, p) = nonce_gen(&mut rng, sk, &ctx, &msg).unwrap_or_else(|_| unreachable!());
+            secs.push(s);
+            pubs.push(p);
+        }
+        let agg = AggNonce::sum(format, &pubs).unwrap_or_else(|_| unreachable!());
+        let session = SigningSession::new(&ctx, &agg, &msg).unwrap_or_else(|_| unreachable!());
+        let mut psigs: Vec<PartialSignature> = Vec::new();
+        for (i, (s, k)) in secs.into_iter().zip(&keys).enumerate() {
+            let sk = sks
+                .iter()
+                .find(|x| x.public_key() == *k)
+                .unwrap_or_else(|| unreachable!());
+            psigs.push(session.sign_at(s, sk, i).unwrap_or_else(|_| unreachable!()));
+        }
+        for (i, p) in psigs.iter().enumerate() {
+            session
+                .verify_partial(p, &pubs[i], i)
+                .unwrap_or_else(|_| unreachable!());
+        }
+        let sig = session.aggregate(&psigs).unwrap_or_else(|_| unreachable!());
+        shared::musig::verify(format, &ctx.output_key(), &msg, &sig)
+            .unwrap_or_else(|_| unreachable!());
+        done += 1;
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
+    let format: SignatureFormat = args
+        .format
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--format must be bip340 or lotus"))?;
+    anyhow::ensure!(
+        args.concurrency >= 1 && args.sessions >= 1,
+        "--sessions and --concurrency must be positive"
+    );
+    let n = usize::from(args.parties);
+    let bins = Binaries::beside_current_exe()?;
+    let dir = tempfile::tempdir_in(
+        std::env::var_os("MUSIG2_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into),
+    )?;
+    eprintln!("bench: starting {n} signers and {n} coordinators …");
+    let mut parties = Vec::new();
+    for i in 0..n {
+        let mut p = LocalParty::prepare(i, dir.path(), &bins, "")?;
+        p.start_signer(&bins)?;
+        p.start_coordinator(&bins)?;
+        parties.push(p);
+    }
+    let mut clients = Vec::new();
+    for p in &parties {
+        clients.push(p.client().await?);
+    }
+    let addrs: Vec<String> = parties.iter().map(LocalParty::p2p_addr).collect();
+    let mesh_started = Instant::now();
+    for (i, c) in clients.iter_mut().enumerate() {
+        for a in addrs.iter().take(i) {
+            c.connect_peer(pb::ConnectPeerRequest {
+                multiaddr: a.clone(),
+            })
+            .await?;
+        }
+    }
+    for c in &clients {
+        while (c
+            .clone()
+            .get_node_info(pb::GetNodeInfoRequest {})
+            .await?
+            .into_inner()
+            .connected_peers as usize)
+            < n - 1
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mesh_ms = mesh_started.elapsed().as_secs_f64() * 1e3;
+    let mut keys: Vec<Vec<u8>> = parties
+        .iter()
+        .map(|p| hex::decode(&p.key))
+        .collect::<Result<_, _>>()?;
+    keys.sort();
+    let clients = Arc::new(clients);
+    let keys = Arc::new(keys);
+    // Warm-up (connections, HTTP/2 streams, caches).
+    for i in 0..10 {
+        session(&clients, &keys, i % n, usize::MAX - i, format).await?;
+    }
+    let pids: Vec<(String, u32)> = parties
+        .iter()
+        .flat_map(|p| {
+            [
+                (
+                    format!("signer-{}", p.index),
+                    p.signer.as_ref().map_or(0, |x| x.id()),
+                ),
+                (
+                    format!("coordinator-{}", p.index),
+                    p.coordinator.as_ref().map_or(0, |x| x.id()),
+                ),
+            ]
+        })
+        .collect();
+    let cpu_before: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let results = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (clients, keys, next, results) =
+            (clients.clone(), keys.clone(), next.clone(), results.clone());
+        let total = args.sessions;
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let r = session(&clients, &keys, i % n, i, format).await;
+                results.lock().await.push(r.map_err(|e| e.to_string()));
+            }
+        }));
+    }
+    let progress = {
+        let results = results.clone();
+        let total = args.sessions;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done = results.lock().await.len();
+                let bar = "#".repeat(done * 40 / total.max(1));
+                eprint!("\rbench: [{bar:<40}] {done}/{total}");
+            }
+        })
+    };
+    for w in workers {
+        w.await?;
+    }
+    progress.abort();
+    eprintln!();
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu: Vec<(String, f64)> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, pid), before)| (name.clone(), cpu_seconds(*pid) - before))
+        .collect();
+    let results = results.lock().await;
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let (mut create, mut total): (Vec<f64>, Vec<f64>) = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .unzip();
+    let completed = total.len();
+    let sessions_per_s = completed as f64 / elapsed;
+    eprintln!("bench: measuring the in-process crypto-only limit for {n} signers …");
+    let limit = tokio::task::spawn_blocking(move || crypto_limit(n, format, 3.0)).await?;
+    let out = serde_json::json!({
+        "parties": n,
+        "sessions": args.sessions,
+        "concurrency": args.concurrency,
+        "format": format.as_str(),
+        "completed": completed,
+        "errors": errors.len(),
+        "first_error": errors.first().map(|e| e.to_string()),
+        "seconds": elapsed,
+        "sessions_per_s": sessions_per_s,
+        "p50_ms": pct(&mut total, 0.50),
+        "p90_ms": pct(&mut total, 0.90),
+        "p99_ms": pct(&mut total, 0.99),
+        "create_p50_ms": pct(&mut create, 0.50),
+        "create_p99_ms": pct(&mut create, 0.99),
+        "mesh_setup_ms": mesh_ms,
+        "cpu_seconds": cpu.iter().map(|(k, v)| (k.clone(), serde_json::json!((v * 1000.0).round() / 1000.0))).collect::<serde_json::Map<_, _>>(),
+        "cpu_total_seconds": cpu.iter().map(|(_, v)| v).sum::<f64>(),
+        "limit_sessions_per_s": limit,
+        "ratio_to_limit": sessions_per_s / limit,
+    });
+    drop(parties);
+    Ok(out)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let json = args.json;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("musig2-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(out) => {
+            if json {
+                println!("{out}");
+            } else {
+                println!(
+                    "{} parties, {} sessions, {} in flight ({}): {:.1} sessions/s, total p50 {:.2} / p90 {:.2} / p99 {:.2} ms (create p50 {:.2} ms); limit {:.1} sessions/s in-process on one core: ratio {:.3}",
+                    out["parties"],
+                    out["completed"],
+                    out["concurrency"],
+                    out["format"].as_str().unwrap_or(""),
+                    out["sessions_per_s"].as_f64().unwrap_or(0.0),
+                    out["p50_ms"].as_f64().unwrap_or(0.0),
+                    out["p90_ms"].as_f64().unwrap_or(0.0),
+                    out["p99_ms"].as_f64().unwrap_or(0.0),
+                    out["create_p50_ms"].as_f64().unwrap_or(0.0),
+                    out["limit_sessions_per_s"].as_f64().unwrap_or(0.0),
+                    out["ratio_to_limit"].as_f64().unwrap_or(0.0)
+                );
+                println!("cpu seconds per process: {}", out["cpu_seconds"]);
+            }
+            if out["errors"].as_u64().unwrap_or(1) == 0 {
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "musig2-bench: {} sessions failed, first: {}",
+                    out["errors"], out["first_error"]
+                );
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("musig2-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
