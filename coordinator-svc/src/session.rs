@@ -335,6 +335,27 @@ impl Session {
             kind,
             phase: self.phase.as_str(),
         };
+        // A contribution we already hold, sent again (the peer restarted and re-sends, or we
+        // restarted and it re-delivers): nothing to do and no offence, in any phase. A
+        // *different* nonce or partial signature for the same signer stays an offence below.
+        let already_held = match body {
+            Body::Join => self.joined.get(index).copied().unwrap_or(false),
+            Body::NonceShare(n) => self
+                .nonces
+                .get(index)
+                .is_some_and(|x| x.as_ref() == Some(n)),
+            Body::PartialSigShare(p) => {
+                self.psigs.get(index).is_some_and(|x| x.as_ref() == Some(p))
+                    || self
+                        .pending_psigs
+                        .get(index)
+                        .is_some_and(|x| x.as_ref() == Some(p))
+            }
+            _ => false,
+        };
+        if already_held {
+            return Ok(Vec::new());
+        }
         // Phase and duplicate rules are checked before the sequence number is consumed.
         match body {
             Body::Join if !matches!(self.phase, Phase::Init | Phase::NonceExchange) => {

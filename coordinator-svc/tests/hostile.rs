@@ -633,17 +633,34 @@ async fn honest_duplicates_and_late_aborts_cost_nothing() {
         .map(|m| m.values().sum())
         .unwrap_or(0);
     assert_eq!(rejected, 0, "duplicates counted against an honest peer");
-    // A *different* message reusing that sequence number is still refused.
-    let other = msg(id, b.key, 2, now_ms() + 1, join());
-    let r = send(&b, pa, other).await;
-    assert!(r.starts_with("rejected:"), "{r}");
+    // A repeated join is as harmless; a *different* nonce from B is equivocation, refused.
+    assert_eq!(send(&b, pa, msg(id, b.key, 3, now_ms(), join())).await, "");
+    let other = shared::musig::nonce_gen(
+        &mut rand::rng(),
+        &b.secret,
+        &ctx.key_agg().unwrap(),
+        &ctx.message,
+    )
+    .unwrap()
+    .1;
+    let equivocation = msg(
+        id,
+        b.key,
+        4,
+        now_ms(),
+        pb::wire_message::Body::NonceShare(pb::NonceShare {
+            public_nonce: other.to_bytes().to_vec(),
+        }),
+    );
+    let r = send(&b, pa, equivocation).await;
+    assert!(r.contains("duplicate"), "{r}");
     // Close on A, then B's abort arrives after: a no-op, not an offence.
     let phase = a.node.close_session(id, "closed by A").await.unwrap();
     assert!(phase.is_terminal(), "{phase:?}");
     let abort = msg(
         id,
         b.key,
-        3,
+        5,
         now_ms(),
         pb::wire_message::Body::Abort(pb::SessionAbort {
             code: pb::AbortCode::Closed as i32,
@@ -653,5 +670,10 @@ async fn honest_duplicates_and_late_aborts_cost_nothing() {
     );
     assert_eq!(send(&b, pa, abort).await, "");
     assert_eq!(count(&a, pb_, "out_of_phase").await, 0);
+    assert_eq!(
+        count(&a, pb_, "duplicate").await,
+        1,
+        "only the equivocation counted"
+    );
     let _ = c;
 }

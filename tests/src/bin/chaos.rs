@@ -54,6 +54,9 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Extra TOML for every coordinator's configuration (e.g. `[metrics]` to watch them).
+    #[arg(long, default_value = "")]
+    coordinator_extra: String,
 }
 
 /// What the API told us about one session.
@@ -89,6 +92,7 @@ fn lazy_client(
 /// Ask party `p` to sign session `id` until it answers or `deadline` passes (its coordinator
 /// may be down for a while).
 async fn sign_on(net: &Net, p: usize, id: &str, deadline: Instant) -> Option<(Vec<u8>, Vec<u8>)> {
+    let not_found_until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let mut c = net.clients[p].clone();
         match c
@@ -104,12 +108,18 @@ async fn sign_on(net: &Net, p: usize, id: &str, deadline: Instant) -> Option<(Ve
                 let out = r.session.map(|s| s.output_key).unwrap_or_default();
                 return Some((r.signature, out));
             }
+            // Coordinator down: try again until the deadline.
             Err(e)
                 if matches!(
                     e.code(),
                     tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                ) || e.message().contains("not found") =>
+                ) =>
             {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // It has not heard of the session yet (the announcement is on its way, or was lost
+            // with a killed creator): give it a few seconds, not the whole deadline.
+            Err(e) if e.code() == tonic::Code::NotFound && Instant::now() < not_found_until => {
                 // Coordinator down, or it has not heard of the session yet: try again.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -128,7 +138,7 @@ async fn run_session(
 ) -> (String, Outcome) {
     let message: Vec<u8> =
         <sha2::Sha256 as sha2::Digest>::digest(format!("chaos {seed} {i}").as_bytes()).to_vec();
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let deadline = Instant::now() + Duration::from_secs(25);
     let mut outcome = Outcome {
         message: message.clone(),
         ..Outcome::default()
@@ -259,10 +269,13 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         base.display(),
         args.seed
     );
-    let extra = "stuck_session_timeout_ms = 8000\ncleanup_interval_ms = 500\nbroadcast_timeout_ms = 600000\n";
+    let extra = format!(
+        "stuck_session_timeout_ms = 8000\ncleanup_interval_ms = 500\nbroadcast_timeout_ms = 600000\n{}\n",
+        args.coordinator_extra
+    );
     let mut parties = Vec::new();
     for i in 0..n {
-        let mut p = LocalParty::prepare(i, &base, &bins, extra)?;
+        let mut p = LocalParty::prepare(i, &base, &bins, &extra)?;
         p.start_signer(&bins)?;
         p.start_coordinator(&bins)?;
         parties.push(p);
