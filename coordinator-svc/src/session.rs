@@ -356,6 +356,18 @@ impl Session {
         if already_held {
             return Ok(Vec::new());
         }
+        // The session has ended here (aborted when our signer was down, closed, completed)
+        // while the other members, who have not heard of it yet, still send their contributions:
+        // honest, and without effect. Found by musig2-chaos: these were counted as spam until
+        // the honest senders were blacklisted.
+        if self.phase.is_terminal()
+            && matches!(
+                body,
+                Body::Join | Body::NonceShare(_) | Body::PartialSigShare(_)
+            )
+        {
+            return Ok(Vec::new());
+        }
         // Phase and duplicate rules are checked before the sequence number is consumed.
         match body {
             Body::Join if !matches!(self.phase, Phase::Init | Phase::NonceExchange) => {

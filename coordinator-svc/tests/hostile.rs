@@ -677,3 +677,54 @@ async fn honest_duplicates_and_late_aborts_cost_nothing() {
     );
     let _ = c;
 }
+
+/// Contributions that arrive after the session ended here (our signer was down, the session was
+/// closed) come from members who have not heard of it yet: no effect, no offence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contributions_to_an_ended_session_cost_nothing() {
+    let a = Party::start(44, common::fast_config()).await;
+    let mut b = Party::start(45, common::fast_config()).await;
+    let c = Party::start(46, common::fast_config()).await;
+    for (p, q) in [(&a, &b), (&a, &c), (&b, &c)] {
+        common::connect(p, q).await;
+    }
+    let ctx = context(&[&a, &b, &c], SignatureFormat::Bip340, false, [8; 32]);
+    let id = a
+        .node
+        .create_session(ctx.clone(), None, None)
+        .await
+        .unwrap()
+        .id;
+    wait_event(&mut b.events, |e| {
+        matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
+    })
+    .await;
+    let phase = a.node.close_session(id, "ended here").await.unwrap();
+    assert!(phase.is_terminal());
+    let pa = a.node.peer_id();
+    let nonce = shared::musig::nonce_gen(
+        &mut rand::rng(),
+        &b.secret,
+        &ctx.key_agg().unwrap(),
+        &ctx.message,
+    )
+    .unwrap()
+    .1;
+    let bodies = [
+        join(),
+        pb::wire_message::Body::NonceShare(pb::NonceShare {
+            public_nonce: nonce.to_bytes().to_vec(),
+        }),
+        pb::wire_message::Body::PartialSigShare(pb::PartialSigShare {
+            partial_signature: vec![1; 32],
+        }),
+    ];
+    // Sixty of them (before the fix, fifty blacklisted the honest sender).
+    for i in 0..60u64 {
+        let body = bodies[(i % 3) as usize].clone();
+        let r = send(&b, pa, msg(id, b.key, i + 1, now_ms(), body)).await;
+        assert_eq!(r, "", "message {i}");
+    }
+    assert_eq!(count(&a, b.node.peer_id(), "out_of_phase").await, 0);
+    let _ = c;
+}

@@ -117,9 +117,30 @@ impl Drop for Proc {
 /// # Errors
 /// The process could not start or exited before printing them.
 pub fn spawn(cmd: &mut Command, want: &[&str]) -> anyhow::Result<(Proc, Vec<(String, String)>)> {
+    spawn_logging(cmd, want, None)
+}
+
+/// [`spawn`], appending the process's stderr (its log) to `log` when given.
+///
+/// # Errors
+/// As [`spawn`].
+pub fn spawn_logging(
+    cmd: &mut Command,
+    want: &[&str],
+    log: Option<&Path>,
+) -> anyhow::Result<(Proc, Vec<(String, String)>)> {
+    let stderr = match log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        None => Stdio::null(),
+    };
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .context("spawning")?;
     let stdout = child.stdout.take().context("stdout")?;
@@ -181,7 +202,8 @@ pub struct LocalParty {
 
 impl LocalParty {
     /// Make the party's files: PKI, key (`musig2-signer keygen`), both configurations.
-    /// `coordinator_extra` is TOML added to the coordinator's top level.
+    /// `coordinator_extra` is TOML added to the coordinator's top level. Each process's log
+    /// (stderr) is appended to `signer.log` / `coordinator.log` in the party's directory.
     ///
     /// # Errors
     /// File, PKI or keygen failures.
@@ -291,11 +313,12 @@ impl LocalParty {
     /// # Errors
     /// It did not start.
     pub fn start_signer(&mut self, bins: &Binaries) -> anyhow::Result<()> {
-        let (p, _) = spawn(
+        let (p, _) = spawn_logging(
             Command::new(&bins.signer)
                 .args(["serve", "--config"])
                 .arg(self.dir.join("signer.toml")),
             &["listening"],
+            Some(&self.dir.join("signer.log")),
         )
         .with_context(|| format!("signer {}", self.index))?;
         self.signer = Some(p);
@@ -308,11 +331,12 @@ impl LocalParty {
     /// # Errors
     /// It did not start.
     pub fn start_coordinator(&mut self, bins: &Binaries) -> anyhow::Result<()> {
-        let (p, lines) = spawn(
+        let (p, lines) = spawn_logging(
             Command::new(&bins.coordinator)
                 .args(["serve", "--config"])
                 .arg(self.dir.join("coordinator.toml")),
             &["api", "peer", "listen"],
+            Some(&self.dir.join("coordinator.log")),
         )
         .with_context(|| format!("coordinator {}", self.index))?;
         self.peer_id = lines
