@@ -174,8 +174,7 @@ const MISTAKES: &[(&str, &str, &str, &str)] = &[
 
 #[test]
 fn each_mistake_reintroduced_is_caught() {
-    let base = tempdir().with_extension("mistakes");
-    let _ = std::fs::remove_dir_all(&base);
+    let base = tempdir("mistakes");
     copy_dir(&root().join("k8s"), &base);
     for (i, (file, from, to, expect)) in MISTAKES.iter().enumerate() {
         let copy = base.with_extension(format!("mistake{i}"));
@@ -221,7 +220,7 @@ fn production_signer_config_fails_closed_until_filled_in() {
 
 #[test]
 fn a_signer_with_egress_is_caught() {
-    let tmp = tempdir();
+    let tmp = tempdir("egress");
     copy_dir(&root().join("k8s"), &tmp);
     let pol = tmp.join("base/network-policy.yaml");
     let text = std::fs::read_to_string(&pol).unwrap();
@@ -236,8 +235,9 @@ fn a_signer_with_egress_is_caught() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("musig2-k8s-{}", std::process::id()));
+/// A fresh directory of this process for `label` (tests run in parallel: one each).
+fn tempdir(label: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("musig2-k8s-{}-{label}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
