@@ -14,6 +14,9 @@ use crate::musig::{
     self, KeyAggContext, PartialSignature, PubNonce, Signature, SignatureFormat, Tweak,
 };
 
+mod attestation;
+pub use attestation::{ATTESTATION_TAG, Attestation, attestation_digest};
+
 /// Generated protobuf types of package `musig2.v1` (shared types and peer-to-peer messages).
 #[allow(
     missing_docs,
@@ -825,107 +828,6 @@ impl Message {
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         self.to_pb().encode_to_vec()
-    }
-}
-
-/// Tag of the BIP340 tagged hash a signer signs to attest a peer.
-pub const ATTESTATION_TAG: &str = "MuSig2P2P/peer-attestation/v1";
-
-/// The digest an attestation signs: `TH(ATTESTATION_TAG, key || u8(len(peer_id)) || peer_id ||
-/// int64_be(expires_at_ms))`.
-pub fn attestation_digest(key: &[u8; 33], peer_id: &[u8], expires_at_ms: i64) -> [u8; 32] {
-    let tag = Sha256::digest(ATTESTATION_TAG.as_bytes());
-    let mut h = Sha256::new();
-    h.update(tag);
-    h.update(tag);
-    h.update(key);
-    h.update([u8::try_from(peer_id.len()).unwrap_or(u8::MAX)]);
-    h.update(peer_id);
-    h.update(expires_at_ms.to_be_bytes());
-    h.finalize().into()
-}
-
-/// A verified peer attestation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attestation {
-    /// Attested signer key.
-    pub signer_key: [u8; 33],
-    /// Binary peer id.
-    pub peer_id: Vec<u8>,
-    /// Expiry.
-    pub expires_at_ms: i64,
-    /// BIP340 signature.
-    pub signature: [u8; 64],
-}
-
-impl Attestation {
-    /// Validate and verify a protobuf attestation for `peer_id` at `now_ms`.
-    ///
-    /// # Errors
-    /// [`WireError::Attestation`] (wrong peer, expired, bad signature) or field errors.
-    pub fn verify_pb(
-        a: &pb::PeerAttestation,
-        peer_id: &[u8],
-        now_ms: i64,
-    ) -> Result<Self, WireError> {
-        let signer_key = point("attestation.signer_key", &a.signer_key)?;
-        if a.peer_id.is_empty() || a.peer_id.len() > MAX_PEER_ID_BYTES {
-            return Err(WireError::TooLong {
-                field: "attestation.peer_id",
-                max: MAX_PEER_ID_BYTES,
-            });
-        }
-        let signature: [u8; 64] = arr("attestation.signature", &a.signature)?;
-        let att = Attestation {
-            signer_key,
-            peer_id: a.peer_id.clone(),
-            expires_at_ms: a.expires_at_ms,
-            signature,
-        };
-        if att.peer_id != peer_id {
-            return Err(WireError::Attestation(
-                "attested peer id is not the sender's",
-            ));
-        }
-        if att.expires_at_ms <= now_ms {
-            return Err(WireError::Attestation("expired"));
-        }
-        if att.expires_at_ms
-            > now_ms
-                .saturating_add(MAX_ATTESTATION_LIFETIME_MS)
-                .saturating_add(MAX_TIMESTAMP_SKEW_MS)
-        {
-            return Err(WireError::Attestation(
-                "expiry lies further ahead than the protocol's maximum attestation lifetime",
-            ));
-        }
-        att.verify_signature()?;
-        Ok(att)
-    }
-
-    /// Check the BIP340 signature only.
-    ///
-    /// # Errors
-    /// [`WireError::Attestation`].
-    pub fn verify_signature(&self) -> Result<(), WireError> {
-        let digest = attestation_digest(&self.signer_key, &self.peer_id, self.expires_at_ms);
-        let pk = secp256k1::PublicKey::from_byte_array_compressed(self.signer_key)
-            .map_err(|_| WireError::InvalidPoint("attestation.signer_key"))?;
-        let sig = secp256k1::schnorr::Signature::from_byte_array(self.signature);
-        pk.x_only_public_key()
-            .0
-            .verify(&digest, &sig)
-            .map_err(|_| WireError::Attestation("bad signature"))
-    }
-
-    /// The protobuf form.
-    pub fn to_pb(&self) -> pb::PeerAttestation {
-        pb::PeerAttestation {
-            signer_key: self.signer_key.to_vec(),
-            peer_id: self.peer_id.clone(),
-            expires_at_ms: self.expires_at_ms,
-            signature: self.signature.to_vec(),
-        }
     }
 }
 

@@ -278,3 +278,11 @@ pub fn sign_req(
 pub fn pb_ctx(ctx: &SessionContext) -> pb::SessionContext {
     ctx.to_pb()
 }
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

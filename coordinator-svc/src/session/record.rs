@@ -1,0 +1,183 @@
+//! The session as the store keeps it: conversion to and from `SessionRecord` (the store's
+//! schema stays out of the state machine's logic).
+
+use std::collections::HashMap;
+
+use super::*;
+
+fn code_name(c: AbortCode) -> &'static str {
+    match c {
+        AbortCode::Closed => "closed",
+        AbortCode::InvalidPartialSignature => "invalid_partial_signature",
+        AbortCode::InvalidNonce => "invalid_nonce",
+        AbortCode::Timeout => "timeout",
+        AbortCode::SignerRefused => "signer_refused",
+    }
+}
+
+fn code_of(s: &str) -> AbortCode {
+    match s {
+        "closed" => AbortCode::Closed,
+        "invalid_partial_signature" => AbortCode::InvalidPartialSignature,
+        "invalid_nonce" => AbortCode::InvalidNonce,
+        "timeout" => AbortCode::Timeout,
+        _ => AbortCode::SignerRefused,
+    }
+}
+
+fn phase_of(s: &str) -> Option<Phase> {
+    Some(match s {
+        "INIT" => Phase::Init,
+        "NONCE_EXCHANGE" => Phase::NonceExchange,
+        "PARTIAL_SIG_EXCHANGE" => Phase::PartialSigExchange,
+        "COMPLETE" => Phase::Complete,
+        "CLOSED" => Phase::Closed,
+        "ABORTED" => Phase::Aborted,
+        _ => return None,
+    })
+}
+
+fn key_of(h: &str) -> Option<[u8; 33]> {
+    hex::decode(h).ok()?.try_into().ok()
+}
+
+impl Session {
+    /// The record the store keeps.
+    pub fn to_record(&self, sent: &[Vec<u8>]) -> SessionRecord {
+        let seqs = |m: &HashMap<[u8; 33], u64>| {
+            let mut v: Vec<(String, u64)> = m.iter().map(|(k, s)| (hex::encode(k), *s)).collect();
+            v.sort();
+            v
+        };
+        SessionRecord {
+            announce: hex::encode(&self.announce),
+            phase: self.phase.as_str().into(),
+            locally_joined: self.locally_joined,
+            joined: self.joined.clone(),
+            nonces: self
+                .nonces
+                .iter()
+                .map(|n| n.map(|n| hex::encode(n.to_bytes())))
+                .collect(),
+            psigs: self
+                .psigs
+                .iter()
+                .map(|p| p.map(|p| hex::encode(p.to_bytes())))
+                .collect(),
+            signature: self.signature.map(|s| hex::encode(s.0)),
+            abort: self.abort.as_ref().map(|a| {
+                (
+                    code_name(a.code).into(),
+                    a.reason.clone(),
+                    a.culprits.iter().map(hex::encode).collect(),
+                )
+            }),
+            last_seq: seqs(&self.last_seq),
+            next_seq: seqs(&self.next_seq),
+            sent: sent.iter().map(hex::encode).collect(),
+            failover: self.failover.clone(),
+        }
+    }
+
+    /// Rebuild from a record (the announcement is re-validated, except for freshness).
+    ///
+    /// # Errors
+    /// A description of what does not decode.
+    pub fn from_record(
+        id: SessionId,
+        rec: &SessionRecord,
+        local_keys: &[[u8; 33]],
+    ) -> Result<(Session, Vec<Vec<u8>>), String> {
+        use prost::Message as _;
+        let announce = hex::decode(&rec.announce).map_err(|e| e.to_string())?;
+        let env = shared::wire::pb::SignedEnvelope::decode(announce.as_slice())
+            .map_err(|e| e.to_string())?;
+        let pbm = shared::wire::pb::WireMessage::decode(env.payload.as_slice())
+            .map_err(|e| e.to_string())?;
+        let msg =
+            shared::wire::Message::from_pb(&pbm, pbm.timestamp_ms).map_err(|e| e.to_string())?;
+        let Body::Announce(a) = msg.body else {
+            return Err("not an announcement".into());
+        };
+        if msg.header.session_id != id {
+            return Err("announcement of another session".into());
+        }
+        let key_agg = a.context.key_agg().map_err(|e| e.to_string())?;
+        let election = shared::election::elect(a.election_method, &a.context.signer_keys)
+            .map_err(|e| e.to_string())?;
+        let local = (0..a.context.signer_keys.len())
+            .filter(|i| local_keys.contains(&a.context.signer_keys[*i]))
+            .collect();
+        let mut s = Session::new(
+            id,
+            a.context.clone(),
+            key_agg,
+            election,
+            msg.header.sender,
+            a.created_at_ms,
+            a.expires_at_ms,
+            announce,
+            local,
+        );
+        let n = s.n();
+        if rec.joined.len() != n || rec.nonces.len() != n || rec.psigs.len() != n {
+            return Err("record lengths do not match the key list".into());
+        }
+        s.phase = phase_of(&rec.phase).ok_or("unknown phase")?;
+        s.locally_joined = rec.locally_joined;
+        s.joined = rec.joined.clone();
+        for (i, n) in rec.nonces.iter().enumerate() {
+            s.nonces[i] = match n {
+                Some(h) => Some(
+                    PubNonce::from_slice(&hex::decode(h).map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
+        }
+        for (i, p) in rec.psigs.iter().enumerate() {
+            s.psigs[i] = match p {
+                Some(h) => Some(
+                    PartialSignature::from_slice(&hex::decode(h).map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
+        }
+        if s.nonces.iter().all(Option::is_some) {
+            let nonces: Vec<PubNonce> = s.nonces.iter().flatten().copied().collect();
+            s.aggnonce = AggNonce::sum(s.context.format, &nonces).ok();
+        }
+        s.signature = match &rec.signature {
+            Some(h) => Some(Signature(
+                hex::decode(h)
+                    .map_err(|e| e.to_string())?
+                    .try_into()
+                    .map_err(|_| "signature length")?,
+            )),
+            None => None,
+        };
+        s.abort = rec.abort.as_ref().map(|(c, r, cul)| AbortInfo {
+            code: code_of(c),
+            reason: r.clone(),
+            culprits: cul.iter().filter_map(|k| key_of(k)).collect(),
+        });
+        s.last_seq = rec
+            .last_seq
+            .iter()
+            .filter_map(|(k, v)| Some((key_of(k)?, *v)))
+            .collect();
+        s.next_seq = rec
+            .next_seq
+            .iter()
+            .filter_map(|(k, v)| Some((key_of(k)?, *v)))
+            .collect();
+        s.failover = rec.failover.clone();
+        let sent = rec
+            .sent
+            .iter()
+            .filter_map(|h| hex::decode(h).ok())
+            .collect();
+        Ok((s, sent))
+    }
+}
