@@ -13,7 +13,7 @@ const SHARED_TYPES: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let files = [
         "musig2/v1/signer.proto",
         "musig2/v1/coordinator.proto",
@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files.iter().chain(&["musig2/v1/types.proto"]) {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
-    let fds = protox::compile(files, [root])?;
+    let fds = protox::compile(files, [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out.join("musig2_descriptor.bin"),

@@ -2,7 +2,7 @@
 //! types it imports) with prost, parsing the .proto files in pure Rust (protox): no protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let files = ["musig2/v1/types.proto", "musig2/v1/p2p.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

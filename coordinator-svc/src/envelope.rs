@@ -2,11 +2,11 @@
 //! before any session logic sees it. Pure functions of (bytes, expected sender, now), so they
 //! can be fuzzed and tested without a swarm.
 
-use libp2p::{PeerId, identity};
+use libp2p_identity::{self as identity, PeerId};
 use shared::election::SessionId;
 use shared::wire::{self, Attestation, Body, MAX_DIRECT_MESSAGE_BYTES, Message, pb};
 
-use crate::node::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
+use crate::protocol::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
 
 /// A refusal: a metric label (the offence's reason) and a detail for the sender.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::node::NodeHandle;
-use crate::signer::{Signer, SignerEndpoint};
+use crate::signer::{SignerClient, SignerEndpoint};
 use crate::store::Store;
 
 /// A running coordinator.
@@ -70,7 +70,7 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let identity = load_identity(&config.data_dir)?;
     let store = Store::open(&config.data_dir.join("coordinator.redb"))?;
     let metrics = Arc::new(Metrics::new());
-    let signer = Signer::connect_lazy(&SignerEndpoint {
+    let signer = SignerClient::connect_lazy(&SignerEndpoint {
         url: config.signer.url.clone(),
         server_name: config.signer.server_name.clone(),
         ca: config.signer.ca.clone(),

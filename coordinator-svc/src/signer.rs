@@ -30,7 +30,7 @@ pub struct SignerEndpoint {
 
 /// A connected signer client (cheap to clone).
 #[derive(Debug, Clone)]
-pub struct Signer {
+pub struct SignerClient {
     client: SignerServiceClient<Channel>,
     latency: Option<
         prometheus_client::metrics::family::Family<
@@ -68,7 +68,7 @@ impl From<tonic::Status> for SignerError {
     }
 }
 
-impl Signer {
+impl SignerClient {
     /// Connect lazily (the channel reconnects on its own).
     ///
     /// # Errors
@@ -111,7 +111,7 @@ impl Signer {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .connect_with_connector_lazy(connector);
-        Ok(Signer {
+        Ok(SignerClient {
             client: SignerServiceClient::new(channel),
             latency: None,
         })

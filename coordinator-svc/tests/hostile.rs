@@ -359,7 +359,7 @@ async fn a_peer_sending_invalid_signatures_is_banned_and_the_ban_survives_a_rest
     let start = |stop: tokio_util::sync::CancellationToken| {
         let (ep, identity, path) = (ep.clone(), identity.clone(), dir.path().join("a.redb"));
         async move {
-            let signer = coordinator_svc::signer::Signer::connect_lazy(&ep).unwrap();
+            let signer = coordinator_svc::signer::SignerClient::connect_lazy(&ep).unwrap();
             let store = coordinator_svc::store::Store::open(&path).unwrap();
             coordinator_svc::node::start(common::fast_config(), identity, signer, store, stop)
                 .await
@@ -508,7 +508,7 @@ async fn a_peer_claiming_more_than_ten_keys_is_refused() {
         .map(|i| shared::musig::SecretKey::from_bytes(&[0x90 + i; 32]).unwrap())
         .collect();
     let (ep, _stop) = common::start_signer_with(dir.path(), &secrets).await;
-    let signer = coordinator_svc::signer::Signer::connect_lazy(&ep).unwrap();
+    let signer = coordinator_svc::signer::SignerClient::connect_lazy(&ep).unwrap();
     let store = coordinator_svc::store::Store::open(&dir.path().join("x.redb")).unwrap();
     let identity = libp2p::identity::Keypair::generate_ed25519();
     let stop = tokio_util::sync::CancellationToken::new();

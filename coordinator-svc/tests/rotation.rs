@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use coordinator_svc::signer::{Signer, SignerEndpoint};
+use coordinator_svc::signer::{SignerClient, SignerEndpoint};
 
 #[tokio::test]
 async fn a_renewed_client_certificate_is_presented_without_a_restart() {
@@ -45,7 +45,7 @@ async fn a_renewed_client_certificate_is_presented_without_a_restart() {
     let running = signer_svc::server::start(&config, keys, shutdown.clone())
         .await
         .unwrap();
-    let client = Signer::connect_lazy(&SignerEndpoint {
+    let client = SignerClient::connect_lazy(&SignerEndpoint {
         url: format!("https://localhost:{}", running.addr.port()),
         server_name: "localhost".into(),
         ca: pki.ca.clone(),

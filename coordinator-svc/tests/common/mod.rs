@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use coordinator_svc::node::{self, NodeConfig, NodeEvent, NodeHandle};
-use coordinator_svc::signer::{Signer, SignerEndpoint};
+use coordinator_svc::signer::{SignerClient, SignerEndpoint};
 use musig2_proto::pki::{self, Ca};
 use shared::musig::{SecretKey, SignatureFormat, Tweak};
 use shared::wire::SessionContext;
@@ -26,7 +26,7 @@ pub struct Party {
     pub events: broadcast::Receiver<NodeEvent>,
     pub node_stop: CancellationToken,
     pub signer_stop: CancellationToken,
-    pub signer: Signer,
+    pub signer: SignerClient,
     pub signer_endpoint: SignerEndpoint,
 }
 
@@ -102,7 +102,7 @@ impl Party {
         let dir = tempfile::tempdir().unwrap();
         let secret = SecretKey::from_bytes(&[seed; 32]).unwrap();
         let (ep, signer_stop) = start_signer(dir.path(), &secret).await;
-        let signer = Signer::connect_lazy(&ep).unwrap();
+        let signer = SignerClient::connect_lazy(&ep).unwrap();
         let node_stop = CancellationToken::new();
         let identity = libp2p::identity::Keypair::generate_ed25519();
         let store =

@@ -87,6 +87,7 @@ impl Session {
         id: SessionId,
         rec: &SessionRecord,
         local_keys: &[[u8; 33]],
+        now_ms: i64,
     ) -> Result<(Session, Vec<Vec<u8>>), String> {
         use prost::Message as _;
         let announce = hex::decode(&rec.announce).map_err(|e| e.to_string())?;
@@ -118,6 +119,7 @@ impl Session {
             a.expires_at_ms,
             announce,
             local,
+            now_ms,
         );
         let n = s.n();
         if rec.joined.len() != n || rec.nonces.len() != n || rec.psigs.len() != n {

@@ -1,0 +1,442 @@
+//! The handle the rest of the program holds: commands with a oneshot reply to the node task,
+//! and the event subscription.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use shared::election::{ElectionMethod, SessionId};
+use shared::wire::{self, SessionContext, pb};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{NodeError, NodeEvent, PeerStatus, SessionView};
+use crate::protocol::session::Phase;
+
+pub(super) enum Command {
+    Create {
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<SessionView, NodeError>>,
+    },
+    Join {
+        id: SessionId,
+        reply: oneshot::Sender<Result<SessionView, NodeError>>,
+    },
+    Get {
+        id: SessionId,
+        reply: oneshot::Sender<Option<SessionView>>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<SessionView>>,
+    },
+    Close {
+        id: SessionId,
+        reason: String,
+        reply: oneshot::Sender<Result<Phase, NodeError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NodeError>>,
+    },
+    Info {
+        reply: oneshot::Sender<NodeInfo>,
+    },
+    Rejections {
+        reply: oneshot::Sender<HashMap<PeerId, HashMap<&'static str, u64>>>,
+    },
+    SendRaw {
+        peer: PeerId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
+    },
+    Envelope {
+        message: Box<pb::WireMessage>,
+        from: [u8; 33],
+        reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
+    },
+    PeerKeys {
+        reply: oneshot::Sender<HashMap<PeerId, Vec<[u8; 33]>>>,
+    },
+    Announcement {
+        id: SessionId,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    NotifyBroadcast {
+        id: SessionId,
+        reference: String,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Ban {
+        peer: PeerId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Unban {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerStatus>>,
+    },
+    SendRequest {
+        context: SessionContext,
+        transaction_type: pb::TransactionType,
+        amount: u64,
+        reply: oneshot::Sender<Result<[u8; 16], NodeError>>,
+    },
+    Respond {
+        request_id: [u8; 16],
+        accept: bool,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Advertise {
+        keys: Vec<[u8; 33]>,
+        body: wire::Advertisement,
+        reply: oneshot::Sender<Result<i64, NodeError>>,
+    },
+    Withdraw {
+        reply: oneshot::Sender<()>,
+    },
+    Discover {
+        reply: oneshot::Sender<Vec<([u8; 33], PeerId, wire::Advertisement)>>,
+    },
+    PublishRaw {
+        topic: String,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+}
+
+/// Node identity and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Peer id.
+    pub peer_id: PeerId,
+    /// Listen addresses (with `/p2p/<id>`).
+    pub listen_addresses: Vec<Multiaddr>,
+    /// Addresses announced to other parties (with `/p2p/<id>`).
+    pub external_addresses: Vec<Multiaddr>,
+    /// Signer keys this node speaks for.
+    pub keys: Vec<[u8; 33]>,
+    /// Connected peers.
+    pub connected_peers: usize,
+}
+
+/// Cloneable handle to a running node.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+    pub(super) accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub(super) events: broadcast::Sender<NodeEvent>,
+    pub(super) peer_id: PeerId,
+    pub(super) keys: Vec<[u8; 33]>,
+}
+
+impl NodeHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Messages from peers accepted so far.
+    pub fn accepted_messages(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Signer keys this node speaks for.
+    pub fn keys(&self) -> &[[u8; 33]] {
+        &self.keys
+    }
+
+    /// Subscribe to events (slow subscribers lose the oldest ones).
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Create and announce a session (the local signer must hold one of the keys).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn create_session(
+        &self,
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout: Option<Duration>,
+    ) -> Result<SessionView, NodeError> {
+        self.call(|reply| Command::Create {
+            context,
+            election,
+            timeout,
+            reply,
+        })
+        .await?
+    }
+
+    /// Join a session (fetched from the DHT when not known yet).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn join_session(&self, id: SessionId) -> Result<SessionView, NodeError> {
+        self.call(|reply| Command::Join { id, reply }).await?
+    }
+
+    /// One session.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn session(&self, id: SessionId) -> Result<Option<SessionView>, NodeError> {
+        self.call(|reply| Command::Get { id, reply }).await
+    }
+
+    /// Every session in memory.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn sessions(&self) -> Result<Vec<SessionView>, NodeError> {
+        self.call(|reply| Command::List { reply }).await
+    }
+
+    /// Close a session (abort it if unfinished, telling the others).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn close_session(&self, id: SessionId, reason: &str) -> Result<Phase, NodeError> {
+        let reason = reason.to_string();
+        self.call(|reply| Command::Close { id, reason, reply })
+            .await?
+    }
+
+    /// Dial a peer (`…/p2p/<id>`); resolves when connected.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn connect(&self, addr: Multiaddr) -> Result<PeerId, NodeError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Identity, addresses and keys.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn info(&self) -> Result<NodeInfo, NodeError> {
+        self.call(|reply| Command::Info { reply }).await
+    }
+
+    /// Refused messages per peer and reason.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn rejections(
+        &self,
+    ) -> Result<HashMap<PeerId, HashMap<&'static str, u64>>, NodeError> {
+        self.call(|reply| Command::Rejections { reply }).await
+    }
+
+    /// Diagnostics: send raw bytes on the direct protocol to a connected peer and return its
+    /// answer (empty = accepted, otherwise the refusal). The bytes leave as this node; nothing
+    /// here can speak for another peer or key.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn send_raw(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, NodeError> {
+        self.call(|reply| Command::SendRaw { peer, bytes, reply })
+            .await?
+    }
+
+    /// Attested keys of connected peers.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn peer_keys(&self) -> Result<HashMap<PeerId, Vec<[u8; 33]>>, NodeError> {
+        self.call(|reply| Command::PeerKeys { reply }).await
+    }
+
+    /// The application broadcast the transaction: tell every participant (signed
+    /// BROADCAST_CONFIRMED) so their failover timers stop.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`], [`NodeError::FailedPrecondition`] unless COMPLETE.
+    pub async fn notify_broadcast_complete(
+        &self,
+        id: SessionId,
+        reference: &str,
+    ) -> Result<(), NodeError> {
+        let reference = reference.to_string();
+        self.call(|reply| Command::NotifyBroadcast {
+            id,
+            reference,
+            reply,
+        })
+        .await?
+    }
+
+    /// Ban a peer permanently (persisted; its connections are closed).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn blacklist(&self, peer: PeerId, reason: &str) -> Result<(), NodeError> {
+        let reason = reason.to_string();
+        self.call(|reply| Command::Ban {
+            peer,
+            reason,
+            reply,
+        })
+        .await?
+    }
+
+    /// Lift a ban or graylisting.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`] when the peer is not banned.
+    pub async fn unblacklist(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.call(|reply| Command::Unban { peer, reply }).await?
+    }
+
+    /// Advertise local keys on GossipSub (topics `musig2:signers:<type>`) and in the DHT; at
+    /// most once per 60 s. Returns the expiry.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidArgument`] for keys this node does not hold,
+    /// [`NodeError::ResourceExhausted`] when called again within 60 s.
+    pub async fn advertise(
+        &self,
+        keys: Vec<[u8; 33]>,
+        body: wire::Advertisement,
+    ) -> Result<i64, NodeError> {
+        self.call(|reply| Command::Advertise { keys, body, reply })
+            .await?
+    }
+
+    /// Matchmaking: ask the (connected, attested) holders of the other keys of `context` to sign;
+    /// when all accept, the session is created and they join it. Returns the request id.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn send_signing_request(
+        &self,
+        context: SessionContext,
+        transaction_type: pb::TransactionType,
+        amount: u64,
+    ) -> Result<[u8; 16], NodeError> {
+        self.call(|reply| Command::SendRequest {
+            context,
+            transaction_type,
+            amount,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answer a signing request received from another party.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`] for an unknown or expired request.
+    pub async fn respond_signing_request(
+        &self,
+        request_id: [u8; 16],
+        accept: bool,
+    ) -> Result<(), NodeError> {
+        self.call(|reply| Command::Respond {
+            request_id,
+            accept,
+            reply,
+        })
+        .await?
+    }
+
+    /// Stop advertising.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn withdraw(&self) -> Result<(), NodeError> {
+        self.call(|reply| Command::Withdraw { reply }).await
+    }
+
+    /// Unexpired advertisements of other peers.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn discovered(
+        &self,
+    ) -> Result<Vec<([u8; 33], PeerId, wire::Advertisement)>, NodeError> {
+        self.call(|reply| Command::Discover { reply }).await
+    }
+
+    /// Diagnostics: publish raw bytes on a GossipSub topic as this node.
+    ///
+    /// # Errors
+    /// [`NodeError::Unavailable`] when nobody is subscribed.
+    pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> Result<(), NodeError> {
+        let topic = topic.to_string();
+        self.call(|reply| Command::PublishRaw {
+            topic,
+            bytes,
+            reply,
+        })
+        .await?
+    }
+
+    /// Every peer the security manager knows.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn peers(&self) -> Result<Vec<PeerStatus>, NodeError> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// The signed announcement envelope of a known session (public data; what the DHT holds).
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`].
+    pub async fn announcement(&self, id: SessionId) -> Result<Vec<u8>, NodeError> {
+        self.call(|reply| Command::Announcement { id, reply })
+            .await?
+            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))
+    }
+
+    /// Diagnostics: publish an arbitrary DHT record as this node (other nodes validate it and
+    /// refuse anything that is not a signed, attested announcement under its own id).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NodeError> {
+        self.call(|reply| Command::PutRecord { key, value, reply })
+            .await?
+    }
+
+    /// Diagnostics: wrap a message in this node's signed envelope with its attestation for
+    /// `from` (a key this node speaks for).
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidArgument`] for a key this node does not hold.
+    pub async fn envelope(
+        &self,
+        message: pb::WireMessage,
+        from: [u8; 33],
+    ) -> Result<Vec<u8>, NodeError> {
+        self.call(|reply| Command::Envelope {
+            message: Box::new(message),
+            from,
+            reply,
+        })
+        .await?
+    }
+}

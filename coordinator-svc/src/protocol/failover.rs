@@ -1,0 +1,178 @@
+//! Coordinator failover after completion (DESIGN §5): the elected party must confirm the
+//! broadcast within `broadcastTimeout`; otherwise the next one in the election's backup order
+//! becomes responsible, until someone confirms or every party has failed. Deadlines sit in a
+//! [`super::deadlines::DeadlineQueue`]; nothing is polled.
+
+use shared::election::SessionId;
+use shared::wire::{self, Body};
+
+use super::session::{Action, Phase, Session};
+use super::{Core, Effect, NodeError, NodeEvent};
+
+fn responsible_is_local(s: &Session, attempt: usize) -> Option<usize> {
+    s.election
+        .responsible_after(attempt)
+        .filter(|i| s.local.contains(i))
+}
+
+impl Core {
+    /// The session completed: the responsible party's clock starts.
+    pub(super) fn start_failover(&mut self, now: i64, id: SessionId, out: &mut Vec<Effect>) {
+        if !self.settings.enable_failover {
+            return;
+        }
+        let deadline = now.saturating_add(self.settings.broadcast_timeout_ms);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.failover.confirmed.is_some()
+            || s.failover.deadline_ms.is_some()
+            || s.failover.exhausted
+        {
+            return;
+        }
+        s.failover.deadline_ms = Some(deadline);
+        self.failover.schedule(deadline, id);
+        let attempt = s.failover.attempt;
+        if let (Some(index), Some(signature)) = (responsible_is_local(s, attempt), s.signature) {
+            Self::emit(
+                out,
+                NodeEvent::ShouldBroadcast {
+                    id,
+                    index,
+                    attempt,
+                    signature,
+                },
+            );
+        }
+    }
+
+    /// Deadlines that passed: the responsible party did not confirm; the next one takes over.
+    pub(super) fn on_failover_due(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        for id in self.failover.pop_due(now) {
+            let timeout = self.settings.broadcast_timeout_ms;
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if s.failover.confirmed.is_some() || s.failover.deadline_ms.is_none() {
+                continue;
+            }
+            let failed_index = s
+                .election
+                .responsible_after(s.failover.attempt)
+                .unwrap_or(0);
+            s.failover.attempt += 1;
+            let attempt = s.failover.attempt;
+            let mut out = Vec::new();
+            match s.election.responsible_after(attempt) {
+                Some(next_index) => {
+                    let deadline = now.saturating_add(timeout);
+                    s.failover.deadline_ms = Some(deadline);
+                    self.failover.schedule(deadline, id);
+                    tracing::warn!(session = %id, failed_index, attempt, next_index, "coordinator failed to confirm the broadcast");
+                    Self::emit(
+                        &mut out,
+                        NodeEvent::CoordinatorFailed {
+                            id,
+                            failed_index,
+                            attempt,
+                            next_index,
+                        },
+                    );
+                    if let (Some(index), Some(signature)) =
+                        (responsible_is_local(s, attempt), s.signature)
+                    {
+                        Self::emit(
+                            &mut out,
+                            NodeEvent::ShouldBroadcast {
+                                id,
+                                index,
+                                attempt,
+                                signature,
+                            },
+                        );
+                    }
+                }
+                None => {
+                    s.failover.deadline_ms = None;
+                    s.failover.exhausted = true;
+                    tracing::error!(session = %id, attempts = attempt, "failover exhausted: nobody confirmed the broadcast");
+                    Self::emit(
+                        &mut out,
+                        NodeEvent::CoordinatorFailed {
+                            id,
+                            failed_index,
+                            attempt,
+                            next_index: failed_index,
+                        },
+                    );
+                    Self::emit(
+                        &mut out,
+                        NodeEvent::FailoverExhausted {
+                            id,
+                            attempts: attempt,
+                        },
+                    );
+                }
+            }
+            self.persist(id, fx);
+            fx.extend(out);
+        }
+    }
+
+    /// The application broadcast the transaction: tell every participant (signed
+    /// BROADCAST_CONFIRMED) so their failover clocks stop.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`], [`NodeError::FailedPrecondition`] unless COMPLETE.
+    pub fn notify_broadcast(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        reference: String,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), NodeError> {
+        if reference.len() > wire::MAX_REFERENCE_BYTES {
+            return Err(NodeError::InvalidArgument(format!(
+                "broadcast_reference exceeds {} bytes",
+                wire::MAX_REFERENCE_BYTES
+            )));
+        }
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))?;
+        if !matches!(s.phase, Phase::Complete | Phase::Closed) {
+            return Err(NodeError::FailedPrecondition(format!(
+                "session {id} is {}, not COMPLETE",
+                s.phase.as_str()
+            )));
+        }
+        let Some(&from) = s.local.first().and_then(|i| s.context.signer_keys.get(*i)) else {
+            return Err(NodeError::FailedPrecondition(
+                "no local key in the session".into(),
+            ));
+        };
+        let attempt = u32::try_from(s.failover.attempt).unwrap_or(u32::MAX);
+        if s.failover.confirmed.is_none() {
+            s.failover.confirmed = Some((hex::encode(from), reference.clone()));
+            s.failover.deadline_ms = None;
+        }
+        self.failover.cancel(id);
+        let actions = vec![
+            Action::Broadcast {
+                from,
+                body: Body::BroadcastConfirmed {
+                    reference: reference.clone(),
+                    attempt,
+                },
+            },
+            Action::BroadcastConfirmed {
+                by: from,
+                reference,
+            },
+        ];
+        self.apply(now, id, actions, fx);
+        Ok(())
+    }
+}

@@ -1,0 +1,208 @@
+//! The guard: what each peer is attested to speak for, what it did wrong, and who is banned.
+//! Pure bookkeeping; the core turns its verdicts into effects (block, persist, events).
+
+use std::collections::BTreeMap;
+
+use libp2p_identity::PeerId;
+use shared::security::{Offence, Reputation, Verdict};
+use shared::wire::MAX_KEYS_PER_PEER;
+
+use crate::envelope::Refusal;
+use crate::store::BanRecord;
+
+/// Per-peer security state.
+#[derive(Debug)]
+pub struct Guard {
+    /// Attested signer keys per peer.
+    pub peer_keys: BTreeMap<PeerId, Vec<[u8; 33]>>,
+    /// Refusals per peer and reason.
+    pub rejections: BTreeMap<PeerId, BTreeMap<&'static str, u64>>,
+    /// Offence counters.
+    pub reputation: Reputation<PeerId>,
+    /// Bans in force.
+    pub bans: BTreeMap<PeerId, BanRecord>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            peer_keys: BTreeMap::new(),
+            rejections: BTreeMap::new(),
+            reputation: Reputation::new(),
+            bans: BTreeMap::new(),
+        }
+    }
+}
+
+impl Guard {
+    /// Record that `peer` speaks for `keys`. Returns the peer's full key list when it grew.
+    ///
+    /// # Errors
+    /// `too_many_keys` past [`MAX_KEYS_PER_PEER`] (nothing is recorded then).
+    pub fn note_keys(
+        &mut self,
+        peer: PeerId,
+        keys: &[[u8; 33]],
+    ) -> Result<Option<Vec<[u8; 33]>>, Refusal> {
+        let known = self.peer_keys.entry(peer).or_default();
+        let fresh: Vec<[u8; 33]> =
+            keys.iter()
+                .filter(|k| !known.contains(k))
+                .copied()
+                .fold(Vec::new(), |mut v, k| {
+                    if !v.contains(&k) {
+                        v.push(k);
+                    }
+                    v
+                });
+        if fresh.is_empty() {
+            return Ok(None);
+        }
+        if known.len() + fresh.len() > MAX_KEYS_PER_PEER {
+            return Err(Refusal(
+                "too_many_keys",
+                format!("a peer may speak for at most {MAX_KEYS_PER_PEER} keys"),
+            ));
+        }
+        known.extend(fresh);
+        Ok(Some(known.clone()))
+    }
+
+    /// Count a refusal against `peer`; the verdict it triggers, if any.
+    pub fn offend(&mut self, peer: PeerId, r: &Refusal, now_ms: i64) -> Verdict {
+        *self
+            .rejections
+            .entry(peer)
+            .or_default()
+            .entry(r.0)
+            .or_insert(0) += 1;
+        self.reputation
+            .offend(&peer, Offence::of_reason(r.0), now_ms)
+    }
+
+    /// Count an accepted message.
+    pub fn accept(&mut self, peer: PeerId) {
+        self.reputation.accept(&peer);
+    }
+
+    /// Whether `peer` is banned.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.bans.contains_key(peer)
+    }
+
+    /// Lift a ban and forget the counters that led to it.
+    pub fn forgive(&mut self, peer: PeerId) -> bool {
+        self.reputation.forgive(&peer);
+        self.rejections.remove(&peer);
+        self.bans.remove(&peer).is_some()
+    }
+
+    /// Peers whose temporary ban has run out.
+    pub fn expired_bans(&self, now_ms: i64) -> Vec<PeerId> {
+        self.bans
+            .iter()
+            .filter(|(_, b)| b.until_ms.is_some_and(|u| u <= now_ms))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::security::{MAX_INVALID_SIGNATURES, MAX_RATE_LIMIT_VIOLATIONS, MAX_SPAM_EVENTS};
+
+    fn peer(n: u8) -> PeerId {
+        let kp = libp2p_identity::Keypair::ed25519_from_bytes([n; 32])
+            .unwrap_or_else(|_| unreachable!());
+        kp.public().to_peer_id()
+    }
+
+    #[test]
+    fn thresholds_by_reason() {
+        // (reason, offences before the verdict, verdict is permanent)
+        let table: &[(&'static str, u32, bool)] = &[
+            ("invalid_signature", MAX_INVALID_SIGNATURES, true),
+            ("unattested", MAX_INVALID_SIGNATURES, true),
+            ("bad_envelope", MAX_INVALID_SIGNATURES, true),
+            ("rate_limited", MAX_RATE_LIMIT_VIOLATIONS, false),
+            ("out_of_phase", MAX_SPAM_EVENTS, true),
+            ("too_large", MAX_SPAM_EVENTS, true),
+        ];
+        for (i, (reason, n, permanent)) in table.iter().enumerate() {
+            let mut g = Guard::default();
+            let p = peer(u8::try_from(i).unwrap_or(0) + 1);
+            let r = Refusal(reason, String::new());
+            for k in 1..*n {
+                assert_eq!(
+                    g.offend(p, &r, i64::from(k)),
+                    Verdict::None,
+                    "{reason} #{k}"
+                );
+            }
+            match g.offend(p, &r, 1000) {
+                Verdict::Blacklist { .. } => assert!(permanent, "{reason}"),
+                Verdict::Graylist { until_ms, .. } => {
+                    assert!(!permanent, "{reason}");
+                    assert_eq!(until_ms, 1000 + shared::security::GRAYLIST_MS);
+                }
+                Verdict::None => panic!("{reason}: no verdict after {n}"),
+            }
+            assert_eq!(g.rejections[&p][reason], u64::from(*n));
+        }
+    }
+
+    #[test]
+    fn keys_per_peer() {
+        let mut g = Guard::default();
+        let p = peer(9);
+        let keys: Vec<[u8; 33]> = (0..=MAX_KEYS_PER_PEER)
+            .map(|i| [u8::try_from(i).unwrap_or(0); 33])
+            .collect();
+        assert_eq!(
+            g.note_keys(p, &keys[..2])
+                .unwrap_or_default()
+                .map(|v| v.len()),
+            Some(2)
+        );
+        // Known keys change nothing.
+        assert_eq!(g.note_keys(p, &keys[..2]), Ok(None));
+        // One over the limit is refused as a whole.
+        let err = g.note_keys(p, &keys[1..]);
+        assert!(matches!(err, Err(Refusal("too_many_keys", _))), "{err:?}");
+        assert_eq!(g.peer_keys[&p].len(), 2);
+        assert_eq!(
+            g.note_keys(p, &keys[2..MAX_KEYS_PER_PEER])
+                .unwrap_or_default()
+                .map(|v| v.len()),
+            Some(MAX_KEYS_PER_PEER)
+        );
+    }
+
+    #[test]
+    fn bans_expire_and_forgiveness_resets() {
+        let mut g = Guard::default();
+        let (a, b) = (peer(1), peer(2));
+        g.bans.insert(
+            a,
+            BanRecord {
+                until_ms: Some(100),
+                reason: "x".into(),
+            },
+        );
+        g.bans.insert(
+            b,
+            BanRecord {
+                until_ms: None,
+                reason: "y".into(),
+            },
+        );
+        assert_eq!(g.expired_bans(99), Vec::<PeerId>::new());
+        assert_eq!(g.expired_bans(100), vec![a]);
+        g.offend(b, &Refusal("too_large", String::new()), 1);
+        assert!(g.forgive(b));
+        assert!(!g.is_banned(&b));
+        assert!(!g.rejections.contains_key(&b));
+        assert!(!g.forgive(b));
+    }
+}

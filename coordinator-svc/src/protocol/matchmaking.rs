@@ -1,0 +1,249 @@
+//! Matchmaking: signing requests to the holders of the other keys, their answers, and the
+//! session created (and joined) once everyone accepted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use libp2p_identity::PeerId;
+use rand::RngCore as _;
+use shared::wire::{self, Body, Message, SessionContext, pb};
+
+use super::{Core, Effect, NodeError, NodeEvent};
+use crate::envelope::Refusal;
+
+/// Minimum time between two signing requests of one peer, ms.
+pub const SIGNING_REQUEST_INTERVAL_MS: i64 = 30_000;
+/// Lifetime of a signing request, ms.
+pub const SIGNING_REQUEST_TTL_MS: i64 = 5 * 60_000;
+/// Most open requests, each way.
+pub const MAX_REQUESTS: usize = 1000;
+
+/// One of our signing requests: context, keys that accepted, expiry (ms).
+type OutRequest = (SessionContext, BTreeSet<[u8; 33]>, i64);
+
+/// Open requests both ways.
+#[derive(Debug, Default)]
+pub struct Matchmaking {
+    out_requests: BTreeMap<[u8; 16], OutRequest>,
+    /// Requests from others: requester peer, context, expiry.
+    in_requests: BTreeMap<[u8; 16], (PeerId, SessionContext, i64)>,
+    /// Accepted requests: join the matching session when it is announced.
+    auto_join: Vec<(SessionContext, i64)>,
+    /// Last signing request per peer (rate limit), ms.
+    request_times: BTreeMap<PeerId, i64>,
+}
+
+impl Matchmaking {
+    /// Drop expired requests and rate-limit entries.
+    pub fn cleanup(&mut self, now: i64) {
+        self.in_requests.retain(|_, (_, _, e)| *e > now);
+        self.out_requests.retain(|_, (_, _, e)| *e > now);
+        self.auto_join.retain(|(_, e)| *e > now);
+        self.request_times
+            .retain(|_, t| now - *t < SIGNING_REQUEST_INTERVAL_MS);
+    }
+
+    /// Whether a session with this context was accepted through a request (consumed).
+    pub fn take_auto_join(&mut self, now: i64, context: &SessionContext) -> bool {
+        self.auto_join.retain(|(_, exp)| *exp > now);
+        match self.auto_join.iter().position(|(c, _)| c == context) {
+            Some(pos) => {
+                self.auto_join.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Core {
+    /// Ask the (connected, attested) holders of the other keys of `context` to sign. Returns
+    /// the request id.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub fn send_signing_request(
+        &mut self,
+        now: i64,
+        context: SessionContext,
+        transaction_type: pb::TransactionType,
+        amount: u64,
+        fx: &mut Vec<Effect>,
+    ) -> Result<[u8; 16], NodeError> {
+        let context = SessionContext::from_pb(&context.to_pb())
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let Some(&from) = context.signer_keys.iter().find(|k| self.keys.contains(k)) else {
+            return Err(NodeError::FailedPrecondition(
+                "the local signer holds none of the keys".into(),
+            ));
+        };
+        let mut peers = Vec::new();
+        for k in context
+            .signer_keys
+            .iter()
+            .filter(|k| !self.keys.contains(k))
+        {
+            let peer = self
+                .guard
+                .peer_keys
+                .iter()
+                .find(|(p, keys)| keys.contains(k) && self.connected.contains(p))
+                .map(|(p, _)| *p)
+                .ok_or_else(|| {
+                    NodeError::NotFound(format!("no connected peer speaks for {}", hex::encode(k)))
+                })?;
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        }
+        if self.matchmaking.out_requests.len() >= MAX_REQUESTS {
+            return Err(NodeError::ResourceExhausted(
+                "too many open signing requests".into(),
+            ));
+        }
+        let mut request_id = [0u8; 16];
+        self.rng.fill_bytes(&mut request_id);
+        let expires_at_ms = now + SIGNING_REQUEST_TTL_MS;
+        let body = Body::SigningRequest(Box::new(wire::SigningRequest {
+            request_id,
+            context: context.clone(),
+            transaction_type,
+            amount,
+            expires_at_ms,
+        }));
+        let bytes = self.zero_message(now, from, body)?;
+        let mine: BTreeSet<[u8; 33]> = context
+            .signer_keys
+            .iter()
+            .filter(|k| self.keys.contains(k))
+            .copied()
+            .collect();
+        self.matchmaking
+            .out_requests
+            .insert(request_id, (context, mine, expires_at_ms));
+        for peer in peers {
+            fx.push(Effect::Send {
+                peer,
+                bytes: bytes.clone(),
+            });
+        }
+        Ok(request_id)
+    }
+
+    /// Answer a signing request received from another party.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`] for an unknown or expired request.
+    pub fn respond_signing_request(
+        &mut self,
+        now: i64,
+        request_id: [u8; 16],
+        accept: bool,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), NodeError> {
+        let (peer, context, expires) = self
+            .matchmaking
+            .in_requests
+            .remove(&request_id)
+            .ok_or_else(|| {
+                NodeError::NotFound(format!(
+                    "signing request {} is unknown or expired",
+                    hex::encode(request_id)
+                ))
+            })?;
+        let from = context
+            .signer_keys
+            .iter()
+            .find(|k| self.keys.contains(k))
+            .copied()
+            .ok_or_else(|| NodeError::FailedPrecondition("no local key in the request".into()))?;
+        if accept {
+            self.matchmaking.auto_join.push((context, expires));
+        }
+        let bytes = self.zero_message(now, from, Body::SigningResponse { request_id, accept })?;
+        fx.push(Effect::Send { peer, bytes });
+        Ok(())
+    }
+
+    /// A signing request or response from a peer.
+    pub(super) fn on_matchmaking(
+        &mut self,
+        now: i64,
+        peer: PeerId,
+        msg: Message,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Refusal> {
+        match msg.body {
+            Body::SigningRequest(r) => {
+                if !r.context.signer_keys.contains(&msg.header.sender) {
+                    return Err(Refusal(
+                        "not_member",
+                        "the requester is not among the signers".into(),
+                    ));
+                }
+                if !r.context.signer_keys.iter().any(|k| self.keys.contains(k)) {
+                    return Err(Refusal("not_member", "no key of this node is asked".into()));
+                }
+                let mm = &mut self.matchmaking;
+                if mm
+                    .request_times
+                    .get(&peer)
+                    .is_some_and(|t| now - t < SIGNING_REQUEST_INTERVAL_MS)
+                {
+                    return Err(Refusal(
+                        "rate_limited",
+                        "more than one signing request per 30 s".into(),
+                    ));
+                }
+                if mm.in_requests.len() >= MAX_REQUESTS {
+                    return Err(Refusal("too_many_requests", "request table full".into()));
+                }
+                mm.request_times.insert(peer, now);
+                mm.in_requests
+                    .insert(r.request_id, (peer, r.context.clone(), r.expires_at_ms));
+                Self::emit(
+                    fx,
+                    NodeEvent::SigningRequestReceived {
+                        request_id: r.request_id,
+                        peer,
+                        context: r.context,
+                        transaction_type: r.transaction_type,
+                        amount: r.amount,
+                    },
+                );
+                Ok(())
+            }
+            Body::SigningResponse { request_id, accept } => {
+                let Some((context, accepted, _)) =
+                    self.matchmaking.out_requests.get_mut(&request_id)
+                else {
+                    return Err(Refusal("unknown_request", "no such signing request".into()));
+                };
+                if !context.signer_keys.contains(&msg.header.sender) {
+                    return Err(Refusal("not_member", "the responder was not asked".into()));
+                }
+                let response = NodeEvent::SigningResponseReceived {
+                    request_id,
+                    key: msg.header.sender,
+                    accept,
+                };
+                if !accept {
+                    self.matchmaking.out_requests.remove(&request_id);
+                    Self::emit(fx, response);
+                    return Ok(());
+                }
+                accepted.insert(msg.header.sender);
+                let complete = accepted.len() == context.signer_keys.len();
+                let context = context.clone();
+                Self::emit(fx, response);
+                if complete {
+                    self.matchmaking.out_requests.remove(&request_id);
+                    if let Err(e) = self.create(now, context, None, None, fx) {
+                        tracing::warn!(error = %e, "session from an accepted signing request not created");
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Refusal("unsupported", "not a matchmaking message".into())),
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! The coordinator's protocol core, without I/O (in the manner of `quinn-proto`): no sockets,
+//! no clock, no tasks, no database. Each entry point takes the current time (ms) and an input —
+//! a command of the party's application, a frame or gossip message from a peer, a DHT record, a
+//! signer's answer, a deadline — and appends [`Effect`]s to a batch. The event loop
+//! ([`crate::node`]) performs each batch in order; a deterministic simulator drives the same
+//! core with a virtual clock and an in-memory network.
+//!
+//! Ordering rule of every batch: an [`Effect::Persist`] comes before the messages, events and
+//! replies that depend on it, and the executor drops the rest of a batch when a write fails, so
+//! nobody hears of a state that is not on disk.
+//!
+//! Parts: the session registry ([`sessions`]: create, join, announce, orphans, history replay,
+//! retention), failover ([`failover`], on a [`deadlines::DeadlineQueue`]), discovery
+//! ([`discovery`]), matchmaking ([`matchmaking`]), the guard ([`guard`]: keys per peer,
+//! refusals, reputation, bans) and the inbound checks ([`inbound`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use libp2p_identity::{Keypair, PeerId};
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use shared::election::{ElectionMethod, SessionId};
+use shared::musig::PubNonce;
+use shared::wire::{self, Message, SessionContext, pb};
+
+use crate::store::{BanRecord, SessionRecord};
+
+pub mod deadlines;
+pub mod discovery;
+pub mod failover;
+pub mod guard;
+pub mod inbound;
+pub mod matchmaking;
+pub mod session;
+pub mod sessions;
+pub mod types;
+
+pub use types::{NodeError, NodeEvent, PeerStatus, SessionView};
+
+use session::Session;
+
+/// Messages kept for sessions not known yet (they may cross the announcement), per session.
+pub const MAX_ORPHANS_PER_SESSION: usize = 64;
+/// Unknown sessions for which messages are kept.
+pub const MAX_ORPHAN_SESSIONS: usize = 256;
+/// Finished sessions stay in memory this long, ms.
+pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
+/// Domain tag of envelope signatures.
+pub const ENVELOPE_TAG: &[u8] = b"musig2/v1/envelope";
+/// DHT key prefix of signer advertisements.
+pub const SIGNER_KEY_PREFIX: &str = "musig2-signer:";
+/// DHT key prefix of session announcements.
+pub const SESSION_KEY_PREFIX: &str = "musig2-session:";
+
+/// The protocol settings (the reference's names and defaults, in ms).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// sessionTimeout.
+    pub session_timeout_ms: i64,
+    /// stuckSessionTimeout.
+    pub stuck_timeout_ms: i64,
+    /// maxSequenceGap.
+    pub max_sequence_gap: u64,
+    /// enableReplayProtection.
+    pub enable_replay_protection: bool,
+    /// electionMethod.
+    pub election_method: ElectionMethod,
+    /// enableCoordinatorFailover.
+    pub enable_failover: bool,
+    /// broadcastTimeout.
+    pub broadcast_timeout_ms: i64,
+    /// Most unfinished sessions at once.
+    pub max_active_sessions: usize,
+    /// enableSessionDiscovery.
+    pub enable_session_discovery: bool,
+    /// Whether the node runs a DHT (records are put and looked up).
+    pub dht: bool,
+}
+
+/// Milliseconds of a duration, saturating.
+pub fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What the event loop (or the simulator) must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Store a session. Everything after it in the batch depends on it.
+    Persist {
+        /// Session.
+        id: SessionId,
+        /// Its record.
+        record: Box<SessionRecord>,
+    },
+    /// Store a ban.
+    PersistBan {
+        /// Peer.
+        peer: PeerId,
+        /// Ban.
+        ban: BanRecord,
+    },
+    /// Remove a stored ban.
+    RemoveBan(PeerId),
+    /// Send a signed envelope to a peer on the direct protocol (queued, in order, per peer).
+    Send {
+        /// Peer.
+        peer: PeerId,
+        /// Envelope.
+        bytes: Vec<u8>,
+    },
+    /// Publish a signed envelope on a GossipSub topic.
+    Publish {
+        /// Topic name.
+        topic: String,
+        /// Envelope.
+        bytes: Vec<u8>,
+    },
+    /// Put a record in the DHT.
+    PutRecord {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+        /// Expiry, ms.
+        expires_at_ms: i64,
+    },
+    /// Look a record up; the answer comes back through [`Core::on_record`] with `query`.
+    GetRecord {
+        /// Token.
+        query: u64,
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Ask the signer for a public nonce; the answer comes back through [`Core::on_nonce`].
+    Nonce {
+        /// Session.
+        id: SessionId,
+        /// Signer index.
+        index: usize,
+        /// Signer key.
+        key: [u8; 33],
+        /// What will be signed.
+        context: SessionContext,
+    },
+    /// Ask the signer for a partial signature; the answer comes back through
+    /// [`Core::on_partial_signature`].
+    PartialSign {
+        /// Session.
+        id: SessionId,
+        /// Signer index.
+        index: usize,
+        /// Signer key.
+        key: [u8; 33],
+        /// What is signed.
+        context: SessionContext,
+        /// Every signer's public nonce, by index.
+        nonces: Vec<PubNonce>,
+    },
+    /// Refuse a peer's connections (and drop what is queued for it).
+    Block(PeerId),
+    /// Accept a peer's connections again.
+    Unblock(PeerId),
+    /// Tell the application.
+    Emit(NodeEvent),
+    /// Answer a join that waited for a DHT lookup.
+    JoinAnswer {
+        /// The token [`Core::join`] returned.
+        query: u64,
+        /// Answer.
+        result: Box<Result<SessionView, NodeError>>,
+    },
+}
+
+/// A command's answer, now or after a lookup.
+#[derive(Debug)]
+pub enum Pending<T> {
+    /// Answered.
+    Ready(T),
+    /// The answer comes as [`Effect::JoinAnswer`] with this token.
+    Waiting(u64),
+}
+
+/// Bugs that can be switched on to prove that the simulator finds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Accept partial signatures without verifying them.
+    pub skip_partial_signature_check: bool,
+    /// Forget unfinished sessions when restoring from the store.
+    pub forget_unfinished_on_restore: bool,
+}
+
+/// The core of one coordinator.
+pub struct Core {
+    settings: Settings,
+    keypair: Keypair,
+    me: PeerId,
+    keys: Vec<[u8; 33]>,
+    attestations: BTreeMap<[u8; 33], pb::PeerAttestation>,
+    rng: StdRng,
+    connected: BTreeSet<PeerId>,
+    next_query: u64,
+    hello_seq: u64,
+    // Session registry.
+    sessions: BTreeMap<SessionId, Session>,
+    /// Our sent envelopes per session and the peers they reached, replayed to participants
+    /// that connect later.
+    sent: BTreeMap<SessionId, (Vec<Vec<u8>>, BTreeSet<PeerId>)>,
+    finished_at: BTreeMap<SessionId, i64>,
+    orphans: BTreeMap<SessionId, Vec<(PeerId, Message)>>,
+    timeouts: deadlines::DeadlineQueue<SessionId>,
+    dht_joins: BTreeMap<u64, SessionId>,
+    // The other parts.
+    failover: deadlines::DeadlineQueue<SessionId>,
+    guard: guard::Guard,
+    discovery: discovery::Discovery,
+    matchmaking: matchmaking::Matchmaking,
+    planted: PlantedBugs,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("peer", &self.me)
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core speaking for `keys` (with their attestations for `keypair`'s peer id). `seed`
+    /// seeds the randomness of session entropy and request ids.
+    pub fn new(
+        settings: Settings,
+        keypair: Keypair,
+        keys: Vec<[u8; 33]>,
+        attestations: BTreeMap<[u8; 33], pb::PeerAttestation>,
+        seed: [u8; 32],
+        now_ms: i64,
+    ) -> Self {
+        let me = keypair.public().to_peer_id();
+        let start = u64::try_from(now_ms).unwrap_or(1);
+        Core {
+            settings,
+            keypair,
+            me,
+            keys,
+            attestations,
+            rng: StdRng::from_seed(seed),
+            connected: BTreeSet::new(),
+            next_query: 0,
+            hello_seq: start,
+            sessions: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            finished_at: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            timeouts: deadlines::DeadlineQueue::default(),
+            dht_joins: BTreeMap::new(),
+            failover: deadlines::DeadlineQueue::default(),
+            guard: guard::Guard::default(),
+            discovery: discovery::Discovery::new(start),
+            matchmaking: matchmaking::Matchmaking::default(),
+            planted: PlantedBugs::default(),
+        }
+    }
+
+    /// Switch planted bugs on (simulator tests only).
+    pub fn plant(&mut self, bugs: PlantedBugs) {
+        self.planted = bugs;
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.me
+    }
+
+    /// Signer keys this node speaks for.
+    pub fn keys(&self) -> &[[u8; 33]] {
+        &self.keys
+    }
+
+    /// Settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Restore sessions and bans from the store (at start).
+    pub fn restore(
+        &mut self,
+        now: i64,
+        records: Vec<([u8; 16], SessionRecord)>,
+        bans: Vec<(PeerId, BanRecord)>,
+        fx: &mut Vec<Effect>,
+    ) {
+        for (peer, ban) in bans {
+            if ban.until_ms.is_some_and(|u| u <= now) {
+                fx.push(Effect::RemoveBan(peer));
+                continue;
+            }
+            fx.push(Effect::Block(peer));
+            self.guard.bans.insert(peer, ban);
+        }
+        self.restore_sessions(now, records, fx);
+    }
+
+    /// The earliest time [`Core::on_deadline`] has work.
+    pub fn next_deadline(&self) -> Option<i64> {
+        match (self.timeouts.next(), self.failover.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Deadlines that passed: session timeouts and failover.
+    pub fn on_deadline(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        for id in self.timeouts.pop_due(now) {
+            let stuck = self.settings.stuck_timeout_ms;
+            let actions = match self.sessions.get_mut(&id) {
+                Some(s) => s.tick(now, stuck),
+                None => continue,
+            };
+            self.apply(now, id, actions, fx);
+            self.schedule_timeout(id);
+        }
+        self.on_failover_due(now, fx);
+    }
+
+    /// Periodic housekeeping (cleanupInterval): retention, expired bans and tables.
+    pub fn on_cleanup(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        let expired: Vec<SessionId> = self
+            .finished_at
+            .iter()
+            .filter(|(_, t)| now - **t > FINISHED_RETENTION_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.finished_at.remove(&id);
+            self.sessions.remove(&id);
+            self.sent.remove(&id);
+            self.timeouts.cancel(id);
+        }
+        let sessions = &self.sessions;
+        self.orphans.retain(|id, _| !sessions.contains_key(id));
+        for p in self.guard.expired_bans(now) {
+            self.unban(p, fx);
+        }
+        self.discovery.cleanup(now);
+        self.matchmaking.cleanup(now);
+    }
+
+    /// A connection to `peer` opened (`first` = no other connection to it was open).
+    pub fn on_connected(&mut self, now: i64, peer: PeerId, first: bool, fx: &mut Vec<Effect>) {
+        self.connected.insert(peer);
+        if first {
+            self.send_hello(now, peer, fx);
+        }
+    }
+
+    /// The last connection to `peer` closed.
+    pub fn on_disconnected(&mut self, peer: PeerId) {
+        self.connected.remove(&peer);
+    }
+
+    /// Whether a connection to `peer` is open.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.connected.contains(peer)
+    }
+
+    fn query(&mut self) -> u64 {
+        self.next_query += 1;
+        self.next_query
+    }
+
+    fn emit(fx: &mut Vec<Effect>, e: NodeEvent) {
+        fx.push(Effect::Emit(e));
+    }
+
+    // ---------------------------------------------------------------- envelopes
+
+    /// Wrap a message in this node's signed envelope with its attestation for `from`.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidArgument`] for a key this node does not speak for.
+    pub fn envelope(&self, msg: &pb::WireMessage, from: &[u8; 33]) -> Result<Vec<u8>, NodeError> {
+        let attestation = self.attestations.get(from).cloned().ok_or_else(|| {
+            NodeError::InvalidArgument(format!(
+                "this node does not speak for {}",
+                hex::encode(from)
+            ))
+        })?;
+        crate::envelope::seal(&self.keypair, msg, attestation)
+            .map_err(|e| NodeError::Unavailable(format!("signing: {e}")))
+    }
+
+    // ---------------------------------------------------------------- bans
+
+    /// Ban a peer (until a time, or for good): persisted, its connections closed and refused.
+    fn ban(&mut self, peer: PeerId, until_ms: Option<i64>, reason: String, fx: &mut Vec<Effect>) {
+        let ban = BanRecord {
+            until_ms,
+            reason: reason.clone(),
+        };
+        self.guard.bans.insert(peer, ban.clone());
+        fx.push(Effect::PersistBan { peer, ban });
+        fx.push(Effect::Block(peer));
+        tracing::warn!(%peer, %reason, ?until_ms, "peer banned");
+        Self::emit(
+            fx,
+            NodeEvent::PeerShouldBan {
+                peer,
+                reason: reason.clone(),
+            },
+        );
+        Self::emit(
+            fx,
+            match until_ms {
+                Some(until_ms) => NodeEvent::PeerGraylisted {
+                    peer,
+                    reason,
+                    until_ms,
+                },
+                None => NodeEvent::PeerBlacklisted { peer, reason },
+            },
+        );
+    }
+
+    fn unban(&mut self, peer: PeerId, fx: &mut Vec<Effect>) {
+        self.guard.forgive(peer);
+        fx.push(Effect::RemoveBan(peer));
+        fx.push(Effect::Unblock(peer));
+        tracing::info!(%peer, "peer unbanned");
+    }
+
+    /// Ban a peer permanently by hand.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidArgument`] for an oversized reason.
+    pub fn blacklist(
+        &mut self,
+        peer: PeerId,
+        reason: &str,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), NodeError> {
+        if reason.len() > wire::MAX_REASON_BYTES {
+            return Err(NodeError::InvalidArgument(format!(
+                "reason exceeds {} bytes",
+                wire::MAX_REASON_BYTES
+            )));
+        }
+        self.ban(peer, None, format!("manual: {reason}"), fx);
+        Ok(())
+    }
+
+    /// Lift a ban by hand.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`] when the peer is not banned.
+    pub fn unblacklist(&mut self, peer: PeerId, fx: &mut Vec<Effect>) -> Result<(), NodeError> {
+        if !self.guard.is_banned(&peer) {
+            return Err(NodeError::NotFound(format!("peer {peer} is not banned")));
+        }
+        self.unban(peer, fx);
+        Ok(())
+    }
+
+    /// Refused messages per peer and reason.
+    pub fn rejections(
+        &self,
+    ) -> std::collections::HashMap<PeerId, std::collections::HashMap<&'static str, u64>> {
+        self.guard
+            .rejections
+            .iter()
+            .map(|(p, m)| (*p, m.iter().map(|(r, n)| (*r, *n)).collect()))
+            .collect()
+    }
+
+    /// Attested keys of known peers.
+    pub fn peer_keys(&self) -> std::collections::HashMap<PeerId, Vec<[u8; 33]>> {
+        self.guard
+            .peer_keys
+            .iter()
+            .map(|(p, k)| (*p, k.clone()))
+            .collect()
+    }
+
+    /// Whether `peer` is banned.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.guard.is_banned(peer)
+    }
+
+    /// Every peer the guard knows, in peer id order.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let mut ids: BTreeSet<PeerId> = self.connected.iter().copied().collect();
+        ids.extend(self.guard.reputation.iter().map(|(p, _)| *p));
+        ids.extend(self.guard.bans.keys().copied());
+        ids.extend(self.guard.rejections.keys().copied());
+        ids.into_iter()
+            .map(|peer| {
+                let record = self
+                    .guard
+                    .reputation
+                    .get(&peer)
+                    .cloned()
+                    .unwrap_or_default();
+                PeerStatus {
+                    peer,
+                    connected: self.connected.contains(&peer),
+                    score: record.score(),
+                    record,
+                    ban: self.guard.bans.get(&peer).cloned(),
+                    keys: self.guard.peer_keys.get(&peer).cloned().unwrap_or_default(),
+                    rejections: self
+                        .guard
+                        .rejections
+                        .get(&peer)
+                        .map(|m| m.iter().map(|(r, n)| (*r, *n)).collect())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Offence counters summed over peers: invalid signatures, rate limits, spam.
+    pub fn offence_totals(&self) -> (u64, u64, u64) {
+        self.guard.reputation.totals()
+    }
+}

@@ -1,0 +1,627 @@
+//! The session registry: create, join, announce, messages of members, orphans, history
+//! replay, signer answers, restore. Each session's own rules live in [`super::session`].
+
+use rand::RngCore as _;
+use shared::election::{ElectionMethod, SessionId, elect};
+use shared::musig::{PartialSignature, PubNonce};
+use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
+
+use super::session::{Action, Phase, Session};
+use super::{
+    Core, Effect, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, NodeError, NodeEvent, Pending,
+    SESSION_KEY_PREFIX, SessionView,
+};
+use crate::envelope::Refusal;
+use crate::store::SessionRecord;
+use libp2p_identity::PeerId;
+
+/// The DHT key of a session's announcement.
+pub fn session_record_key(id: &SessionId) -> Vec<u8> {
+    format!("{SESSION_KEY_PREFIX}{id}").into_bytes()
+}
+
+impl Core {
+    pub(super) fn schedule_timeout(&mut self, id: SessionId) {
+        let stuck = self.settings.stuck_timeout_ms;
+        match self.sessions.get(&id).and_then(|s| s.deadline(stuck)) {
+            Some(at) => self.timeouts.schedule(at, id),
+            None => self.timeouts.cancel(id),
+        }
+    }
+
+    /// Peers attested for another member's key.
+    fn participant_peers(&self, session: &Session) -> Vec<PeerId> {
+        self.guard
+            .peer_keys
+            .iter()
+            .filter(|(p, keys)| {
+                **p != self.me
+                    && keys
+                        .iter()
+                        .any(|k| session.index_of(k).is_some() && !self.keys.contains(k))
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Send to every participant and remember the message for those who connect later.
+    fn broadcast_session(&mut self, id: SessionId, bytes: Vec<u8>, out: &mut Vec<Effect>) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let peers = self.participant_peers(session);
+        let entry = self.sent.entry(id).or_default();
+        entry.0.push(bytes.clone());
+        entry.1.extend(peers.iter().copied());
+        for peer in peers {
+            out.push(Effect::Send {
+                peer,
+                bytes: bytes.clone(),
+            });
+        }
+    }
+
+    fn record(&self, id: SessionId) -> Option<SessionRecord> {
+        let s = self.sessions.get(&id)?;
+        let sent = self.sent.get(&id).map(|x| x.0.as_slice()).unwrap_or(&[]);
+        Some(s.to_record(sent))
+    }
+
+    /// Persist a session now (first in what follows).
+    pub(super) fn persist(&self, id: SessionId, fx: &mut Vec<Effect>) {
+        if let Some(record) = self.record(id) {
+            fx.push(Effect::Persist {
+                id,
+                record: Box::new(record),
+            });
+        }
+    }
+
+    /// Perform a session's actions: the session is stored first, then its messages, signer
+    /// requests and events follow.
+    pub(super) fn apply(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        actions: Vec<Action>,
+        fx: &mut Vec<Effect>,
+    ) {
+        if actions.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        for action in actions {
+            match action {
+                Action::Broadcast { from, body } => {
+                    let Some(session) = self.sessions.get_mut(&id) else {
+                        continue;
+                    };
+                    let sequence = session.next_sequence(&from);
+                    let msg = Message {
+                        header: Header {
+                            session_id: id,
+                            sender: from,
+                            sequence,
+                            timestamp_ms: now,
+                        },
+                        body,
+                    };
+                    match self.envelope(&msg.to_pb(), &from) {
+                        Ok(bytes) => self.broadcast_session(id, bytes, &mut out),
+                        Err(e) => tracing::error!(session = %id, error = %e, "cannot wrap message"),
+                    }
+                }
+                Action::RequestNonces => {
+                    let Some(s) = self.sessions.get(&id) else {
+                        continue;
+                    };
+                    for &index in &s.local {
+                        if let Some(key) = s.key(index) {
+                            out.push(Effect::Nonce {
+                                id,
+                                index,
+                                key,
+                                context: s.context.clone(),
+                            });
+                        }
+                    }
+                }
+                Action::RequestPartialSignatures => {
+                    let Some(s) = self.sessions.get(&id) else {
+                        continue;
+                    };
+                    let nonces: Vec<PubNonce> = s.nonces.iter().flatten().copied().collect();
+                    for &index in &s.local {
+                        if let Some(key) = s.key(index) {
+                            out.push(Effect::PartialSign {
+                                id,
+                                index,
+                                key,
+                                context: s.context.clone(),
+                                nonces: nonces.clone(),
+                            });
+                        }
+                    }
+                }
+                Action::PhaseChanged { from, to } => {
+                    tracing::info!(session = %id, from = from.as_str(), to = to.as_str(), "phase");
+                    Self::emit(&mut out, NodeEvent::PhaseChanged { id, from, to });
+                    let Some(s) = self.sessions.get(&id) else {
+                        continue;
+                    };
+                    match to {
+                        Phase::Complete => {
+                            if let Some(signature) = s.signature {
+                                Self::emit(&mut out, NodeEvent::Complete { id, signature });
+                            }
+                            self.finished_at.insert(id, now);
+                            self.start_failover(now, id, &mut out);
+                        }
+                        Phase::Aborted => {
+                            if let Some(info) = s.abort.clone() {
+                                Self::emit(&mut out, NodeEvent::Aborted { id, info });
+                            }
+                            self.finished_at.insert(id, now);
+                        }
+                        _ => {}
+                    }
+                }
+                Action::Joined(key) => Self::emit(&mut out, NodeEvent::Joined { id, key }),
+                Action::BroadcastConfirmed { by, reference } => {
+                    self.failover.cancel(id);
+                    Self::emit(
+                        &mut out,
+                        NodeEvent::BroadcastConfirmed { id, by, reference },
+                    );
+                }
+            }
+        }
+        self.schedule_timeout(id);
+        // On disk before anyone hears of it.
+        self.persist(id, fx);
+        fx.extend(out);
+    }
+
+    /// Create and announce a session (the local signer must hold one of the keys), then join.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub fn create(
+        &mut self,
+        now: i64,
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout_ms: Option<i64>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<SessionView, NodeError> {
+        let active = self
+            .sessions
+            .values()
+            .filter(|s| !s.phase.is_terminal())
+            .count();
+        if active >= self.settings.max_active_sessions {
+            return Err(NodeError::ResourceExhausted(format!(
+                "{active} unfinished sessions; retry later"
+            )));
+        }
+        // Re-validate as a peer would (sorted distinct keys, lengths, tweaks).
+        let context = SessionContext::from_pb(&context.to_pb())
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let local: Vec<usize> = (0..context.signer_keys.len())
+            .filter(|i| self.keys.contains(&context.signer_keys[*i]))
+            .collect();
+        let Some(&first) = local.first() else {
+            return Err(NodeError::FailedPrecondition(
+                "the local signer holds none of the session's keys".into(),
+            ));
+        };
+        let creator = context.signer_keys[first];
+        let key_agg = context
+            .key_agg()
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let method = election.unwrap_or(self.settings.election_method);
+        let election = elect(method, &context.signer_keys)
+            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let timeout = timeout_ms.unwrap_or(self.settings.session_timeout_ms);
+        let expires_at_ms = now.saturating_add(timeout);
+        let mut entropy = [0u8; 16];
+        self.rng.fill_bytes(&mut entropy);
+        let id = SessionId::derive(&context.signer_keys, &context.message, now, &entropy);
+        let announce = Message {
+            header: Header {
+                session_id: id,
+                sender: creator,
+                sequence: 1,
+                timestamp_ms: now,
+            },
+            body: Body::Announce(Box::new(Announce {
+                context: context.clone(),
+                election_method: method,
+                created_at_ms: now,
+                entropy,
+                expires_at_ms,
+            })),
+        };
+        let bytes = self.envelope(&announce.to_pb(), &creator)?;
+        let session = Session::new(
+            id,
+            context,
+            key_agg,
+            election,
+            creator,
+            now,
+            expires_at_ms,
+            bytes.clone(),
+            local,
+            now,
+        );
+        self.sessions.insert(id, session);
+        let mut out = Vec::new();
+        if self.settings.dht {
+            out.push(Effect::PutRecord {
+                key: session_record_key(&id),
+                value: bytes.clone(),
+                expires_at_ms,
+            });
+        }
+        self.broadcast_session(id, bytes, &mut out);
+        let view = self
+            .sessions
+            .get(&id)
+            .map(SessionView::of)
+            .ok_or(NodeError::Stopped)?;
+        Self::emit(&mut out, NodeEvent::SessionCreated(Box::new(view)));
+        // The session is stored before its announcement leaves (the join that follows stores
+        // it again with the join).
+        self.persist(id, fx);
+        fx.extend(out);
+        self.join_known(now, id, fx)
+    }
+
+    /// Join a session; an unknown one is looked up in the DHT when discovery is on.
+    pub fn join(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        fx: &mut Vec<Effect>,
+    ) -> Pending<Result<SessionView, NodeError>> {
+        if self.sessions.contains_key(&id) {
+            return Pending::Ready(self.join_known(now, id, fx));
+        }
+        if !(self.settings.dht && self.settings.enable_session_discovery) {
+            return Pending::Ready(Err(NodeError::NotFound(format!(
+                "session {id} is unknown and the DHT is disabled"
+            ))));
+        }
+        let query = self.query();
+        self.dht_joins.insert(query, id);
+        fx.push(Effect::GetRecord {
+            query,
+            key: session_record_key(&id),
+        });
+        Pending::Waiting(query)
+    }
+
+    pub(super) fn join_known(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        fx: &mut Vec<Effect>,
+    ) -> Result<SessionView, NodeError> {
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))?;
+        if s.local.is_empty() {
+            return Err(NodeError::FailedPrecondition(
+                "the local signer holds none of the session's keys".into(),
+            ));
+        }
+        if s.phase.is_terminal() {
+            return Err(NodeError::FailedPrecondition(format!(
+                "session {id} is {}",
+                s.phase.as_str()
+            )));
+        }
+        let actions = s.join_local(now);
+        self.apply(now, id, actions, fx);
+        self.sessions
+            .get(&id)
+            .map(SessionView::of)
+            .ok_or(NodeError::Stopped)
+    }
+
+    /// One session.
+    pub fn session(&self, id: SessionId) -> Option<SessionView> {
+        self.sessions.get(&id).map(SessionView::of)
+    }
+
+    /// Every session in memory, newest first.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        let mut v: Vec<SessionView> = self.sessions.values().map(SessionView::of).collect();
+        v.sort_by_key(|s| std::cmp::Reverse(s.created_at_ms));
+        v
+    }
+
+    /// The signed announcement of a known session.
+    pub fn announcement(&self, id: SessionId) -> Option<Vec<u8>> {
+        self.sessions.get(&id).map(|s| s.announce.clone())
+    }
+
+    /// Close a session (abort it if unfinished, telling the others).
+    ///
+    /// # Errors
+    /// [`NodeError::NotFound`].
+    pub fn close(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        reason: &str,
+        fx: &mut Vec<Effect>,
+    ) -> Result<Phase, NodeError> {
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))?;
+        let actions = s.close(now, reason);
+        let phase = s.phase;
+        self.apply(now, id, actions, fx);
+        Ok(phase)
+    }
+
+    /// The signer answered a nonce request.
+    pub fn on_nonce(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        index: usize,
+        result: Result<PubNonce, String>,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.on_signer(now, id, index, result.map(Ok), fx);
+    }
+
+    /// The signer answered a partial-signature request.
+    pub fn on_partial_signature(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        index: usize,
+        result: Result<PartialSignature, String>,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.on_signer(now, id, index, result.map(Err), fx);
+    }
+
+    fn on_signer(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        index: usize,
+        result: Result<Result<PubNonce, PartialSignature>, String>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let actions = match result {
+            Ok(Ok(nonce)) => s.on_local_nonce(now, index, nonce),
+            Ok(Err(psig)) => s.on_local_psig(now, index, psig),
+            Err(e) => {
+                let mut a = Vec::new();
+                s.fail(
+                    now,
+                    wire::AbortCode::SignerRefused,
+                    format!("local signer refused: {e}"),
+                    Vec::new(),
+                    &mut a,
+                );
+                a
+            }
+        };
+        self.apply(now, id, actions, fx);
+    }
+
+    /// A message of a session from a member (envelope already opened and attested).
+    pub(super) fn on_session_message(
+        &mut self,
+        now: i64,
+        peer: PeerId,
+        msg: Message,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Refusal> {
+        let id = msg.header.session_id;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            // Messages of different senders can cross the announcement: keep a few.
+            let full = self.orphans.len() >= MAX_ORPHAN_SESSIONS && !self.orphans.contains_key(&id);
+            let q = self.orphans.entry(id).or_default();
+            if full || q.len() >= MAX_ORPHANS_PER_SESSION {
+                return Err(Refusal(
+                    "unknown_session",
+                    format!("session {id} is unknown"),
+                ));
+            }
+            q.push((peer, msg));
+            return Ok(());
+        };
+        let index = s.index_of(&msg.header.sender).ok_or_else(|| {
+            Refusal(
+                "not_member",
+                "the sender key is not a signer of this session".into(),
+            )
+        })?;
+        let digest: [u8; 32] = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(msg.encode()).into()
+        };
+        s.skip_partial_signature_check = self.planted.skip_partial_signature_check;
+        let actions = match s.on_remote(
+            now,
+            index,
+            msg.header.sequence,
+            &msg.body,
+            self.settings.max_sequence_gap,
+            self.settings.enable_replay_protection,
+        ) {
+            Ok(a) => {
+                s.note_accepted(digest);
+                a
+            }
+            // A byte-identical copy of a message we accepted: an honest re-send (the peer
+            // restarted, or a delivery was retried). Acknowledged, not applied, not penalised.
+            Err(_) if s.was_accepted(&digest) => return Ok(()),
+            Err(r) => return Err(Refusal(r.reason(), r.to_string())),
+        };
+        if actions.is_empty() {
+            // Accepted without visible effect (a buffered contribution, a sequence number):
+            // still state to keep.
+            self.persist(id, fx);
+        } else {
+            self.apply(now, id, actions, fx);
+        }
+        Ok(())
+    }
+
+    /// A session announcement (direct, or a DHT record).
+    pub(super) fn on_announce(
+        &mut self,
+        now: i64,
+        envelope: &[u8],
+        msg: Message,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Refusal> {
+        let Body::Announce(a) = msg.body else {
+            return Err(Refusal("bad_envelope", "not an announcement".into()));
+        };
+        let id = msg.header.session_id;
+        if let Some(existing) = self.sessions.get(&id) {
+            return if existing.announce == envelope {
+                Ok(())
+            } else {
+                Err(Refusal(
+                    "conflicting_announce",
+                    format!("session {id} was announced differently"),
+                ))
+            };
+        }
+        let local: Vec<usize> = (0..a.context.signer_keys.len())
+            .filter(|i| self.keys.contains(&a.context.signer_keys[*i]))
+            .collect();
+        if local.is_empty() {
+            // Not ours to sign: nothing to keep.
+            return Ok(());
+        }
+        let key_agg = a
+            .context
+            .key_agg()
+            .map_err(|e| Refusal("context", e.to_string()))?;
+        let election = elect(a.election_method, &a.context.signer_keys)
+            .map_err(|e| Refusal("context", e.to_string()))?;
+        let session = Session::new(
+            id,
+            a.context.clone(),
+            key_agg,
+            election,
+            msg.header.sender,
+            a.created_at_ms,
+            a.expires_at_ms,
+            envelope.to_vec(),
+            local,
+            now,
+        );
+        let view = SessionView::of(&session);
+        self.sessions.insert(id, session);
+        self.schedule_timeout(id);
+        Self::emit(fx, NodeEvent::SessionCreated(Box::new(view)));
+        if self.matchmaking.take_auto_join(now, &a.context)
+            && let Err(e) = self.join_known(now, id, fx)
+        {
+            tracing::warn!(session = %id, error = %e, "auto-join of an accepted request failed");
+        }
+        if let Some(orphans) = self.orphans.remove(&id) {
+            for (p, m) in orphans {
+                if let Err(r) = self.on_session_message(now, p, m, fx) {
+                    self.reject(now, p, &r, fx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send our past messages of live sessions to a participant that was not connected then.
+    pub(super) fn replay_history(&mut self, peer: PeerId, fx: &mut Vec<Effect>) {
+        let Some(keys) = self.guard.peer_keys.get(&peer).cloned() else {
+            return;
+        };
+        for (id, (msgs, delivered)) in &mut self.sent {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            if s.phase.is_terminal()
+                || delivered.contains(&peer)
+                || !keys.iter().any(|k| s.index_of(k).is_some())
+            {
+                continue;
+            }
+            delivered.insert(peer);
+            for bytes in msgs.iter() {
+                fx.push(Effect::Send {
+                    peer,
+                    bytes: bytes.clone(),
+                });
+            }
+        }
+    }
+
+    /// Rebuild sessions from the store; resume unfinished ones by asking the signer again
+    /// (it answers the same nonce / partial signature if it still holds the nonce, otherwise
+    /// the session aborts with the reason).
+    pub(super) fn restore_sessions(
+        &mut self,
+        now: i64,
+        records: Vec<([u8; 16], SessionRecord)>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let mut resume = Vec::new();
+        for (id, rec) in records {
+            let id = SessionId(id);
+            match Session::from_record(id, &rec, &self.keys, now) {
+                Ok((s, sent)) => {
+                    if self.planted.forget_unfinished_on_restore && !s.phase.is_terminal() {
+                        continue;
+                    }
+                    if s.phase.is_terminal() {
+                        self.finished_at.insert(id, now);
+                    } else {
+                        resume.push((id, s.phase));
+                    }
+                    if s.failover.confirmed.is_none()
+                        && !s.failover.exhausted
+                        && let Some(d) = s.failover.deadline_ms
+                    {
+                        self.failover.schedule(d, id);
+                    }
+                    self.sent.insert(id, (sent, Default::default()));
+                    self.sessions.insert(id, s);
+                    self.schedule_timeout(id);
+                }
+                Err(e) => {
+                    tracing::error!(session = %id, error = %e, "stored session does not decode; skipped")
+                }
+            }
+        }
+        tracing::info!(
+            sessions = self.sessions.len(),
+            unfinished = resume.len(),
+            "store loaded"
+        );
+        for (id, phase) in resume {
+            let actions = match phase {
+                Phase::NonceExchange => vec![Action::RequestNonces],
+                Phase::PartialSigExchange => vec![Action::RequestPartialSignatures],
+                _ => Vec::new(),
+            };
+            self.apply(now, id, actions, fx);
+        }
+    }
+}

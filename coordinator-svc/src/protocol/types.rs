@@ -1,0 +1,278 @@
+//! What the protocol core reports: session snapshots, events, errors of commands, peer status.
+
+use std::collections::HashMap;
+
+use libp2p_identity::PeerId;
+use shared::election::SessionId;
+use shared::musig::Signature;
+use shared::wire::{self, SessionContext, pb};
+
+use super::session::{AbortInfo, Phase, Session};
+
+/// A snapshot of a session for callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// Id.
+    pub id: SessionId,
+    /// Phase.
+    pub phase: Phase,
+    /// Context.
+    pub context: SessionContext,
+    /// Creator key.
+    pub creator: [u8; 33],
+    /// Election result.
+    pub election: shared::election::Election,
+    /// Aggregate key before tweaks.
+    pub aggregate_key: [u8; 33],
+    /// Key the signature verifies under.
+    pub output_key: [u8; 33],
+    /// Joined keys.
+    pub joined: Vec<[u8; 33]>,
+    /// Keys whose nonce arrived.
+    pub nonce_keys: Vec<[u8; 33]>,
+    /// Keys whose verified partial signature arrived.
+    pub psig_keys: Vec<[u8; 33]>,
+    /// Local keys.
+    pub local_keys: Vec<[u8; 33]>,
+    /// Final signature.
+    pub signature: Option<Signature>,
+    /// Abort.
+    pub abort: Option<AbortInfo>,
+    /// Creation, ms.
+    pub created_at_ms: i64,
+    /// Expiry, ms.
+    pub expires_at_ms: i64,
+    /// Failover progress.
+    pub failover: crate::store::FailoverRecord,
+    /// This node's public nonces (by local key order).
+    pub local_nonces: Vec<[u8; 66]>,
+    /// This node's partial signatures (by local key order).
+    pub local_psigs: Vec<[u8; 32]>,
+}
+
+impl SessionView {
+    pub(crate) fn of(s: &Session) -> Self {
+        let keys = |f: &dyn Fn(usize) -> bool| -> Vec<[u8; 33]> {
+            (0..s.n())
+                .filter(|i| f(*i))
+                .filter_map(|i| s.key(i))
+                .collect()
+        };
+        SessionView {
+            id: s.id,
+            phase: s.phase,
+            context: s.context.clone(),
+            creator: s.creator,
+            election: s.election.clone(),
+            aggregate_key: s.key_agg.aggregate_key(),
+            output_key: s.key_agg.output_key(),
+            joined: keys(&|i| s.joined[i]),
+            nonce_keys: keys(&|i| s.nonces[i].is_some()),
+            psig_keys: keys(&|i| s.psigs[i].is_some()),
+            local_keys: s.local.iter().filter_map(|i| s.key(*i)).collect(),
+            signature: s.signature,
+            abort: s.abort.clone(),
+            created_at_ms: s.created_at_ms,
+            expires_at_ms: s.expires_at_ms,
+            failover: s.failover.clone(),
+            local_nonces: s
+                .local
+                .iter()
+                .filter_map(|i| s.nonces.get(*i).copied().flatten())
+                .map(|n| n.to_bytes())
+                .collect(),
+            local_psigs: s
+                .local
+                .iter()
+                .filter_map(|i| s.psigs.get(*i).copied().flatten())
+                .map(|p| p.to_bytes())
+                .collect(),
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A session was created here or discovered.
+    SessionCreated(Box<SessionView>),
+    /// A signer joined.
+    Joined {
+        /// Session.
+        id: SessionId,
+        /// Signer.
+        key: [u8; 33],
+    },
+    /// Phase change.
+    PhaseChanged {
+        /// Session.
+        id: SessionId,
+        /// Before.
+        from: Phase,
+        /// After.
+        to: Phase,
+    },
+    /// Final signature verified.
+    Complete {
+        /// Session.
+        id: SessionId,
+        /// Signature.
+        signature: Signature,
+    },
+    /// Session aborted.
+    Aborted {
+        /// Session.
+        id: SessionId,
+        /// Details.
+        info: AbortInfo,
+    },
+    /// A message from a peer was refused.
+    Rejected {
+        /// Peer.
+        peer: PeerId,
+        /// Reason label.
+        reason: &'static str,
+    },
+    /// This node is responsible for broadcasting (elected, or after failovers).
+    ShouldBroadcast {
+        /// Session.
+        id: SessionId,
+        /// Sorted index responsible.
+        index: usize,
+        /// Failover attempt (0 = the elected coordinator).
+        attempt: usize,
+        /// The signature to broadcast.
+        signature: Signature,
+    },
+    /// The responsible coordinator did not confirm in time.
+    CoordinatorFailed {
+        /// Session.
+        id: SessionId,
+        /// Index that failed.
+        failed_index: usize,
+        /// Attempt now starting.
+        attempt: usize,
+        /// Index now responsible.
+        next_index: usize,
+    },
+    /// Every coordinator failed to confirm.
+    FailoverExhausted {
+        /// Session.
+        id: SessionId,
+        /// Attempts made.
+        attempts: usize,
+    },
+    /// A broadcast was confirmed (by us or a participant).
+    BroadcastConfirmed {
+        /// Session.
+        id: SessionId,
+        /// Confirming signer.
+        by: [u8; 33],
+        /// Reference.
+        reference: String,
+    },
+    /// Another party asks our signers to sign.
+    SigningRequestReceived {
+        /// Request id.
+        request_id: [u8; 16],
+        /// Requesting peer.
+        peer: PeerId,
+        /// What would be signed.
+        context: SessionContext,
+        /// Transaction type.
+        transaction_type: pb::TransactionType,
+        /// Amount.
+        amount: u64,
+    },
+    /// A signer answered one of our signing requests.
+    SigningResponseReceived {
+        /// Request id.
+        request_id: [u8; 16],
+        /// Answering signer.
+        key: [u8; 33],
+        /// Accepted.
+        accept: bool,
+    },
+    /// A signer advertisement arrived.
+    SignerDiscovered {
+        /// Advertised key.
+        key: [u8; 33],
+        /// Advertising peer.
+        peer: PeerId,
+        /// Criteria.
+        advertisement: wire::Advertisement,
+    },
+    /// A peer was banned temporarily.
+    PeerGraylisted {
+        /// Peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+        /// Until, ms.
+        until_ms: i64,
+    },
+    /// A peer was banned permanently.
+    PeerBlacklisted {
+        /// Peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// A peer crossed a ban threshold (emitted with the ban).
+    PeerShouldBan {
+        /// Peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// A peer's attested keys are known.
+    PeerIdentified {
+        /// Peer.
+        peer: PeerId,
+        /// Keys.
+        keys: Vec<[u8; 33]>,
+    },
+}
+
+/// Errors of node commands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Bad input.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Unknown session.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Wrong state for the call.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The network or signer is unavailable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Too much work in progress.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The node is shutting down.
+    #[error("the node stopped")]
+    Stopped,
+}
+
+/// What the security manager knows about a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Peer.
+    pub peer: PeerId,
+    /// Connected now.
+    pub connected: bool,
+    /// Reputation 0..=100.
+    pub score: i32,
+    /// Counters.
+    pub record: shared::security::PeerRecord,
+    /// Ban: until (None = permanent) and reason.
+    pub ban: Option<crate::store::BanRecord>,
+    /// Attested keys.
+    pub keys: Vec<[u8; 33]>,
+    /// Refusals by reason.
+    pub rejections: HashMap<&'static str, u64>,
+}
