@@ -14,6 +14,7 @@
 )]
 
 pub mod config;
+pub mod discipline;
 pub mod election;
 pub mod musig;
 pub mod security;

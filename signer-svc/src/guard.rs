@@ -9,69 +9,7 @@
 //! refuses any context whose aggregate key or output key has the x coordinate of one of its own
 //! keys — both formats, both parities (BIP340 verifiers see only x).
 
-use shared::musig::KeyAggContext;
-
-/// A context whose aggregate or output key collides with one of our keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OwnKeyCollision {
-    /// Which key of the session: `"aggregate key"` or `"output key"`.
-    pub which: &'static str,
-    /// Our key it collides with.
-    pub own_key: [u8; 33],
-}
-
-impl std::fmt::Display for OwnKeyCollision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the session's {} has the x coordinate of this signer's own key {}: a MuSig2 signature \
-             for it would be a single-signer signature by that key, so the signer refuses the context",
-            self.which,
-            hex::encode(self.own_key)
-        )
-    }
-}
-
-/// Whether `aggregate` or `output` has the x coordinate of a key in `own`.
-pub fn own_key_collision<'a>(
-    own: impl IntoIterator<Item = &'a [u8; 33]>,
-    aggregate: &[u8; 33],
-    output: &[u8; 33],
-) -> Option<OwnKeyCollision> {
-    let x = |k: &[u8; 33]| -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(k.get(1..).unwrap_or(&[0u8; 32]));
-        out
-    };
-    let (xa, xo) = (x(aggregate), x(output));
-    own.into_iter().find_map(|k| {
-        let xk = x(k);
-        if xk == xo {
-            Some(OwnKeyCollision {
-                which: "output key",
-                own_key: *k,
-            })
-        } else if xk == xa {
-            Some(OwnKeyCollision {
-                which: "aggregate key",
-                own_key: *k,
-            })
-        } else {
-            None
-        }
-    })
-}
-
-/// [`own_key_collision`] for a key aggregation context.
-pub fn check_context<'a>(
-    own: impl IntoIterator<Item = &'a [u8; 33]>,
-    key_agg: &KeyAggContext,
-) -> Result<(), OwnKeyCollision> {
-    match own_key_collision(own, &key_agg.aggregate_key(), &key_agg.output_key()) {
-        Some(c) => Err(c),
-        None => Ok(()),
-    }
-}
+pub use shared::discipline::{OwnKeyCollision, check_context, own_key_collision};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
@@ -106,7 +44,7 @@ mod tests {
     fn lotus_context_equal_to_our_key_is_refused_whatever_the_format() {
         // The check looks only at points: a Lotus output key equal to ours (which the Lotus
         // construction cannot reach, see the adversarial suite) is refused like a BIP340 one.
-        use shared::musig::{SecretKey, SignatureFormat};
+        use shared::musig::{KeyAggContext, SecretKey, SignatureFormat};
         let ours = SecretKey::from_bytes(&[7; 32]).unwrap().public_key();
         let ctx = KeyAggContext::new(SignatureFormat::Lotus, &[ours]).unwrap();
         assert!(check_context([&ours], &ctx).is_ok(), "a·S is not S");

@@ -12,46 +12,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::musig::SecNonce;
-
 /// Slot key: session id and signer key.
 pub type SlotKey = ([u8; 16], [u8; 33]);
 
-/// What a slot holds.
-pub enum SlotState {
-    /// Issued, not used. The secret nonce lives only here.
-    Pending {
-        /// The secret nonce (boxed: the other states are small).
-        secnonce: Box<SecNonce>,
-        /// Hash of the session context it is bound to.
-        context_hash: [u8; 32],
-        /// Its public nonce.
-        public_nonce: [u8; 66],
-    },
-    /// The secret nonce was taken for a request (being signed, or signing failed): never usable
-    /// again.
-    Burned {
-        /// Hash of the request that took it.
-        request_hash: [u8; 32],
-    },
-    /// Signed.
-    Used {
-        /// Hash of the request that was signed.
-        request_hash: [u8; 32],
-        /// The partial signature returned.
-        partial_signature: [u8; 32],
-    },
-}
-
-impl std::fmt::Debug for SlotState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SlotState::Pending { .. } => "Pending(<secret nonce>)",
-            SlotState::Burned { .. } => "Burned",
-            SlotState::Used { .. } => "Used",
-        })
-    }
-}
+pub use shared::discipline::SlotState;
 
 /// One slot.
 #[derive(Debug)]

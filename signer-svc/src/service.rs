@@ -22,6 +22,7 @@ use crate::keystore::KeyStore;
 use crate::metrics::Metrics;
 use crate::nonces::{InsertError, NonceStore, SlotState};
 use crate::policy::{Admission, Policy, Stage};
+use shared::discipline::SignCheck;
 
 pub use shared::wire::MAX_ATTESTATION_LIFETIME_MS;
 
@@ -247,40 +248,23 @@ impl Inner {
         let slot_key = (c.session_id, c.key);
         let (slot, created) = self
             .nonces
-            .get_or_insert(slot_key, || SlotState::Pending {
-                secnonce: Box::new(secnonce),
-                context_hash: c.context_hash,
-                public_nonce,
+            .get_or_insert(slot_key, || {
+                SlotState::pending(secnonce, c.context_hash, public_nonce)
             })
             .map_err(|InsertError::Full(n)| {
                 Status::resource_exhausted(format!("nonce store is full ({n} nonces); retry later"))
             })?;
         let state = slot.state.lock().await;
-        match &*state {
-            SlotState::Pending {
-                context_hash,
-                public_nonce: existing,
-                ..
-            } => {
-                if *context_hash != c.context_hash {
-                    return Err(Status::failed_precondition(
-                        "a nonce for this session and key was already issued for a different context",
-                    ));
-                }
-                if !created {
-                    // Idempotent retry of a lost reply: the same public nonce, no new secret.
-                    return Ok(GenerateNonceResponse {
-                        public_nonce: existing.to_vec(),
-                        context_hash: c.context_hash.to_vec(),
-                        expires_at_ms,
-                    });
-                }
-            }
-            SlotState::Burned { .. } | SlotState::Used { .. } => {
-                return Err(Status::failed_precondition(
-                    "the nonce for this session and key was already used; a session gets one nonce per key",
-                ));
-            }
+        let existing = state
+            .check_nonce_request(&c.context_hash)
+            .map_err(|r| Status::failed_precondition(r.to_string()))?;
+        if !created {
+            // Idempotent retry of a lost reply: the same public nonce, no new secret.
+            return Ok(GenerateNonceResponse {
+                public_nonce: existing.to_vec(),
+                context_hash: c.context_hash.to_vec(),
+                expires_at_ms,
+            });
         }
         let event = Event {
             public_nonce: Some(hex::encode(public_nonce)),
@@ -324,16 +308,12 @@ impl Inner {
                 Status::invalid_argument(format!("public_nonces[{i}] is not two valid points"))
             })?);
         }
-        let request_hash: [u8; 32] = {
-            let mut h = Sha256::new();
-            h.update(c.session_id);
-            h.update(c.key);
-            h.update(c.context_hash);
-            for b in &req.public_nonces {
-                h.update(b);
-            }
-            h.finalize().into()
-        };
+        let request_hash = shared::discipline::request_hash(
+            &c.session_id,
+            &c.key,
+            &c.context_hash,
+            &req.public_nonces,
+        );
         let slot_key = (c.session_id, c.key);
         let slot = self.nonces.get(&slot_key).ok_or_else(|| {
             Status::not_found(format!(
@@ -344,45 +324,24 @@ impl Inner {
             ))
         })?;
         let mut state = slot.state.lock().await;
-        let taken = match &*state {
-            SlotState::Used {
-                request_hash: h,
-                partial_signature,
-            } if *h == request_hash => {
+        let own = req.public_nonces.get(c.index).map(Vec::as_slice);
+        match state
+            .check_sign_request(&request_hash, &c.context_hash, c.index, own)
+            .map_err(|r| Status::failed_precondition(r.to_string()))?
+        {
+            SignCheck::Replay(partial_signature) => {
                 return Ok(PartialSignResponse {
                     partial_signature: partial_signature.to_vec(),
                     replayed: true,
                 });
             }
-            SlotState::Used { .. } | SlotState::Burned { .. } => {
-                return Err(Status::failed_precondition(
-                    "this nonce was already used for a different request; it can never sign again",
-                ));
-            }
-            SlotState::Pending {
-                context_hash,
-                public_nonce,
-                ..
-            } => {
-                if *context_hash != c.context_hash {
-                    return Err(Status::failed_precondition(
-                        "the session context differs from the one this nonce was issued for",
-                    ));
-                }
-                let own = req.public_nonces.get(c.index).map(Vec::as_slice);
-                if own != Some(public_nonce.as_slice()) {
-                    return Err(Status::failed_precondition(format!(
-                        "public_nonces[{}] is not this signer's nonce for the session",
-                        c.index
-                    )));
-                }
-                let admission = self.policy(Stage::Sign, &c)?;
-                // Take the secret nonce out before computing anything with it.
-                match std::mem::replace(&mut *state, SlotState::Burned { request_hash }) {
-                    SlotState::Pending { secnonce, .. } => (*secnonce, admission),
-                    _ => return Err(Status::internal("nonce state changed under its lock")),
-                }
-            }
+            SignCheck::Fresh => {}
+        }
+        let admission = self.policy(Stage::Sign, &c)?;
+        // Take the secret nonce out before computing anything with it.
+        let taken = match state.burn(request_hash) {
+            Some(secnonce) => (secnonce, admission),
+            None => return Err(Status::internal("nonce state changed under its lock")),
         };
         let (secnonce, admission) = taken;
         let aggnonce = AggNonce::sum(c.context.format, &nonces).map_err(|e| {
@@ -408,10 +367,7 @@ impl Inner {
         if !self.faults.delay_after_journal.is_zero() {
             tokio::time::sleep(self.faults.delay_after_journal).await;
         }
-        *state = SlotState::Used {
-            request_hash,
-            partial_signature: psig,
-        };
+        state.finish(request_hash, psig);
         admission.commit();
         self.metrics.partial_signed(c.context.format);
         Ok(PartialSignResponse {
