@@ -87,6 +87,7 @@ impl Core {
         fx: &mut Vec<Effect>,
     ) {
         if actions.is_empty() {
+            self.schedule_timeout(id);
             return;
         }
         let mut out = Vec::new();
@@ -256,6 +257,7 @@ impl Core {
             now,
         );
         self.sessions.insert(id, session);
+        self.schedule_timeout(id);
         let mut out = Vec::new();
         if self.settings.dht {
             out.push(Effect::PutRecord {
@@ -323,7 +325,13 @@ impl Core {
                 s.phase.as_str()
             )));
         }
+        let first = !s.locally_joined;
         let actions = s.join_local(now);
+        if first && actions.is_empty() {
+            // Joining changed the session without anything to tell (the creator's own join):
+            // still state a restart must find.
+            self.persist(id, fx);
+        }
         self.apply(now, id, actions, fx);
         self.sessions
             .get(&id)
