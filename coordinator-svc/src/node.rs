@@ -153,7 +153,11 @@ struct Node {
     store: crate::store::Store,
     outbox: HashMap<PeerId, Outbox>,
     raw_replies: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NodeError>>>,
-    dials: HashMap<PeerId, Vec<oneshot::Sender<Result<PeerId, NodeError>>>>,
+    /// Dials of `connect` callers by connection: the reply goes to the caller when any
+    /// connection to the peer opens, or when *this* dial fails (a failed redial of an old
+    /// address, e.g. by Kademlia, must not answer a dial that may still succeed).
+    dials:
+        HashMap<libp2p::swarm::ConnectionId, (PeerId, oneshot::Sender<Result<PeerId, NodeError>>)>,
     /// Joins waiting for a DHT lookup, by the core's query token.
     joins: BTreeMap<u64, oneshot::Sender<Result<SessionView, NodeError>>>,
     /// DHT queries by libp2p id → the core's query token.
@@ -640,8 +644,12 @@ impl Node {
         if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
             kad.add_address(&peer, addr.clone());
         }
-        match self.swarm.dial(addr) {
-            Ok(()) => self.dials.entry(peer).or_default().push(reply),
+        let opts = libp2p::swarm::dial_opts::DialOpts::from(addr);
+        let connection = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(connection, (peer, reply));
+            }
             Err(e) => {
                 let _ = reply.send(Err(NodeError::Unavailable(format!("dial: {e}"))));
             }
@@ -656,8 +664,14 @@ impl Node {
                 num_established,
                 ..
             } => {
-                if let Some(waiters) = self.dials.remove(&peer_id) {
-                    for w in waiters {
+                let answered: Vec<libp2p::swarm::ConnectionId> = self
+                    .dials
+                    .iter()
+                    .filter(|(_, (p, _))| *p == peer_id)
+                    .map(|(c, _)| *c)
+                    .collect();
+                for c in answered {
+                    if let Some((_, w)) = self.dials.remove(&c) {
                         let _ = w.send(Ok(peer_id));
                     }
                 }
@@ -676,15 +690,12 @@ impl Node {
                 }
             }
             SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
+                connection_id,
                 error,
                 ..
             } => {
-                if let Some(waiters) = self.dials.remove(&peer) {
-                    for w in waiters {
-                        let _ =
-                            w.send(Err(NodeError::Unavailable(format!("dial {peer}: {error}"))));
-                    }
+                if let Some((peer, w)) = self.dials.remove(&connection_id) {
+                    let _ = w.send(Err(NodeError::Unavailable(format!("dial {peer}: {error}"))));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
