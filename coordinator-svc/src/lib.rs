@@ -12,9 +12,10 @@
 pub mod admin;
 pub mod api;
 pub mod config;
-pub mod envelope;
+pub mod labels;
 pub mod metrics;
-pub mod net;
+pub mod p2p;
+pub use p2p::{behaviour as net, envelope};
 pub mod node;
 pub mod protocol;
 pub mod server;

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,26 +16,7 @@ use shared::election::SessionId;
 use crate::node::{NodeEvent, NodeHandle};
 use crate::session::Phase;
 
-/// Label: a phase.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabel {
-    /// Phase name.
-    pub phase: String,
-}
-
-/// Label: a reason.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Reason.
-    pub reason: String,
-}
-
-/// Label: a round or call.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NameLabel {
-    /// Name.
-    pub name: String,
-}
+pub use crate::labels::{NameLabel, PhaseLabel, ReasonLabel};
 
 /// The metrics.
 #[derive(Debug)]

@@ -9,7 +9,7 @@
 //! sent or reported that the store does not hold). The loop sleeps until the core's next
 //! deadline, and runs housekeeping every `cleanup_interval`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,17 +18,20 @@ use libp2p::kad::{self, Record, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, identity};
-use shared::election::ElectionMethod;
 use shared::musig::{PartialSignature, PubNonce};
-use shared::wire::{self, MAX_KEYS_PER_PEER, pb};
+use shared::wire::{MAX_KEYS_PER_PEER, pb};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::net::{self, Behaviour, BehaviourEvent, DirectRequest, NetConfig};
+use crate::net::{self, Behaviour, BehaviourEvent, DirectRequest};
 use crate::protocol::inbound::{Acceptance, Frame};
-use crate::protocol::{Core, Effect, Pending, Settings, ms};
+use crate::protocol::{Core, Effect, Pending, ms};
 use crate::signer::{SignerClient, SignerError};
 
+mod diagnostics;
 mod handle;
+mod settings;
+
+pub use settings::NodeConfig;
 
 pub use crate::protocol::{
     ENVELOPE_TAG, NodeError, NodeEvent, PeerStatus, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX,
@@ -37,83 +40,7 @@ pub use crate::protocol::{
 use handle::Command;
 pub use handle::{NodeHandle, NodeInfo};
 
-/// Messages kept per peer waiting to be sent.
-pub const MAX_OUTBOX: usize = 1024;
-
-/// Node settings (the reference's names and defaults).
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Listen addresses.
-    pub listen: Vec<Multiaddr>,
-    /// Peers dialled at start (with `/p2p/<id>`).
-    pub bootstrap: Vec<Multiaddr>,
-    /// Addresses announced to other parties (behind a load balancer or NAT).
-    pub external: Vec<Multiaddr>,
-    /// libp2p limits and Kademlia settings.
-    pub net: NetConfig,
-    /// sessionTimeout (2 h).
-    pub session_timeout: Duration,
-    /// stuckSessionTimeout (10 min).
-    pub stuck_timeout: Duration,
-    /// cleanupInterval (60 s).
-    pub cleanup_interval: Duration,
-    /// maxSequenceGap (100).
-    pub max_sequence_gap: u64,
-    /// enableReplayProtection (true).
-    pub enable_replay_protection: bool,
-    /// electionMethod (lexicographic).
-    pub election_method: ElectionMethod,
-    /// Lifetime of the attestations obtained from the signer.
-    pub attestation_ttl: Duration,
-    /// enableCoordinatorFailover (true).
-    pub enable_failover: bool,
-    /// broadcastTimeout (5 min).
-    pub broadcast_timeout: Duration,
-    /// Most unfinished sessions at once; past it creation answers RESOURCE_EXHAUSTED.
-    pub max_active_sessions: usize,
-    /// enableSessionDiscovery: `join` looks unknown sessions up in the DHT.
-    pub enable_session_discovery: bool,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        NodeConfig {
-            listen: Vec::new(),
-            bootstrap: Vec::new(),
-            external: Vec::new(),
-            net: NetConfig::default(),
-            session_timeout: Duration::from_secs(2 * 3600),
-            stuck_timeout: Duration::from_secs(600),
-            cleanup_interval: Duration::from_secs(60),
-            max_sequence_gap: wire::DEFAULT_MAX_SEQUENCE_GAP,
-            enable_replay_protection: true,
-            election_method: ElectionMethod::Lexicographic,
-            attestation_ttl: Duration::from_secs(7 * 24 * 3600),
-            enable_failover: true,
-            broadcast_timeout: Duration::from_secs(300),
-            max_active_sessions: 1000,
-            enable_session_discovery: true,
-        }
-    }
-}
-
-impl NodeConfig {
-    /// The protocol core's settings.
-    pub fn settings(&self) -> Settings {
-        Settings {
-            session_timeout_ms: ms(self.session_timeout),
-            stuck_timeout_ms: ms(self.stuck_timeout),
-            max_sequence_gap: self.max_sequence_gap,
-            enable_replay_protection: self.enable_replay_protection,
-            election_method: self.election_method,
-            enable_failover: self.enable_failover,
-            broadcast_timeout_ms: ms(self.broadcast_timeout),
-            max_active_sessions: self.max_active_sessions,
-            enable_session_discovery: self.enable_session_discovery,
-            dht: self.net.enable_dht,
-        }
-    }
-}
+pub use crate::p2p::outbox::MAX_OUTBOX;
 
 /// GossipSub topic of a transaction type.
 pub fn signer_topic(t: pb::TransactionType) -> libp2p::gossipsub::IdentTopic {
@@ -139,19 +66,12 @@ enum Internal {
     },
 }
 
-/// Messages to one peer: one request in flight keeps each sender's messages in order.
-#[derive(Default)]
-struct Outbox {
-    queue: VecDeque<Vec<u8>>,
-    in_flight: Option<OutboundRequestId>,
-}
-
 struct Node {
     swarm: Swarm<Behaviour>,
     core: Core,
     signer: SignerClient,
     store: crate::store::Store,
-    outbox: HashMap<PeerId, Outbox>,
+    outbox: crate::p2p::outbox::Outboxes,
     raw_replies: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NodeError>>>,
     /// Dials of `connect` callers by connection: the reply goes to the caller when any
     /// connection to the peer opens, or when *this* dial fails (a failed redial of an old
@@ -264,7 +184,7 @@ pub async fn start(
         core,
         signer,
         store,
-        outbox: HashMap::new(),
+        outbox: Default::default(),
         raw_replies: HashMap::new(),
         dials: HashMap::new(),
         joins: BTreeMap::new(),
@@ -424,32 +344,24 @@ impl Node {
     }
 
     fn send_to(&mut self, peer: PeerId, bytes: Vec<u8>) {
-        let outbox = self.outbox.entry(peer).or_default();
-        if outbox.queue.len() >= MAX_OUTBOX {
+        if !self.outbox.push(peer, bytes) {
             tracing::warn!(%peer, "outbox full; message dropped");
-            return;
         }
-        outbox.queue.push_back(bytes);
         self.pump(peer);
     }
 
     /// One request in flight per peer keeps each sender's messages in order.
     fn pump(&mut self, peer: PeerId) {
-        let Some(outbox) = self.outbox.get_mut(&peer) else {
-            return;
-        };
-        if outbox.in_flight.is_some() || !self.swarm.is_connected(&peer) {
+        if !self.swarm.is_connected(&peer) {
             return;
         }
-        if let Some(bytes) = outbox.queue.pop_front() {
+        if let Some(bytes) = self.outbox.next(&peer) {
             let id = self
                 .swarm
                 .behaviour_mut()
                 .direct
                 .send_request(&peer, DirectRequest::Frame(bytes));
-            if let Some(o) = self.outbox.get_mut(&peer) {
-                o.in_flight = Some(id);
-            }
+            self.outbox.sent(peer, id);
         }
     }
 
@@ -525,20 +437,7 @@ impl Node {
             Command::Rejections { reply } => {
                 let _ = reply.send(core.rejections());
             }
-            Command::SendRaw { peer, bytes, reply } => {
-                if !self.swarm.is_connected(&peer) {
-                    let _ = reply.send(Err(NodeError::Unavailable(format!(
-                        "not connected to {peer}"
-                    ))));
-                    return;
-                }
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .direct
-                    .send_request(&peer, DirectRequest::Frame(bytes));
-                self.raw_replies.insert(id, reply);
-            }
+            Command::SendRaw { peer, bytes, reply } => self.send_raw(peer, bytes, reply),
             Command::Envelope {
                 message,
                 from,
@@ -594,16 +493,7 @@ impl Node {
                 topic,
                 bytes,
                 reply,
-            } => {
-                let r = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .publish(libp2p::gossipsub::IdentTopic::new(topic), bytes)
-                    .map(|_| ())
-                    .map_err(|e| NodeError::Unavailable(e.to_string()));
-                let _ = reply.send(r);
-            }
+            } => self.publish_raw(topic, bytes, reply),
             Command::Peers { reply } => {
                 let _ = reply.send(core.peers());
             }
@@ -617,16 +507,7 @@ impl Node {
             Command::Announcement { id, reply } => {
                 let _ = reply.send(core.announcement(id));
             }
-            Command::PutRecord { key, value, reply } => {
-                let r = match self.swarm.behaviour_mut().kad.as_mut() {
-                    None => Err(NodeError::FailedPrecondition("the DHT is disabled".into())),
-                    Some(kad) => kad
-                        .put_record(Record::new(key, value), kad::Quorum::One)
-                        .map(|_| ())
-                        .map_err(|e| NodeError::Unavailable(e.to_string())),
-                };
-                let _ = reply.send(r);
-            }
+            Command::PutRecord { key, value, reply } => self.put_raw_record(key, value, reply),
         }
     }
 
@@ -685,9 +566,7 @@ impl Node {
                 ..
             } => {
                 self.core.on_disconnected(peer_id);
-                if let Some(o) = self.outbox.get_mut(&peer_id) {
-                    o.in_flight = None;
-                }
+                self.outbox.disconnected(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -794,11 +673,7 @@ impl Node {
             let _ = reply.send(result.map_err(NodeError::Unavailable));
             return;
         }
-        if let Some(o) = self.outbox.get_mut(&peer)
-            && o.in_flight == Some(id)
-        {
-            o.in_flight = None;
-        }
+        self.outbox.done(&peer, id);
         match result {
             Ok(answer) if !answer.is_empty() => {
                 tracing::debug!(%peer, answer = %String::from_utf8_lossy(&answer), "peer refused our message");

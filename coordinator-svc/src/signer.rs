@@ -34,7 +34,7 @@ pub struct SignerClient {
     client: SignerServiceClient<Channel>,
     latency: Option<
         prometheus_client::metrics::family::Family<
-            crate::metrics::NameLabel,
+            crate::labels::NameLabel,
             prometheus_client::metrics::histogram::Histogram,
         >,
     >,
@@ -121,7 +121,7 @@ impl SignerClient {
     pub fn with_metrics(
         mut self,
         family: prometheus_client::metrics::family::Family<
-            crate::metrics::NameLabel,
+            crate::labels::NameLabel,
             prometheus_client::metrics::histogram::Histogram,
         >,
     ) -> Self {
@@ -131,7 +131,7 @@ impl SignerClient {
 
     fn observe(&self, name: &str, started: std::time::Instant) {
         if let Some(f) = &self.latency {
-            f.get_or_create(&crate::metrics::NameLabel { name: name.into() })
+            f.get_or_create(&crate::labels::NameLabel { name: name.into() })
                 .observe(started.elapsed().as_secs_f64());
         }
     }

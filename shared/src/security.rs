@@ -26,16 +26,167 @@ pub enum Offence {
     Spam,
 }
 
-impl Offence {
-    /// Classify a refusal reason label (as counted by the coordinator).
-    pub fn of_reason(reason: &str) -> Offence {
-        match reason {
-            "invalid_signature" | "unattested" | "bad_envelope" | "bad_record" => {
-                Offence::InvalidSignature
-            }
-            "rate_limited" => Offence::RateLimit,
+/// Why a peer's message was refused: one label per check, each mapped to the offence it counts
+/// as. The labels are stable (metrics, the answer sent back to the peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Over a size limit.
+    TooLarge,
+    /// Not a protobuf message.
+    Decode,
+    /// Not the canonical encoding.
+    NonCanonical,
+    /// A required field is missing.
+    MissingField,
+    /// A field of the wrong length.
+    Length,
+    /// A field over its length limit.
+    TooLong,
+    /// Not a curve point.
+    InvalidPoint,
+    /// Not a scalar.
+    InvalidScalar,
+    /// An unknown enum value.
+    InvalidEnum,
+    /// Keys not sorted or not distinct.
+    UnsortedKeys,
+    /// A timestamp outside the ±5 min window.
+    TimestampSkew,
+    /// Expired.
+    Expired,
+    /// A session id that does not match its derivation.
+    SessionIdMismatch,
+    /// The sender is not a member.
+    NotMember,
+    /// Sequence number zero.
+    ZeroSequence,
+    /// A context that cannot be signed.
+    Context,
+    /// An attestation that does not verify.
+    Attestation,
+    /// An envelope whose signature does not verify.
+    InvalidSignature,
+    /// Sender key not attested for the sending peer.
+    Unattested,
+    /// A malformed envelope.
+    BadEnvelope,
+    /// A malformed or misplaced DHT record.
+    BadRecord,
+    /// A second, different announcement of a session.
+    ConflictingAnnounce,
+    /// Faster than a rate limit.
+    RateLimited,
+    /// More keys than a peer may speak for.
+    TooManyKeys,
+    /// The advertisement table is full.
+    TooManyAdverts,
+    /// The signing-request table is full.
+    TooManyRequests,
+    /// A response to no request of ours.
+    UnknownRequest,
+    /// A message for an unknown session (and no room to keep it).
+    UnknownSession,
+    /// A message type not served where it arrived.
+    Unsupported,
+    /// A replayed sequence number, or one too far ahead.
+    ReplayOrSequence,
+    /// A message not allowed in the session's phase.
+    OutOfPhase,
+    /// A second, different contribution.
+    Duplicate,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 32] = [
+        Reason::TooLarge,
+        Reason::Decode,
+        Reason::NonCanonical,
+        Reason::MissingField,
+        Reason::Length,
+        Reason::TooLong,
+        Reason::InvalidPoint,
+        Reason::InvalidScalar,
+        Reason::InvalidEnum,
+        Reason::UnsortedKeys,
+        Reason::TimestampSkew,
+        Reason::Expired,
+        Reason::SessionIdMismatch,
+        Reason::NotMember,
+        Reason::ZeroSequence,
+        Reason::Context,
+        Reason::Attestation,
+        Reason::InvalidSignature,
+        Reason::Unattested,
+        Reason::BadEnvelope,
+        Reason::BadRecord,
+        Reason::ConflictingAnnounce,
+        Reason::RateLimited,
+        Reason::TooManyKeys,
+        Reason::TooManyAdverts,
+        Reason::TooManyRequests,
+        Reason::UnknownRequest,
+        Reason::UnknownSession,
+        Reason::Unsupported,
+        Reason::ReplayOrSequence,
+        Reason::OutOfPhase,
+        Reason::Duplicate,
+    ];
+
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too_large",
+            Reason::Decode => "decode",
+            Reason::NonCanonical => "non_canonical",
+            Reason::MissingField => "missing_field",
+            Reason::Length => "length",
+            Reason::TooLong => "too_long",
+            Reason::InvalidPoint => "invalid_point",
+            Reason::InvalidScalar => "invalid_scalar",
+            Reason::InvalidEnum => "invalid_enum",
+            Reason::UnsortedKeys => "unsorted_keys",
+            Reason::TimestampSkew => "timestamp_skew",
+            Reason::Expired => "expired",
+            Reason::SessionIdMismatch => "session_id_mismatch",
+            Reason::NotMember => "not_member",
+            Reason::ZeroSequence => "zero_sequence",
+            Reason::Context => "context",
+            Reason::Attestation => "attestation",
+            Reason::InvalidSignature => "invalid_signature",
+            Reason::Unattested => "unattested",
+            Reason::BadEnvelope => "bad_envelope",
+            Reason::BadRecord => "bad_record",
+            Reason::ConflictingAnnounce => "conflicting_announce",
+            Reason::RateLimited => "rate_limited",
+            Reason::TooManyKeys => "too_many_keys",
+            Reason::TooManyAdverts => "too_many_adverts",
+            Reason::TooManyRequests => "too_many_requests",
+            Reason::UnknownRequest => "unknown_request",
+            Reason::UnknownSession => "unknown_session",
+            Reason::Unsupported => "unsupported",
+            Reason::ReplayOrSequence => "replay_or_sequence",
+            Reason::OutOfPhase => "out_of_phase",
+            Reason::Duplicate => "duplicate",
+        }
+    }
+
+    /// The offence a refusal for this reason counts as.
+    pub fn offence(self) -> Offence {
+        match self {
+            Reason::InvalidSignature
+            | Reason::Unattested
+            | Reason::BadEnvelope
+            | Reason::BadRecord => Offence::InvalidSignature,
+            Reason::RateLimited => Offence::RateLimit,
             _ => Offence::Spam,
         }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -221,9 +372,14 @@ mod tests {
         r.offend(&4u8, Offence::InvalidSignature, 2 + FORGET_AFTER_MS);
         assert_eq!(r.get(&4).unwrap().invalid_signatures, 1);
         assert_eq!(
-            Offence::of_reason("invalid_signature"),
+            Reason::InvalidSignature.offence(),
             Offence::InvalidSignature
         );
-        assert_eq!(Offence::of_reason("too_large"), Offence::Spam);
+        assert_eq!(Reason::TooLarge.offence(), Offence::Spam);
+        assert_eq!(Reason::RateLimited.offence(), Offence::RateLimit);
+        // Labels are distinct.
+        let labels: std::collections::BTreeSet<&str> =
+            Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), Reason::ALL.len());
     }
 }

@@ -139,27 +139,33 @@ pub enum WireError {
 }
 
 impl WireError {
+    /// Why a peer is refused for this error.
+    pub fn kind(&self) -> crate::security::Reason {
+        use crate::security::Reason;
+        match self {
+            WireError::TooLarge { .. } => Reason::TooLarge,
+            WireError::Decode(_) => Reason::Decode,
+            WireError::NonCanonical => Reason::NonCanonical,
+            WireError::Missing(_) => Reason::MissingField,
+            WireError::Length { .. } => Reason::Length,
+            WireError::TooLong { .. } => Reason::TooLong,
+            WireError::InvalidPoint(_) => Reason::InvalidPoint,
+            WireError::InvalidScalar(_) => Reason::InvalidScalar,
+            WireError::InvalidEnum(_) => Reason::InvalidEnum,
+            WireError::UnsortedKeys => Reason::UnsortedKeys,
+            WireError::TimestampSkew { .. } => Reason::TimestampSkew,
+            WireError::Expired(_) => Reason::Expired,
+            WireError::SessionIdMismatch => Reason::SessionIdMismatch,
+            WireError::NotMember => Reason::NotMember,
+            WireError::ZeroSequence => Reason::ZeroSequence,
+            WireError::Context(_) => Reason::Context,
+            WireError::Attestation(_) => Reason::Attestation,
+        }
+    }
+
     /// Stable short label (for metrics and peer scoring).
     pub fn reason(&self) -> &'static str {
-        match self {
-            WireError::TooLarge { .. } => "too_large",
-            WireError::Decode(_) => "decode",
-            WireError::NonCanonical => "non_canonical",
-            WireError::Missing(_) => "missing_field",
-            WireError::Length { .. } => "length",
-            WireError::TooLong { .. } => "too_long",
-            WireError::InvalidPoint(_) => "invalid_point",
-            WireError::InvalidScalar(_) => "invalid_scalar",
-            WireError::InvalidEnum(_) => "invalid_enum",
-            WireError::UnsortedKeys => "unsorted_keys",
-            WireError::TimestampSkew { .. } => "timestamp_skew",
-            WireError::Expired(_) => "expired",
-            WireError::SessionIdMismatch => "session_id_mismatch",
-            WireError::NotMember => "not_member",
-            WireError::ZeroSequence => "zero_sequence",
-            WireError::Context(_) => "context",
-            WireError::Attestation(_) => "attestation",
-        }
+        self.kind().as_str()
     }
 }
 

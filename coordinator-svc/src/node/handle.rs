@@ -139,7 +139,7 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    async fn call<T>(
+    pub(super) async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, NodeError> {
@@ -248,17 +248,6 @@ impl NodeHandle {
         &self,
     ) -> Result<HashMap<PeerId, HashMap<&'static str, u64>>, NodeError> {
         self.call(|reply| Command::Rejections { reply }).await
-    }
-
-    /// Diagnostics: send raw bytes on the direct protocol to a connected peer and return its
-    /// answer (empty = accepted, otherwise the refusal). The bytes leave as this node; nothing
-    /// here can speak for another peer or key.
-    ///
-    /// # Errors
-    /// [`NodeError`].
-    pub async fn send_raw(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, NodeError> {
-        self.call(|reply| Command::SendRaw { peer, bytes, reply })
-            .await?
     }
 
     /// Attested keys of connected peers.
@@ -380,20 +369,6 @@ impl NodeHandle {
         self.call(|reply| Command::Discover { reply }).await
     }
 
-    /// Diagnostics: publish raw bytes on a GossipSub topic as this node.
-    ///
-    /// # Errors
-    /// [`NodeError::Unavailable`] when nobody is subscribed.
-    pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> Result<(), NodeError> {
-        let topic = topic.to_string();
-        self.call(|reply| Command::PublishRaw {
-            topic,
-            bytes,
-            reply,
-        })
-        .await?
-    }
-
     /// Every peer the security manager knows.
     ///
     /// # Errors
@@ -410,33 +385,5 @@ impl NodeHandle {
         self.call(|reply| Command::Announcement { id, reply })
             .await?
             .ok_or_else(|| NodeError::NotFound(format!("session {id}")))
-    }
-
-    /// Diagnostics: publish an arbitrary DHT record as this node (other nodes validate it and
-    /// refuse anything that is not a signed, attested announcement under its own id).
-    ///
-    /// # Errors
-    /// [`NodeError`].
-    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NodeError> {
-        self.call(|reply| Command::PutRecord { key, value, reply })
-            .await?
-    }
-
-    /// Diagnostics: wrap a message in this node's signed envelope with its attestation for
-    /// `from` (a key this node speaks for).
-    ///
-    /// # Errors
-    /// [`NodeError::InvalidArgument`] for a key this node does not hold.
-    pub async fn envelope(
-        &self,
-        message: pb::WireMessage,
-        from: [u8; 33],
-    ) -> Result<Vec<u8>, NodeError> {
-        self.call(|reply| Command::Envelope {
-            message: Box::new(message),
-            from,
-            reply,
-        })
-        .await?
     }
 }

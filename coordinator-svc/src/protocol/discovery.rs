@@ -1,13 +1,14 @@
 //! Discovery: our own signer advertisement (GossipSub per transaction type and the DHT) and the
 //! advertisements received from other peers.
 
+use shared::security::Reason;
 use std::collections::BTreeMap;
 
 use libp2p_identity::PeerId;
 use shared::election::SessionId;
-use shared::wire::{self, Body, Header, MAX_KEYS_PER_PEER, Message, pb};
+use shared::wire::{self, Body, Header, MAX_KEYS_PER_PEER, Message};
 
-use super::{Core, Effect, NodeError, NodeEvent, SIGNER_KEY_PREFIX};
+use super::{Core, Effect, NodeError, NodeEvent};
 use crate::envelope::Refusal;
 
 /// Minimum time between two advertisements of one peer, ms.
@@ -17,34 +18,7 @@ pub const MAX_ADVERTS: usize = 10_000;
 /// Most DHT lookups of advertisements at once.
 pub const MAX_ADVERT_LOOKUPS: usize = 256;
 
-/// GossipSub topic name of a transaction type.
-pub fn signer_topic(t: pb::TransactionType) -> String {
-    let name = t
-        .as_str_name()
-        .trim_start_matches("TRANSACTION_TYPE_")
-        .to_lowercase();
-    format!("musig2:signers:{name}")
-}
-
-/// Every topic a node subscribes to.
-pub fn all_topics() -> Vec<String> {
-    [
-        pb::TransactionType::Spend,
-        pb::TransactionType::Swap,
-        pb::TransactionType::Coinjoin,
-        pb::TransactionType::Custody,
-        pb::TransactionType::Escrow,
-        pb::TransactionType::Channel,
-    ]
-    .into_iter()
-    .map(signer_topic)
-    .collect()
-}
-
-/// The DHT key of a key's advertisement.
-pub fn advert_record_key(key: &[u8; 33]) -> Vec<u8> {
-    format!("{SIGNER_KEY_PREFIX}{}", hex::encode(key)).into_bytes()
-}
+pub use crate::p2p::names::{advert_record_key, all_topics, signer_topic};
 
 /// What this node advertises.
 #[derive(Debug, Clone)]
@@ -253,14 +227,14 @@ impl Core {
     ) -> Result<bool, Refusal> {
         if bytes.len() > wire::MAX_GOSSIP_MESSAGE_BYTES {
             return Err(Refusal(
-                "too_large",
+                Reason::TooLarge,
                 format!("gossip message of {} bytes", bytes.len()),
             ));
         }
         let (pid, msg) = crate::envelope::open(bytes, Some(author), now)?;
         let Body::Advertisement(ad) = msg.body else {
             return Err(Refusal(
-                "unsupported",
+                Reason::Unsupported,
                 "only signer advertisements travel on GossipSub".into(),
             ));
         };
@@ -279,7 +253,7 @@ impl Core {
                 return Ok(false);
             }
             return Err(Refusal(
-                "rate_limited",
+                Reason::RateLimited,
                 "more than one advertisement per key per 60 s".into(),
             ));
         }
@@ -288,7 +262,7 @@ impl Core {
             && !self.discovery.adverts.contains_key(&msg.header.sender)
         {
             return Err(Refusal(
-                "too_many_adverts",
+                Reason::TooManyAdverts,
                 "advertisement table full".into(),
             ));
         }

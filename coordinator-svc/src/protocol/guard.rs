@@ -1,10 +1,11 @@
 //! The guard: what each peer is attested to speak for, what it did wrong, and who is banned.
 //! Pure bookkeeping; the core turns its verdicts into effects (block, persist, events).
 
+use shared::security::Reason;
 use std::collections::BTreeMap;
 
 use libp2p_identity::PeerId;
-use shared::security::{Offence, Reputation, Verdict};
+use shared::security::{Reputation, Verdict};
 use shared::wire::MAX_KEYS_PER_PEER;
 
 use crate::envelope::Refusal;
@@ -60,7 +61,7 @@ impl Guard {
         }
         if known.len() + fresh.len() > MAX_KEYS_PER_PEER {
             return Err(Refusal(
-                "too_many_keys",
+                Reason::TooManyKeys,
                 format!("a peer may speak for at most {MAX_KEYS_PER_PEER} keys"),
             ));
         }
@@ -74,10 +75,9 @@ impl Guard {
             .rejections
             .entry(peer)
             .or_default()
-            .entry(r.0)
+            .entry(r.0.as_str())
             .or_insert(0) += 1;
-        self.reputation
-            .offend(&peer, Offence::of_reason(r.0), now_ms)
+        self.reputation.offend(&peer, r.0.offence(), now_ms)
     }
 
     /// Count an accepted message.
@@ -121,18 +121,20 @@ mod tests {
     #[test]
     fn thresholds_by_reason() {
         // (reason, offences before the verdict, verdict is permanent)
-        let table: &[(&'static str, u32, bool)] = &[
-            ("invalid_signature", MAX_INVALID_SIGNATURES, true),
-            ("unattested", MAX_INVALID_SIGNATURES, true),
-            ("bad_envelope", MAX_INVALID_SIGNATURES, true),
-            ("rate_limited", MAX_RATE_LIMIT_VIOLATIONS, false),
-            ("out_of_phase", MAX_SPAM_EVENTS, true),
-            ("too_large", MAX_SPAM_EVENTS, true),
+        let table: &[(Reason, u32, bool)] = &[
+            (Reason::InvalidSignature, MAX_INVALID_SIGNATURES, true),
+            (Reason::Unattested, MAX_INVALID_SIGNATURES, true),
+            (Reason::BadEnvelope, MAX_INVALID_SIGNATURES, true),
+            (Reason::BadRecord, MAX_INVALID_SIGNATURES, true),
+            (Reason::RateLimited, MAX_RATE_LIMIT_VIOLATIONS, false),
+            (Reason::OutOfPhase, MAX_SPAM_EVENTS, true),
+            (Reason::TooLarge, MAX_SPAM_EVENTS, true),
+            (Reason::Attestation, MAX_SPAM_EVENTS, true),
         ];
         for (i, (reason, n, permanent)) in table.iter().enumerate() {
             let mut g = Guard::default();
             let p = peer(u8::try_from(i).unwrap_or(0) + 1);
-            let r = Refusal(reason, String::new());
+            let r = Refusal(*reason, String::new());
             for k in 1..*n {
                 assert_eq!(
                     g.offend(p, &r, i64::from(k)),
@@ -148,7 +150,7 @@ mod tests {
                 }
                 Verdict::None => panic!("{reason}: no verdict after {n}"),
             }
-            assert_eq!(g.rejections[&p][reason], u64::from(*n));
+            assert_eq!(g.rejections[&p][reason.as_str()], u64::from(*n));
         }
     }
 
@@ -169,7 +171,10 @@ mod tests {
         assert_eq!(g.note_keys(p, &keys[..2]), Ok(None));
         // One over the limit is refused as a whole.
         let err = g.note_keys(p, &keys[1..]);
-        assert!(matches!(err, Err(Refusal("too_many_keys", _))), "{err:?}");
+        assert!(
+            matches!(err, Err(Refusal(Reason::TooManyKeys, _))),
+            "{err:?}"
+        );
         assert_eq!(g.peer_keys[&p].len(), 2);
         assert_eq!(
             g.note_keys(p, &keys[2..MAX_KEYS_PER_PEER])
@@ -199,7 +204,7 @@ mod tests {
         );
         assert_eq!(g.expired_bans(99), Vec::<PeerId>::new());
         assert_eq!(g.expired_bans(100), vec![a]);
-        g.offend(b, &Refusal("too_large", String::new()), 1);
+        g.offend(b, &Refusal(Reason::TooLarge, String::new()), 1);
         assert!(g.forgive(b));
         assert!(!g.is_banned(&b));
         assert!(!g.rejections.contains_key(&b));

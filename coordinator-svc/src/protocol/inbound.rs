@@ -5,6 +5,7 @@
 
 use libp2p_identity::PeerId;
 use shared::election::SessionId;
+use shared::security::Reason;
 use shared::security::Verdict;
 use shared::wire::{Attestation, Body, Header, MAX_DIRECT_MESSAGE_BYTES, Message};
 
@@ -34,8 +35,14 @@ pub enum Acceptance {
 impl Core {
     /// Count a refusal against `peer` and enforce the verdict.
     pub(super) fn reject(&mut self, now: i64, peer: PeerId, r: &Refusal, fx: &mut Vec<Effect>) {
-        tracing::debug!(%peer, reason = r.0, detail = %r.1, "message refused");
-        Self::emit(fx, NodeEvent::Rejected { peer, reason: r.0 });
+        tracing::debug!(%peer, reason = r.0.as_str(), detail = %r.1, "message refused");
+        Self::emit(
+            fx,
+            NodeEvent::Rejected {
+                peer,
+                reason: r.0.as_str(),
+            },
+        );
         match self.guard.offend(peer, r, now) {
             Verdict::None => {}
             Verdict::Graylist { until_ms, reason } => self.ban(peer, Some(until_ms), reason, fx),
@@ -58,7 +65,7 @@ impl Core {
         let outcome = match frame {
             Frame::Bytes(bytes) => self.on_request(now, peer, bytes, fx),
             Frame::TooLarge(n) => Err(Refusal(
-                "too_large",
+                Reason::TooLarge,
                 format!("frame of {n} bytes over {MAX_DIRECT_MESSAGE_BYTES}"),
             )),
         };
@@ -83,7 +90,7 @@ impl Core {
                 let mut keys = Vec::new();
                 for a in atts {
                     let a = Attestation::verify_pb(a, &pid.to_bytes(), now)
-                        .map_err(|e| Refusal("unattested", e.to_string()))?;
+                        .map_err(|e| Refusal(Reason::Unattested, e.to_string()))?;
                     keys.push(a.signer_key);
                 }
                 self.note_keys(pid, &keys, fx)
@@ -93,7 +100,7 @@ impl Core {
                 self.on_matchmaking(now, pid, msg, fx)
             }
             Body::Advertisement(_) => Err(Refusal(
-                "unsupported",
+                Reason::Unsupported,
                 format!("{} is not served on this protocol", msg.body.kind()),
             )),
             _ => self.on_session_message(now, pid, msg, fx),
@@ -111,7 +118,7 @@ impl Core {
     ) -> Acceptance {
         let verdict = match author {
             Some(author) => self.on_advertisement(now, author, bytes, fx),
-            None => Err(Refusal("unattested", "unsigned gossip".into())),
+            None => Err(Refusal(Reason::Unattested, "unsigned gossip".into())),
         };
         match verdict {
             Ok(true) => Acceptance::Accept,
@@ -165,7 +172,7 @@ impl Core {
                         let (_, msg) = crate::envelope::open(&value, None, now)?;
                         if msg.header.session_id != sid {
                             return Err(Refusal(
-                                "bad_record",
+                                Reason::BadRecord,
                                 "record is for another session".into(),
                             ));
                         }

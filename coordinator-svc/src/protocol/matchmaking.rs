@@ -1,6 +1,7 @@
 //! Matchmaking: signing requests to the holders of the other keys, their answers, and the
 //! session created (and joined) once everyone accepted.
 
+use shared::security::Reason;
 use std::collections::{BTreeMap, BTreeSet};
 
 use libp2p_identity::PeerId;
@@ -176,12 +177,15 @@ impl Core {
             Body::SigningRequest(r) => {
                 if !r.context.signer_keys.contains(&msg.header.sender) {
                     return Err(Refusal(
-                        "not_member",
+                        Reason::NotMember,
                         "the requester is not among the signers".into(),
                     ));
                 }
                 if !r.context.signer_keys.iter().any(|k| self.keys.contains(k)) {
-                    return Err(Refusal("not_member", "no key of this node is asked".into()));
+                    return Err(Refusal(
+                        Reason::NotMember,
+                        "no key of this node is asked".into(),
+                    ));
                 }
                 let mm = &mut self.matchmaking;
                 if mm
@@ -190,12 +194,15 @@ impl Core {
                     .is_some_and(|t| now - t < SIGNING_REQUEST_INTERVAL_MS)
                 {
                     return Err(Refusal(
-                        "rate_limited",
+                        Reason::RateLimited,
                         "more than one signing request per 30 s".into(),
                     ));
                 }
                 if mm.in_requests.len() >= MAX_REQUESTS {
-                    return Err(Refusal("too_many_requests", "request table full".into()));
+                    return Err(Refusal(
+                        Reason::TooManyRequests,
+                        "request table full".into(),
+                    ));
                 }
                 mm.request_times.insert(peer, now);
                 mm.in_requests
@@ -216,10 +223,16 @@ impl Core {
                 let Some((context, accepted, _)) =
                     self.matchmaking.out_requests.get_mut(&request_id)
                 else {
-                    return Err(Refusal("unknown_request", "no such signing request".into()));
+                    return Err(Refusal(
+                        Reason::UnknownRequest,
+                        "no such signing request".into(),
+                    ));
                 };
                 if !context.signer_keys.contains(&msg.header.sender) {
-                    return Err(Refusal("not_member", "the responder was not asked".into()));
+                    return Err(Refusal(
+                        Reason::NotMember,
+                        "the responder was not asked".into(),
+                    ));
                 }
                 let response = NodeEvent::SigningResponseReceived {
                     request_id,
@@ -243,7 +256,10 @@ impl Core {
                 }
                 Ok(())
             }
-            _ => Err(Refusal("unsupported", "not a matchmaking message".into())),
+            _ => Err(Refusal(
+                Reason::Unsupported,
+                "not a matchmaking message".into(),
+            )),
         }
     }
 }

@@ -46,12 +46,7 @@ pub const MAX_ORPHANS_PER_SESSION: usize = 64;
 pub const MAX_ORPHAN_SESSIONS: usize = 256;
 /// Finished sessions stay in memory this long, ms.
 pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
-/// Domain tag of envelope signatures.
-pub const ENVELOPE_TAG: &[u8] = b"musig2/v1/envelope";
-/// DHT key prefix of signer advertisements.
-pub const SIGNER_KEY_PREFIX: &str = "musig2-signer:";
-/// DHT key prefix of session announcements.
-pub const SESSION_KEY_PREFIX: &str = "musig2-session:";
+pub use crate::envelope::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
 
 /// The protocol settings (the reference's names and defaults, in ms).
 #[derive(Debug, Clone)]

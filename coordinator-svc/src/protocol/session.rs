@@ -80,12 +80,13 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// Metric label.
-    pub fn reason(&self) -> &'static str {
+    /// Why, as a refusal reason.
+    pub fn reason(&self) -> shared::security::Reason {
+        use shared::security::Reason;
         match self {
-            Reject::Sequence { .. } => "replay_or_sequence",
-            Reject::OutOfPhase { .. } => "out_of_phase",
-            Reject::Duplicate(_) => "duplicate",
+            Reject::Sequence { .. } => Reason::ReplayOrSequence,
+            Reject::OutOfPhase { .. } => Reason::OutOfPhase,
+            Reject::Duplicate(_) => Reason::Duplicate,
         }
     }
 }

@@ -4,21 +4,19 @@
 use rand::RngCore as _;
 use shared::election::{ElectionMethod, SessionId, elect};
 use shared::musig::{PartialSignature, PubNonce};
+use shared::security::Reason;
 use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
 
 use super::session::{Action, Phase, Session};
 use super::{
     Core, Effect, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, NodeError, NodeEvent, Pending,
-    SESSION_KEY_PREFIX, SessionView,
+    SessionView,
 };
 use crate::envelope::Refusal;
 use crate::store::SessionRecord;
 use libp2p_identity::PeerId;
 
-/// The DHT key of a session's announcement.
-pub fn session_record_key(id: &SessionId) -> Vec<u8> {
-    format!("{SESSION_KEY_PREFIX}{id}").into_bytes()
-}
+pub use crate::p2p::names::session_record_key;
 
 impl Core {
     pub(super) fn schedule_timeout(&mut self, id: SessionId) {
@@ -445,7 +443,7 @@ impl Core {
             let q = self.orphans.entry(id).or_default();
             if full || q.len() >= MAX_ORPHANS_PER_SESSION {
                 return Err(Refusal(
-                    "unknown_session",
+                    Reason::UnknownSession,
                     format!("session {id} is unknown"),
                 ));
             }
@@ -454,7 +452,7 @@ impl Core {
         };
         let index = s.index_of(&msg.header.sender).ok_or_else(|| {
             Refusal(
-                "not_member",
+                Reason::NotMember,
                 "the sender key is not a signer of this session".into(),
             )
         })?;
@@ -499,7 +497,7 @@ impl Core {
         fx: &mut Vec<Effect>,
     ) -> Result<(), Refusal> {
         let Body::Announce(a) = msg.body else {
-            return Err(Refusal("bad_envelope", "not an announcement".into()));
+            return Err(Refusal(Reason::BadEnvelope, "not an announcement".into()));
         };
         let id = msg.header.session_id;
         if let Some(existing) = self.sessions.get(&id) {
@@ -507,7 +505,7 @@ impl Core {
                 Ok(())
             } else {
                 Err(Refusal(
-                    "conflicting_announce",
+                    Reason::ConflictingAnnounce,
                     format!("session {id} was announced differently"),
                 ))
             };
@@ -522,9 +520,9 @@ impl Core {
         let key_agg = a
             .context
             .key_agg()
-            .map_err(|e| Refusal("context", e.to_string()))?;
+            .map_err(|e| Refusal(Reason::Context, e.to_string()))?;
         let election = elect(a.election_method, &a.context.signer_keys)
-            .map_err(|e| Refusal("context", e.to_string()))?;
+            .map_err(|e| Refusal(Reason::Context, e.to_string()))?;
         let session = Session::new(
             id,
             a.context.clone(),

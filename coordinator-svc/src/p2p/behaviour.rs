@@ -282,17 +282,10 @@ pub fn peer_score_params() -> gossipsub::PeerScoreParams {
         invalid_message_deliveries_decay: 0.9,
         ..gossipsub::TopicScoreParams::default()
     };
-    for t in [
-        shared::wire::pb::TransactionType::Spend,
-        shared::wire::pb::TransactionType::Swap,
-        shared::wire::pb::TransactionType::Coinjoin,
-        shared::wire::pb::TransactionType::Custody,
-        shared::wire::pb::TransactionType::Escrow,
-        shared::wire::pb::TransactionType::Channel,
-    ] {
+    for t in super::names::all_topics() {
         params
             .topics
-            .insert(crate::node::signer_topic(t).hash(), topic.clone());
+            .insert(gossipsub::IdentTopic::new(t).hash(), topic.clone());
     }
     // No IP co-location penalty: parties behind one NAT or Kubernetes node are normal here,
     // and Sybil resistance comes from attestations (a key needs a signer) and the ban list.

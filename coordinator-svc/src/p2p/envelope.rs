@@ -4,13 +4,15 @@
 
 use libp2p_identity::{self as identity, PeerId};
 use shared::election::SessionId;
+use shared::security::Reason;
 use shared::wire::{self, Attestation, Body, MAX_DIRECT_MESSAGE_BYTES, Message, pb};
 
-use crate::protocol::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
+pub use super::names::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
 
-/// A refusal: a metric label (the offence's reason) and a detail for the sender.
+/// A refusal: why (typed; its label is the metric label and maps to an offence) and a detail
+/// for the sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal(pub &'static str, pub String);
+pub struct Refusal(pub Reason, pub String);
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -20,7 +22,7 @@ impl std::fmt::Display for Refusal {
 
 impl From<wire::WireError> for Refusal {
     fn from(e: wire::WireError) -> Self {
-        Refusal(e.reason(), e.to_string())
+        Refusal(e.kind(), e.to_string())
     }
 }
 
@@ -58,12 +60,16 @@ pub fn open(
     now: i64,
 ) -> Result<(PeerId, Message), Refusal> {
     let env: pb::SignedEnvelope = wire::decode_canonical(bytes, MAX_DIRECT_MESSAGE_BYTES)?;
-    let pk = identity::PublicKey::try_decode_protobuf(&env.peer_public_key)
-        .map_err(|_| Refusal("bad_envelope", "peer public key does not decode".into()))?;
+    let pk = identity::PublicKey::try_decode_protobuf(&env.peer_public_key).map_err(|_| {
+        Refusal(
+            Reason::BadEnvelope,
+            "peer public key does not decode".into(),
+        )
+    })?;
     let pid = pk.to_peer_id();
     if expected.is_some_and(|p| p != pid) {
         return Err(Refusal(
-            "bad_envelope",
+            Reason::BadEnvelope,
             "envelope key is not the sending peer's".into(),
         ));
     }
@@ -72,7 +78,7 @@ pub fn open(
         &env.signature,
     ) {
         return Err(Refusal(
-            "invalid_signature",
+            Reason::InvalidSignature,
             "envelope signature does not verify".into(),
         ));
     }
@@ -88,25 +94,25 @@ pub fn open(
             Body::Advertisement(a) => a.expires_at_ms,
             _ => {
                 return Err(Refusal(
-                    "bad_record",
+                    Reason::BadRecord,
                     "only announcements and advertisements are stored".into(),
                 ));
             }
         };
         if expires <= now {
-            return Err(Refusal("expired", "the record has expired".into()));
+            return Err(Refusal(Reason::Expired, "the record has expired".into()));
         }
         msg
     };
     let att = env.attestation.as_ref().ok_or(Refusal(
-        "unattested",
+        Reason::Unattested,
         "no attestation for the sender key".into(),
     ))?;
     let att = Attestation::verify_pb(att, &pid.to_bytes(), now)
-        .map_err(|e| Refusal("unattested", e.to_string()))?;
+        .map_err(|e| Refusal(Reason::Unattested, e.to_string()))?;
     if att.signer_key != msg.header.sender {
         return Err(Refusal(
-            "unattested",
+            Reason::Unattested,
             "attestation is for another key".into(),
         ));
     }
@@ -119,14 +125,14 @@ pub fn open(
 /// # Errors
 /// A [`Refusal`] (`bad_record` and the envelope's refusals).
 pub fn validate_record(key: &[u8], value: &[u8], now: i64) -> Result<(), Refusal> {
-    let key =
-        std::str::from_utf8(key).map_err(|_| Refusal("bad_record", "key is not text".into()))?;
+    let key = std::str::from_utf8(key)
+        .map_err(|_| Refusal(Reason::BadRecord, "key is not text".into()))?;
     if let Some(hex_key) = key.strip_prefix(SIGNER_KEY_PREFIX) {
         let (_, msg) = open(value, None, now)?;
         if hex::encode(msg.header.sender) != hex_key || !matches!(msg.body, Body::Advertisement(_))
         {
             return Err(Refusal(
-                "bad_record",
+                Reason::BadRecord,
                 "record value is not this key's advertisement".into(),
             ));
         }
@@ -134,13 +140,13 @@ pub fn validate_record(key: &[u8], value: &[u8], now: i64) -> Result<(), Refusal
     }
     let hex_id = key
         .strip_prefix(SESSION_KEY_PREFIX)
-        .ok_or(Refusal("bad_record", "unknown key namespace".into()))?;
-    let id =
-        SessionId::from_hex(hex_id).map_err(|_| Refusal("bad_record", "bad session id".into()))?;
+        .ok_or(Refusal(Reason::BadRecord, "unknown key namespace".into()))?;
+    let id = SessionId::from_hex(hex_id)
+        .map_err(|_| Refusal(Reason::BadRecord, "bad session id".into()))?;
     let (_, msg) = open(value, None, now)?;
     if msg.header.session_id != id || !matches!(msg.body, Body::Announce(_)) {
         return Err(Refusal(
-            "bad_record",
+            Reason::BadRecord,
             "record value is not this session's announcement".into(),
         ));
     }
