@@ -165,7 +165,7 @@ fn a_core_that_forgets_sessions_on_restart_is_caught() {
         Faults::ALL,
     );
     eprintln!("caught at seed {seed}: {v}");
-    assert!(v.contains("forgot session"), "{v}");
+    assert!(v.contains("forgot unfinished session"), "{v}");
 }
 
 #[test]
@@ -176,12 +176,30 @@ fn one_hundred_thousand_seeds() {
     }
 }
 
+/// A virtual day of sessions every half minute with restarts every few hours: honest peers end
+/// up banned (`replay_or_sequence` refusals of reordered and re-sent messages count as spam).
+fn a_virtual_day(seed: u64) -> Config {
+    let mut cfg = Config::new(seed, 3, SignatureFormat::Bip340, Faults::ALL);
+    cfg.sessions = 24 * 60;
+    cfg.session_every_ms = 30_000;
+    cfg.restart_every_ms = 3 * 3600 * 1000;
+    cfg
+}
+
 #[test]
-#[ignore = "needs the fixes of the hostile-peers issue: honest peers are banned after restarts and duplicates"]
+#[ignore = "fails until the hostile-peers issue is fixed: honest peers are banned after reordering, duplicates and restarts (seeds 30-32 ban one within 4 virtual hours)"]
 fn no_honest_peer_is_banned_under_restarts_and_duplication() {
-    let reports = sweep(5000..5400, Faults::ALL);
-    let banned: Vec<String> = reports.iter().flat_map(|r| r.honest_bans.clone()).collect();
-    assert!(banned.is_empty(), "{banned:#?}");
+    for seed in 30..33 {
+        let cfg = a_virtual_day(seed);
+        let r = sim::run(&cfg);
+        assert!(r.passed(), "{:#?}", r.violations);
+        assert!(
+            r.honest_bans.is_empty(),
+            "seed {seed} ({}): {:#?}",
+            cfg.replay_command(),
+            r.honest_bans
+        );
+    }
 }
 
 #[test]

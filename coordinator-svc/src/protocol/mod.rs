@@ -34,6 +34,8 @@ pub mod inbound;
 pub mod matchmaking;
 pub mod session;
 pub mod sessions;
+#[cfg(test)]
+mod tests;
 pub mod types;
 
 pub use types::{NodeError, NodeEvent, PeerStatus, SessionView};

@@ -45,6 +45,9 @@ struct Args {
     /// virtual hours (overrides --sessions and --every-ms).
     #[arg(long)]
     days: Option<u64>,
+    /// Mean time between coordinator restarts (when the faults include crashes), ms.
+    #[arg(long = "restart-every-ms")]
+    restart_every_ms: Option<i64>,
     /// Print the event log of each run to stderr.
     #[arg(long)]
     trace: bool,
@@ -87,6 +90,9 @@ fn main() {
             cfg.sessions = usize::try_from(days * 24 * 60).unwrap_or(usize::MAX);
             cfg.session_every_ms = 60_000 / 2;
             cfg.restart_every_ms = 3 * 3600 * 1000;
+        }
+        if let Some(every) = args.restart_every_ms {
+            cfg.restart_every_ms = every;
         }
         cfg.trace = args.trace;
         if let Some(ttl) = args.attestation_ttl_ms {

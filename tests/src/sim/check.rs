@@ -6,8 +6,9 @@
 //! 3. No honest peer is banned by an honest peer (reported apart: see [`super::Report`]).
 //! 4. Every abort names a reason; an abort for an invalid contribution names its culprits, and
 //!    they are byzantine.
-//! 5. At the end, every session an honest live node has heard of is still known to it and has
-//!    ended there (complete or aborted): nothing is forgotten or stuck.
+//! 5. At the end, every session an honest live node has heard of has ended there (complete or
+//!    aborted), and one it has not seen end is still known to it: nothing unfinished is
+//!    forgotten (finished ones may be pruned by retention) and nothing is stuck.
 //! 6. With no faults, every session completes on every member.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -176,9 +177,14 @@ impl Checker {
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
-            let (known, members, complete) = {
+            let (known, members, complete, aborted) = {
                 let t = &self.sessions[&id];
-                (t.known.clone(), t.members.clone(), t.complete.clone())
+                (
+                    t.known.clone(),
+                    t.members.clone(),
+                    t.complete.clone(),
+                    t.aborted.clone(),
+                )
             };
             for &node in &known {
                 if byzantine.get(node).copied().unwrap_or(true) {
@@ -187,8 +193,10 @@ impl Checker {
                 let Some(core) = cores.get(node).copied().flatten() else {
                     continue;
                 };
+                let ended = complete.contains(&node) || aborted.contains(&node);
                 match core.session(id) {
-                    None => self.fail(at, format!("node {node} forgot session {id}")),
+                    None if ended => {}
+                    None => self.fail(at, format!("node {node} forgot unfinished session {id}")),
                     Some(v) if !v.phase.is_terminal() => self.fail(
                         at,
                         format!(

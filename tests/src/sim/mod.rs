@@ -154,7 +154,7 @@ impl Config {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run -p e2e-tests --bin musig2-sim -- --seed {} --parties {} --format {} --sessions {} --every-ms {} --faults {}{}",
+            "cargo run --release -p e2e-tests --bin musig2-sim -- --seed {} --parties {} --format {} --sessions {} --every-ms {} --restart-every-ms {} --attestation-ttl-ms {} --faults {}{}",
             self.seed,
             self.parties,
             match self.format {
@@ -163,6 +163,8 @@ impl Config {
             },
             self.sessions,
             self.session_every_ms,
+            self.restart_every_ms,
+            self.attestation_ttl_ms,
             self.faults.name(),
             if self.planted == PlantedBugs::default() {
                 ""

@@ -343,15 +343,17 @@ impl<'a> World<'a> {
                     .random_range(1..=self.cfg.restart_every_ms.max(2) * 2);
             }
         }
+        // Signer restarts and partitions come about as often as coordinator crashes.
+        let every = self.cfg.restart_every_ms.max(1);
         if f.signer_restarts {
-            for _ in 0..(span / 20_000).max(1) {
+            for _ in 0..(span / every).max(1) {
                 let t = self.now + self.rng.random_range(0..span.max(1));
                 let node = self.rng.random_range(0..n);
                 self.at(t, Ev::SignerRestart { node });
             }
         }
         if f.partitions && n >= 2 {
-            for _ in 0..(span / 30_000).max(1) {
+            for _ in 0..(span * 2 / (every * 3)).max(1) {
                 let t = self.now + self.rng.random_range(0..span.max(1));
                 let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
                 let heal = self.rng.random_range(1_000..15_000);

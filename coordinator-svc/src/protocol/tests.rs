@@ -1,0 +1,497 @@
+//! Table-driven tests of the core as a whole: inputs in, effects out, with N cores wired
+//! synchronously (every message delivered at once, in order) and in-memory signers running the
+//! real nonce discipline. Faults and randomness are the simulator's business
+//! (`e2e_tests::sim`); here each test states exact effects.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use libp2p_identity::{Keypair, PeerId};
+use rand::SeedableRng as _;
+use shared::discipline::MemorySigner;
+use shared::election::{ElectionMethod, SessionId};
+use shared::musig::{SecretKey, SignatureFormat};
+use shared::wire::{SessionContext, pb};
+
+use super::inbound::Frame;
+use super::session::Phase;
+use super::{Core, Effect, NodeEvent, Settings};
+
+const T0: i64 = 1_800_000_000_000;
+const TIMEOUT: i64 = 30_000;
+
+fn settings(failover: bool) -> Settings {
+    Settings {
+        session_timeout_ms: 600_000,
+        stuck_timeout_ms: 60_000,
+        max_sequence_gap: 100,
+        enable_replay_protection: true,
+        election_method: ElectionMethod::Lexicographic,
+        enable_failover: failover,
+        broadcast_timeout_ms: TIMEOUT,
+        max_active_sessions: 100,
+        enable_session_discovery: false,
+        dht: false,
+    }
+}
+
+/// N cores, each with its signer; effects run at once, in order.
+struct Net {
+    now: i64,
+    cores: Vec<Core>,
+    signers: Vec<MemorySigner>,
+    peers: Vec<PeerId>,
+    keys: Vec<[u8; 33]>,
+    events: Vec<Vec<NodeEvent>>,
+    rng: rand::rngs::StdRng,
+}
+
+impl Net {
+    fn new(n: usize, failover: bool) -> Self {
+        let mut net = Net {
+            now: T0,
+            cores: Vec::new(),
+            signers: Vec::new(),
+            peers: Vec::new(),
+            keys: Vec::new(),
+            events: vec![Vec::new(); n],
+            rng: rand::rngs::StdRng::seed_from_u64(5),
+        };
+        for i in 0..n {
+            let b = u8::try_from(i).unwrap_or(0) + 1;
+            let sk = SecretKey::from_bytes(&[b; 32]).unwrap_or_else(|_| unreachable!());
+            let key = sk.public_key();
+            let signer = MemorySigner::new(vec![sk]);
+            let kp = Keypair::ed25519_from_bytes([b; 32]).unwrap_or_else(|_| unreachable!());
+            let peer = kp.public().to_peer_id();
+            let expires = T0 + 7 * 24 * 3600 * 1000;
+            let sig = signer
+                .attest(&key, &peer.to_bytes(), expires, &[b; 32])
+                .unwrap_or_else(|_| unreachable!());
+            let att = pb::PeerAttestation {
+                signer_key: key.to_vec(),
+                peer_id: peer.to_bytes(),
+                expires_at_ms: expires,
+                signature: sig.to_vec(),
+            };
+            let core = Core::new(
+                settings(failover),
+                kp,
+                vec![key],
+                BTreeMap::from([(key, att)]),
+                [b; 32],
+                T0,
+            );
+            net.cores.push(core);
+            net.signers.push(signer);
+            net.peers.push(peer);
+            net.keys.push(key);
+        }
+        for i in 0..n {
+            for j in 0..n {
+                if i != j {
+                    let mut fx = Vec::new();
+                    let (now, peer) = (net.now, net.peers[j]);
+                    net.cores[i].on_connected(now, peer, true, &mut fx);
+                    net.run(i, fx);
+                }
+            }
+        }
+        net
+    }
+
+    /// Perform effects (and everything they cause) until nothing is left.
+    fn run(&mut self, node: usize, fx: Vec<Effect>) {
+        let mut queue: VecDeque<(usize, Effect)> = fx.into_iter().map(|e| (node, e)).collect();
+        while let Some((i, e)) = queue.pop_front() {
+            let now = self.now;
+            let mut out = Vec::new();
+            match e {
+                Effect::Send { peer, bytes } => {
+                    let Some(j) = self.peers.iter().position(|p| *p == peer) else {
+                        continue;
+                    };
+                    let from = self.peers[i];
+                    let r = self.cores[j].on_direct(now, from, Frame::Bytes(&bytes), &mut out);
+                    assert!(r.is_ok(), "node {j} refused a message of node {i}: {r:?}");
+                    queue.extend(out.into_iter().map(|e| (j, e)));
+                    continue;
+                }
+                Effect::Nonce {
+                    id,
+                    index,
+                    key,
+                    context,
+                } => {
+                    let r = self.signers[i]
+                        .nonce(&mut self.rng, &id.0, &key, &context)
+                        .map_err(|e| e.to_string());
+                    self.cores[i].on_nonce(now, id, index, r, &mut out);
+                }
+                Effect::PartialSign {
+                    id,
+                    index,
+                    key,
+                    context,
+                    nonces,
+                } => {
+                    let r = self.signers[i]
+                        .partial_sign(&id.0, &key, &context, &nonces)
+                        .map_err(|e| e.to_string());
+                    self.cores[i].on_partial_signature(now, id, index, r, &mut out);
+                }
+                Effect::Emit(ev) => {
+                    if let NodeEvent::SessionCreated(v) = &ev {
+                        let id = v.id;
+                        let mut fx = Vec::new();
+                        let _ = self.cores[i].join(now, id, &mut fx);
+                        out.extend(fx);
+                    }
+                    self.events[i].push(ev);
+                }
+                _ => {}
+            }
+            queue.extend(out.into_iter().map(|e| (i, e)));
+        }
+    }
+
+    fn context(&self) -> SessionContext {
+        let mut keys = self.keys.clone();
+        keys.sort_unstable();
+        SessionContext {
+            signer_keys: keys,
+            message: vec![7; 32],
+            format: SignatureFormat::Bip340,
+            tweaks: Vec::new(),
+        }
+    }
+
+    fn complete_a_session(&mut self) -> SessionId {
+        let mut fx = Vec::new();
+        let ctx = self.context();
+        let view = self.cores[0]
+            .create(self.now, ctx, None, None, &mut fx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.run(0, fx);
+        for c in &self.cores {
+            assert_eq!(c.session(view.id).map(|s| s.phase), Some(Phase::Complete));
+        }
+        view.id
+    }
+
+    fn advance(&mut self, to: i64) {
+        self.now = to;
+        for i in 0..self.cores.len() {
+            let mut fx = Vec::new();
+            self.cores[i].on_deadline(to, &mut fx);
+            self.run(i, fx);
+        }
+    }
+
+    /// Failover events since the last call, per node, in a compact form.
+    fn take_failover(&mut self) -> Vec<Vec<String>> {
+        self.events
+            .iter_mut()
+            .map(|evs| {
+                evs.drain(..)
+                    .filter_map(|e| match e {
+                        NodeEvent::ShouldBroadcast { index, attempt, .. } => {
+                            Some(format!("broadcast {index}@{attempt}"))
+                        }
+                        NodeEvent::CoordinatorFailed {
+                            failed_index,
+                            attempt,
+                            next_index,
+                            ..
+                        } => Some(format!("failed {failed_index}->{next_index}@{attempt}")),
+                        NodeEvent::FailoverExhausted { attempts, .. } => {
+                            Some(format!("exhausted@{attempts}"))
+                        }
+                        NodeEvent::BroadcastConfirmed { .. } => Some("confirmed".into()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The node holding the key at sorted index `i`.
+    fn holder(&self, i: usize) -> usize {
+        let sorted = self.context().signer_keys;
+        self.keys
+            .iter()
+            .position(|k| *k == sorted[i])
+            .unwrap_or_else(|| unreachable!())
+    }
+}
+
+#[test]
+fn failover_deadlines() {
+    let mut net = Net::new(3, true);
+    let id = net.complete_a_session();
+    let t = net.now;
+    // Lexicographic election: priority 0, 1, 2. Each step: (time, who says what).
+    let h: Vec<usize> = (0..3).map(|i| net.holder(i)).collect();
+    let mut first: Vec<Vec<String>> = vec![Vec::new(); 3];
+    first[h[0]] = vec!["broadcast 0@0".into()];
+    assert_eq!(net.take_failover(), first, "at completion");
+    for c in &net.cores {
+        assert_eq!(
+            c.next_deadline(),
+            Some(t + TIMEOUT),
+            "one deadline per session"
+        );
+    }
+    // Nothing happens a millisecond early.
+    net.advance(t + TIMEOUT - 1);
+    assert_eq!(net.take_failover(), vec![Vec::<String>::new(); 3]);
+    // (when, what every node reports, which priority index is told to broadcast)
+    type Step = (i64, &'static str, Option<(usize, &'static str)>);
+    let steps: [Step; 3] = [
+        (t + TIMEOUT, "failed 0->1@1", Some((1, "broadcast 1@1"))),
+        (t + 2 * TIMEOUT, "failed 1->2@2", Some((2, "broadcast 2@2"))),
+        (t + 3 * TIMEOUT, "failed 2->2@3", None),
+    ];
+    for (at, everyone, extra) in steps {
+        net.advance(at);
+        let mut expected: Vec<Vec<String>> = vec![vec![everyone.to_string()]; 3];
+        if let Some((index, what)) = extra {
+            expected[h[index]].push(what.to_string());
+        }
+        if extra.is_none() {
+            for e in &mut expected {
+                e.push("exhausted@3".into());
+            }
+        }
+        assert_eq!(net.take_failover(), expected, "at +{} ms", at - t);
+    }
+    for c in &net.cores {
+        assert_eq!(c.next_deadline(), None);
+        let f = c.session(id).map(|s| s.failover).unwrap_or_default();
+        assert!(f.exhausted && f.deadline_ms.is_none());
+    }
+}
+
+#[test]
+fn a_confirmed_broadcast_stops_every_clock() {
+    let mut net = Net::new(3, true);
+    let id = net.complete_a_session();
+    let elected = net.holder(0);
+    net.take_failover();
+    let mut fx = Vec::new();
+    let now = net.now + 10;
+    net.cores[elected]
+        .notify_broadcast(now, id, "txid".into(), &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.run(elected, fx);
+    assert_eq!(net.take_failover(), vec![vec!["confirmed".to_string()]; 3]);
+    for c in &net.cores {
+        assert_eq!(c.next_deadline(), None);
+    }
+    net.advance(net.now + 10 * TIMEOUT);
+    assert_eq!(net.take_failover(), vec![Vec::<String>::new(); 3]);
+}
+
+#[test]
+fn without_failover_no_clock_runs() {
+    let mut net = Net::new(3, false);
+    net.complete_a_session();
+    assert_eq!(net.take_failover(), vec![Vec::<String>::new(); 3]);
+    for c in &net.cores {
+        assert_eq!(c.next_deadline(), None);
+    }
+}
+
+#[test]
+fn session_timeouts_are_deadlines() {
+    let mut net = Net::new(3, true);
+    // A session nobody else hears of: node 0 is alone (its peers are not told).
+    for j in 1..3 {
+        let peer = net.peers[j];
+        net.cores[0].on_disconnected(peer);
+    }
+    let mut keys = net.keys.clone();
+    keys.sort_unstable();
+    let ctx = SessionContext {
+        signer_keys: keys,
+        message: vec![1; 32],
+        format: SignatureFormat::Lotus,
+        tweaks: Vec::new(),
+    };
+    let mut fx = Vec::new();
+    let view = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Deliver nothing: the announcement is lost.
+    assert!(fx.iter().any(|e| matches!(e, Effect::Persist { .. })));
+    let persist_first = fx.iter().position(|e| matches!(e, Effect::Persist { .. }));
+    let first_send = fx.iter().position(|e| matches!(e, Effect::Send { .. }));
+    assert!(
+        persist_first < first_send,
+        "stored before announced: {fx:?}"
+    );
+    assert_eq!(
+        net.cores[0].next_deadline(),
+        Some(T0 + 60_000),
+        "stuck timeout"
+    );
+    let mut fx = Vec::new();
+    net.cores[0].on_deadline(T0 + 59_999, &mut fx);
+    assert!(fx.is_empty(), "{fx:?}");
+    net.cores[0].on_deadline(T0 + 60_000, &mut fx);
+    let reason = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Emit(NodeEvent::Aborted { info, .. }) => Some(info.reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(reason.contains("stuck in phase INIT"), "{reason}");
+    assert_eq!(
+        net.cores[0].session(view.id).map(|s| s.phase),
+        Some(Phase::Aborted)
+    );
+    assert_eq!(net.cores[0].next_deadline(), None);
+}
+
+#[test]
+fn matchmaking_request_accept_create_and_rate_limit() {
+    let mut net = Net::new(3, true);
+    let ctx = net.context();
+    let mut fx = Vec::new();
+    let now = net.now;
+    let request = net.cores[0]
+        .send_signing_request(now, ctx.clone(), pb::TransactionType::Spend, 5, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sends = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::Send { .. }))
+        .count();
+    assert_eq!(sends, 2, "one request per other holder");
+    net.run(0, fx);
+    for i in 1..3 {
+        assert!(
+            net.events[i].iter().any(|e| matches!(e,
+                NodeEvent::SigningRequestReceived { request_id, amount: 5, .. } if *request_id == request)),
+            "node {i}"
+        );
+    }
+    // Both accept: the requester creates the session and everyone signs.
+    for i in 1..3 {
+        let mut fx = Vec::new();
+        net.cores[i]
+            .respond_signing_request(now, request, true, &mut fx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        net.run(i, fx);
+    }
+    for c in &net.cores {
+        let done = c
+            .sessions()
+            .iter()
+            .any(|s| s.context == ctx && s.phase == Phase::Complete);
+        assert!(
+            done,
+            "{:?}",
+            c.sessions().iter().map(|s| s.phase).collect::<Vec<_>>()
+        );
+    }
+    // A second request from the same peer within 30 s is a rate-limit offence.
+    let mut fx = Vec::new();
+    net.cores[0]
+        .send_signing_request(now + 1_000, ctx, pb::TransactionType::Spend, 5, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Some(Effect::Send { bytes, .. }) = fx.iter().find(|e| matches!(e, Effect::Send { .. }))
+    else {
+        panic!("no request sent")
+    };
+    let from = net.peers[0];
+    let mut out = Vec::new();
+    let r = net.cores[1].on_direct(now + 1_000, from, Frame::Bytes(bytes), &mut out);
+    assert!(
+        matches!(&r, Err(e) if e.0 == shared::security::Reason::RateLimited),
+        "{r:?}"
+    );
+    // An unknown request id is refused.
+    assert!(
+        net.cores[1]
+            .respond_signing_request(now, [9; 16], true, &mut Vec::new())
+            .is_err()
+    );
+}
+
+#[test]
+fn advertisements_one_per_minute_and_identical_refreshes_ignored() {
+    use super::inbound::Acceptance;
+    let mut net = Net::new(2, true);
+    let now = net.now;
+    let key = net.keys[0];
+    let ad = shared::wire::Advertisement {
+        transaction_types: vec![pb::TransactionType::Spend, pb::TransactionType::Swap],
+        min_amount: 1,
+        max_amount: 0,
+        expires_at_ms: now + 3_600_000,
+        description: "desk".into(),
+    };
+    let mut fx = Vec::new();
+    net.cores[0]
+        .advertise(now, vec![key], ad.clone(), &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let published: Vec<(String, Vec<u8>)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish { topic, bytes } => Some((topic.clone(), bytes.clone())),
+            _ => None,
+        })
+        .collect();
+    let topics: Vec<&str> = published.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, ["musig2:signers:spend", "musig2:signers:swap"]);
+    // Again within 60 s: refused to the caller.
+    assert!(
+        net.cores[0]
+            .advertise(now + 59_000, vec![key], ad.clone(), &mut Vec::new())
+            .is_err()
+    );
+    let author = net.peers[0];
+    // (what arrives, when, GossipSub verdict)
+    let (_, first) = &published[0];
+    let (_, second) = &published[1];
+    let mut fx = Vec::new();
+    let table: [(&[u8], i64, Acceptance); 2] = [
+        (first, now + 10, Acceptance::Accept),
+        // The same advertisement again (another topic): nothing new, no penalty.
+        (second, now + 20, Acceptance::Ignore),
+    ];
+    for (bytes, at, want) in table {
+        assert_eq!(
+            net.cores[1].on_gossip(at, Some(author), author, bytes, &mut fx),
+            want
+        );
+    }
+    assert_eq!(net.cores[1].discovered(now + 30).len(), 1);
+    // A different advertisement within 60 s: a rate-limit offence.
+    let mut other = Vec::new();
+    net.cores[0]
+        .advertise(
+            now + 61_000,
+            vec![key],
+            shared::wire::Advertisement {
+                min_amount: 2,
+                ..ad
+            },
+            &mut other,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Some(Effect::Publish { bytes, .. }) = other.first() else {
+        panic!("nothing published")
+    };
+    assert_eq!(
+        net.cores[1].on_gossip(now + 30, Some(author), author, bytes, &mut fx),
+        Acceptance::Reject
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(NodeEvent::Rejected {
+            reason: "rate_limited",
+            ..
+        })
+    )));
+}
