@@ -10,6 +10,9 @@ pub const MAX_INVALID_SIGNATURES: u32 = 10;
 pub const MAX_RATE_LIMIT_VIOLATIONS: u32 = 10;
 /// Spam events before a permanent ban.
 pub const MAX_SPAM_EVENTS: u32 = 50;
+/// Refusals an honest peer can cause ([`Reason::is_tolerated`]) accepted per peer per minute
+/// before they count as rate-limit offences.
+pub const TOLERATED_REFUSALS_PER_MINUTE: u32 = 120;
 /// Length of a temporary ban, ms (1 h).
 pub const GRAYLIST_MS: i64 = 3600 * 1000;
 /// Counters are forgotten after this long without incidents, ms (24 h).
@@ -181,6 +184,22 @@ impl Reason {
             Reason::RateLimited => Offence::RateLimit,
             _ => Offence::Spam,
         }
+    }
+
+    /// Whether an honest peer can cause this refusal: messages reordered or re-sent after a
+    /// reconnection or a restart (sequence window), concurrent phase changes (a contribution
+    /// crossing an abort), or one of *our* tables being full. Such refusals prove nothing about
+    /// the sender: they are counted, not held against it, up to
+    /// [`TOLERATED_REFUSALS_PER_MINUTE`] a minute (beyond that, a flood is a rate-limit offence).
+    pub fn is_tolerated(self) -> bool {
+        matches!(
+            self,
+            Reason::ReplayOrSequence
+                | Reason::OutOfPhase
+                | Reason::UnknownSession
+                | Reason::TooManyAdverts
+                | Reason::TooManyRequests
+        )
     }
 }
 

@@ -5,7 +5,7 @@ use shared::security::Reason;
 use std::collections::BTreeMap;
 
 use libp2p_identity::PeerId;
-use shared::security::{Reputation, Verdict};
+use shared::security::{Offence, Reputation, TOLERATED_REFUSALS_PER_MINUTE, Verdict};
 use shared::wire::MAX_KEYS_PER_PEER;
 
 use crate::envelope::Refusal;
@@ -22,6 +22,8 @@ pub struct Guard {
     pub reputation: Reputation<PeerId>,
     /// Bans in force.
     pub bans: BTreeMap<PeerId, BanRecord>,
+    /// Tolerated refusals per peer in the current minute: (minute start, count).
+    tolerated: BTreeMap<PeerId, (i64, u32)>,
 }
 
 impl Default for Guard {
@@ -31,6 +33,7 @@ impl Default for Guard {
             rejections: BTreeMap::new(),
             reputation: Reputation::new(),
             bans: BTreeMap::new(),
+            tolerated: BTreeMap::new(),
         }
     }
 }
@@ -69,7 +72,8 @@ impl Guard {
         Ok(Some(known.clone()))
     }
 
-    /// Count a refusal against `peer`; the verdict it triggers, if any.
+    /// Count a refusal against `peer`; the verdict it triggers, if any. A refusal an honest
+    /// peer can cause costs nothing until the peer passes the tolerated rate.
     pub fn offend(&mut self, peer: PeerId, r: &Refusal, now_ms: i64) -> Verdict {
         *self
             .rejections
@@ -77,7 +81,24 @@ impl Guard {
             .or_default()
             .entry(r.0.as_str())
             .or_insert(0) += 1;
+        if r.0.is_tolerated() {
+            let (start, n) = self.tolerated.entry(peer).or_insert((now_ms, 0));
+            if now_ms - *start >= 60_000 {
+                (*start, *n) = (now_ms, 0);
+            }
+            *n += 1;
+            if *n <= TOLERATED_REFUSALS_PER_MINUTE {
+                return Verdict::None;
+            }
+            return self.reputation.offend(&peer, Offence::RateLimit, now_ms);
+        }
         self.reputation.offend(&peer, r.0.offence(), now_ms)
+    }
+
+    /// Forget per-minute counters that ran out.
+    pub fn cleanup(&mut self, now_ms: i64) {
+        self.tolerated
+            .retain(|_, (start, _)| now_ms - *start < 60_000);
     }
 
     /// Count an accepted message.
@@ -127,7 +148,6 @@ mod tests {
             (Reason::BadEnvelope, MAX_INVALID_SIGNATURES, true),
             (Reason::BadRecord, MAX_INVALID_SIGNATURES, true),
             (Reason::RateLimited, MAX_RATE_LIMIT_VIOLATIONS, false),
-            (Reason::OutOfPhase, MAX_SPAM_EVENTS, true),
             (Reason::TooLarge, MAX_SPAM_EVENTS, true),
             (Reason::Attestation, MAX_SPAM_EVENTS, true),
         ];
@@ -209,5 +229,59 @@ mod tests {
         assert!(!g.is_banned(&b));
         assert!(!g.rejections.contains_key(&b));
         assert!(!g.forgive(b));
+    }
+}
+
+#[cfg(test)]
+mod tolerated {
+    use super::*;
+
+    #[test]
+    fn refusals_an_honest_peer_causes_cost_nothing_until_they_flood() {
+        let kp = libp2p_identity::Keypair::ed25519_from_bytes([4; 32])
+            .unwrap_or_else(|_| unreachable!());
+        let p = kp.public().to_peer_id();
+        for reason in [
+            Reason::ReplayOrSequence,
+            Reason::OutOfPhase,
+            Reason::UnknownSession,
+        ] {
+            let mut g = Guard::default();
+            let r = Refusal(reason, String::new());
+            // A steady trickle, minute after minute: never an offence.
+            for minute in 0..30i64 {
+                for k in 0..TOLERATED_REFUSALS_PER_MINUTE {
+                    assert_eq!(
+                        g.offend(p, &r, minute * 60_000 + i64::from(k)),
+                        Verdict::None
+                    );
+                }
+            }
+            assert!(g.reputation.get(&p).is_none_or(|x| x.spam_events == 0));
+            // A flood within one minute: rate-limit offences, then a temporary ban.
+            let verdicts: Vec<Verdict> = (0..shared::security::MAX_RATE_LIMIT_VIOLATIONS)
+                .map(|k| g.offend(p, &r, 30 * 60_000 + 1 + i64::from(k)))
+                .collect();
+            assert!(
+                verdicts.iter().all(|v| *v == Verdict::None),
+                "{reason}: within the budget of a fresh minute"
+            );
+            let mut banned = false;
+            for k in 0..(TOLERATED_REFUSALS_PER_MINUTE + 20) {
+                if let Verdict::Graylist { .. } = g.offend(p, &r, 30 * 60_000 + 100 + i64::from(k))
+                {
+                    banned = true;
+                }
+            }
+            assert!(banned, "{reason}: a flood is cut off");
+            assert_eq!(
+                g.rejections[&p][reason.as_str()],
+                u64::from(
+                    31 * TOLERATED_REFUSALS_PER_MINUTE
+                        + shared::security::MAX_RATE_LIMIT_VIOLATIONS
+                        + 20
+                )
+            );
+        }
     }
 }

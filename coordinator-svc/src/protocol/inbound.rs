@@ -123,6 +123,12 @@ impl Core {
         match verdict {
             Ok(true) => Acceptance::Accept,
             Ok(false) => Acceptance::Ignore,
+            // Anyone can re-inject an old signed message: staleness proves nothing about its
+            // author (nor, on its own, about the relay). Dropped without penalty.
+            Err(r) if matches!(r.0, Reason::TimestampSkew | Reason::Expired) => {
+                tracing::debug!(%relay, reason = r.0.as_str(), "stale gossip dropped");
+                Acceptance::Ignore
+            }
             Err(r) => {
                 self.reject(now, author.unwrap_or(relay), &r, fx);
                 Acceptance::Reject

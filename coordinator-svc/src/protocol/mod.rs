@@ -343,6 +343,7 @@ impl Core {
         }
         self.discovery.cleanup(now);
         self.matchmaking.cleanup(now);
+        self.guard.cleanup(now);
     }
 
     /// A connection to `peer` opened (`first` = no other connection to it was open).

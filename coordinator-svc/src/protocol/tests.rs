@@ -495,3 +495,43 @@ fn advertisements_one_per_minute_and_identical_refreshes_ignored() {
         })
     )));
 }
+
+#[test]
+fn stale_relayed_gossip_is_dropped_without_blaming_its_author() {
+    use super::inbound::Acceptance;
+    let mut net = Net::new(3, true);
+    let now = net.now;
+    let ad = shared::wire::Advertisement {
+        transaction_types: vec![pb::TransactionType::Custody],
+        min_amount: 0,
+        max_amount: 0,
+        expires_at_ms: now + 24 * 3_600_000,
+        description: String::new(),
+    };
+    let mut fx = Vec::new();
+    let key = net.keys[0];
+    net.cores[0]
+        .advertise(now, vec![key], ad, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Some(Effect::Publish { bytes, .. }) = fx.first() else {
+        panic!("nothing published")
+    };
+    let (author, relay) = (net.peers[0], net.peers[2]);
+    // Node 2 re-injects the advertisement 6 minutes later (outside the ±5 min window), many
+    // times: node 1 drops it each time and holds it against nobody.
+    let mut out = Vec::new();
+    for k in 0..200 {
+        let at = now + 6 * 60_000 + k;
+        assert_eq!(
+            net.cores[1].on_gossip(at, Some(author), relay, bytes, &mut out),
+            Acceptance::Ignore
+        );
+    }
+    assert!(out.is_empty(), "{out:?}");
+    assert!(
+        net.cores[1]
+            .peers()
+            .iter()
+            .all(|p| p.ban.is_none() && p.record.spam_events == 0 && p.rejections.is_empty())
+    );
+}
