@@ -247,7 +247,8 @@ impl Node {
 
     /// Perform a batch of effects in order. A write that fails ends the batch: what follows it
     /// depends on it.
-    fn execute(&mut self, fx: Vec<Effect>) {
+    /// `false` when a write failed (and the rest of the batch was dropped).
+    fn execute(&mut self, fx: Vec<Effect>) -> bool {
         let mut fx = fx.into_iter();
         while let Some(effect) = fx.next() {
             match effect {
@@ -255,7 +256,7 @@ impl Node {
                     if let Err(e) = self.store.put(&id.0, &record) {
                         let dropped = fx.len();
                         tracing::error!(session = %id, error = %e, dropped, "session state not stored; what depends on it is not sent or reported");
-                        return;
+                        return false;
                     }
                 }
                 Effect::PersistBan { peer, ban } => {
@@ -341,6 +342,7 @@ impl Node {
                 }
             }
         }
+        true
     }
 
     fn send_to(&mut self, peer: PeerId, bytes: Vec<u8>) {
@@ -600,7 +602,13 @@ impl Node {
                         DirectRequest::Frame(bytes) => Frame::Bytes(bytes),
                         DirectRequest::TooLarge(n) => Frame::TooLarge(*n),
                     };
-                    let answer = match self.core.on_direct(now, peer, frame, fx) {
+                    // What the message changed is performed (stored) before the sender hears
+                    // that it was accepted.
+                    let mut effects = Vec::new();
+                    let verdict = self.core.on_direct(now, peer, frame, &mut effects);
+                    let stored = self.execute(effects);
+                    let answer = match verdict {
+                        Ok(()) if !stored => b"unavailable: not stored; send again".to_vec(),
                         Ok(()) => {
                             self.accepted
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -272,3 +272,79 @@ async fn a_signer_killed_mid_session_aborts_it_cleanly_and_the_next_session_succ
     ps[0].start_signer();
     session(&ps, SignatureFormat::Lotus, [0x34; 32], false).await;
 }
+
+/// A session the API reported as created is on disk before the reply: a creator SIGKILLed right
+/// after `CreateSession` (nobody else joined, so nothing else changed it) still knows it, with
+/// its own join, after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_session_survives_an_immediate_sigkill() {
+    let base = tempfile::tempdir().unwrap();
+    let mut ps = Vec::new();
+    for s in 91..93u8 {
+        ps.push(ProcParty::start(base.path(), s, "").await);
+    }
+    // Not meshed: the announcement cannot reach anyone yet.
+    let mut c = ps[0].client().await;
+    let created = c
+        .create_session(pb::CreateSessionRequest {
+            signer_keys: procs::keys(&ps),
+            message: vec![0x31; 32],
+            format: pb::SignatureFormat::Bip340 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    ps[0].kill_coordinator();
+    ps[0].start_coordinator();
+    let mut c = ps[0].client().await;
+    let after = c
+        .get_session(pb::GetSessionRequest {
+            session_id: created.session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(after.phase, pb::SessionPhase::Init as i32);
+    assert_eq!(after.joined_keys, created.joined_keys);
+    // The session goes on once the other party is reachable: it joins and both complete.
+    mesh(&ps).await;
+    let mut other = ps[1].client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = other
+            .join_session(pb::JoinSessionRequest {
+                session_id: created.session_id.clone(),
+            })
+            .await;
+        if r.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for p in &ps {
+        let mut c = p.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = c
+                .get_session(pb::GetSessionRequest {
+                    session_id: created.session_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .session
+                .unwrap();
+            if s.phase == pb::SessionPhase::Complete as i32 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "phase {}", s.phase);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

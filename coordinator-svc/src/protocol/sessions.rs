@@ -538,6 +538,9 @@ impl Core {
         let view = SessionView::of(&session);
         self.sessions.insert(id, session);
         self.schedule_timeout(id);
+        // Stored before the announcement is acknowledged (the acknowledgement is the reply
+        // that depends on it) and before the application hears of it.
+        self.persist(id, fx);
         Self::emit(fx, NodeEvent::SessionCreated(Box::new(view)));
         if self.matchmaking.take_auto_join(now, &a.context)
             && let Err(e) = self.join_known(now, id, fx)
