@@ -97,11 +97,13 @@ pub enum Reason {
     OutOfPhase,
     /// A second, different contribution.
     Duplicate,
+    /// A broadcast confirmation from a party not responsible for the attempt it names.
+    NotResponsible,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::TooLarge,
         Reason::Decode,
         Reason::NonCanonical,
@@ -134,6 +136,7 @@ impl Reason {
         Reason::ReplayOrSequence,
         Reason::OutOfPhase,
         Reason::Duplicate,
+        Reason::NotResponsible,
     ];
 
     /// Stable label.
@@ -171,6 +174,7 @@ impl Reason {
             Reason::ReplayOrSequence => "replay_or_sequence",
             Reason::OutOfPhase => "out_of_phase",
             Reason::Duplicate => "duplicate",
+            Reason::NotResponsible => "not_responsible",
         }
     }
 

@@ -148,12 +148,25 @@ impl Core {
                 s.phase.as_str()
             )));
         }
-        let Some(&from) = s.local.first().and_then(|i| s.context.signer_keys.get(*i)) else {
+        let Some(&local) = s.local.first() else {
             return Err(NodeError::FailedPrecondition(
                 "no local key in the session".into(),
             ));
         };
-        let attempt = u32::try_from(s.failover.attempt).unwrap_or(u32::MAX);
+        let Some(&from) = s.context.signer_keys.get(local) else {
+            return Err(NodeError::FailedPrecondition(
+                "no local key in the session".into(),
+            ));
+        };
+        // The attempt this party is responsible for (receivers accept a confirmation only from
+        // the party responsible for the attempt it names).
+        let position = s
+            .election
+            .priority_list
+            .iter()
+            .position(|i| *i == local)
+            .unwrap_or(0);
+        let attempt = u32::try_from(position).unwrap_or(u32::MAX);
         if s.failover.confirmed.is_none() {
             s.failover.confirmed = Some((hex::encode(from), reference.clone()));
             s.failover.deadline_ms = None;

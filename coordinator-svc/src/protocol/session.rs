@@ -77,6 +77,14 @@ pub enum Reject {
     /// A second contribution from the same signer.
     #[error("duplicate {0} from this signer")]
     Duplicate(&'static str),
+    /// A broadcast confirmation for an attempt its sender is not responsible for.
+    #[error("signer {index} is not responsible for broadcast attempt {attempt}")]
+    NotResponsible {
+        /// Sender's index.
+        index: usize,
+        /// Claimed attempt.
+        attempt: u32,
+    },
 }
 
 impl Reject {
@@ -87,6 +95,7 @@ impl Reject {
             Reject::Sequence { .. } => Reason::ReplayOrSequence,
             Reject::OutOfPhase { .. } => Reason::OutOfPhase,
             Reject::Duplicate(_) => Reason::Duplicate,
+            Reject::NotResponsible { .. } => Reason::NotResponsible,
         }
     }
 }
@@ -185,6 +194,9 @@ pub struct Session {
     pub failover: FailoverRecord,
     /// A planted bug (simulator tests): partial signatures are not verified.
     pub(crate) skip_partial_signature_check: bool,
+    /// A broadcast confirmation that arrived before the session completed here: applied at
+    /// completion (the confirming party completed first), never held against its sender.
+    held_confirmation: Option<([u8; 33], String)>,
 }
 
 impl Session {
@@ -237,6 +249,7 @@ impl Session {
             accepted: std::collections::HashSet::new(),
             failover: FailoverRecord::default(),
             skip_partial_signature_check: false,
+            held_confirmation: None,
         }
     }
 
@@ -409,9 +422,20 @@ impl Session {
             // ended changes nothing and costs the sender nothing.
             Body::Abort(_) if self.phase.is_terminal() => return Ok(Vec::new()),
             Body::SignatureFinalized(_) if self.phase == Phase::Init => return Err(out_of_phase()),
-            Body::BroadcastConfirmed { .. }
-                if self.phase != Phase::Complete && self.phase != Phase::Closed =>
+            // Only the party responsible for the attempt it names may confirm (the attempt may be
+            // ahead of ours: its clock ran first).
+            Body::BroadcastConfirmed { attempt, .. }
+                if self
+                    .election
+                    .responsible_after(usize::try_from(*attempt).unwrap_or(usize::MAX))
+                    != Some(index) =>
             {
+                return Err(Reject::NotResponsible {
+                    index,
+                    attempt: *attempt,
+                });
+            }
+            Body::BroadcastConfirmed { .. } if self.phase == Phase::Aborted => {
                 return Err(out_of_phase());
             }
             Body::Announce(_)
@@ -473,6 +497,12 @@ impl Session {
                 });
                 self.set_phase(Phase::Aborted, &mut actions);
             }
+            Body::BroadcastConfirmed { reference, .. }
+                if !matches!(self.phase, Phase::Complete | Phase::Closed) =>
+            {
+                self.held_confirmation
+                    .get_or_insert_with(|| (key, reference.clone()));
+            }
             Body::BroadcastConfirmed { reference, .. } if self.failover.confirmed.is_none() => {
                 self.failover.confirmed = Some((hex::encode(key), reference.clone()));
                 self.failover.deadline_ms = None;
@@ -491,8 +521,7 @@ impl Session {
                     )
                     .is_ok() =>
             {
-                self.signature = Some(*sig);
-                self.set_phase(Phase::Complete, &mut actions);
+                self.complete(*sig, &mut actions);
             }
             _ => {}
         }
@@ -577,10 +606,7 @@ impl Session {
                 .map(|()| sig)
             });
         match result {
-            Ok(sig) => {
-                self.signature = Some(sig);
-                self.set_phase(Phase::Complete, actions);
-            }
+            Ok(sig) => self.complete(sig, actions),
             Err(e) => self.fail(
                 self.now,
                 AbortCode::InvalidPartialSignature,
@@ -588,6 +614,19 @@ impl Session {
                 Vec::new(),
                 actions,
             ),
+        }
+    }
+
+    /// The final signature verified: COMPLETE, and a confirmation that came first applies now.
+    fn complete(&mut self, signature: Signature, actions: &mut Vec<Action>) {
+        self.signature = Some(signature);
+        self.set_phase(Phase::Complete, actions);
+        if let Some((by, reference)) = self.held_confirmation.take()
+            && self.failover.confirmed.is_none()
+        {
+            self.failover.confirmed = Some((hex::encode(by), reference.clone()));
+            self.failover.deadline_ms = None;
+            actions.push(Action::BroadcastConfirmed { by, reference });
         }
     }
 
@@ -829,7 +868,7 @@ mod tests {
             ("psig", [P, A, A, A, A, A]),
             ("abort", [A, A, A, A, A, A]),
             ("finalized", [P, A, A, A, A, A]),
-            ("confirmed", [P, P, P, A, A, P]),
+            ("confirmed", [A, A, A, A, A, P]),
             ("hello", [P, P, P, P, P, P]),
         ];
         for (kind, outcomes) in table {
@@ -847,9 +886,10 @@ mod tests {
                         culprits: Vec::new(),
                     }),
                     "finalized" => Body::SignatureFinalized(shared::musig::Signature([0; 64])),
+                    // Signer 1 is second in the lexicographic priority list: attempt 1.
                     "confirmed" => Body::BroadcastConfirmed {
                         reference: "x".into(),
-                        attempt: 0,
+                        attempt: 1,
                     },
                     _ => Body::Hello(Vec::new()),
                 };
@@ -861,6 +901,55 @@ mod tests {
                 assert_eq!(got, want, "{kind} in {}", phase.as_str());
             }
         }
+    }
+
+    #[test]
+    fn only_the_responsible_party_confirms_and_early_confirmations_are_held() {
+        // Signer 1 claims attempt 0 (signer 0's): refused, in any phase.
+        for phase in [Phase::Init, Phase::Complete] {
+            let (mut s, _) = session(phase);
+            let claim = Body::BroadcastConfirmed {
+                reference: "x".into(),
+                attempt: 0,
+            };
+            let r = s.on_remote(1, 1, 2, &claim, 100, true);
+            assert!(
+                matches!(
+                    r,
+                    Err(Reject::NotResponsible {
+                        index: 1,
+                        attempt: 0
+                    })
+                ),
+                "{r:?}"
+            );
+            assert!(s.failover.confirmed.is_none());
+        }
+        // Its own attempt, before completion here: held, applied at completion.
+        let (mut s, _) = session(Phase::PartialSigExchange);
+        let claim = Body::BroadcastConfirmed {
+            reference: "tx".into(),
+            attempt: 1,
+        };
+        assert_eq!(s.on_remote(1, 1, 2, &claim, 100, true), Ok(Vec::new()));
+        assert!(s.failover.confirmed.is_none());
+        let mut actions = Vec::new();
+        s.complete(shared::musig::Signature([0; 64]), &mut actions);
+        let by = s.key(1).unwrap();
+        assert_eq!(
+            actions,
+            vec![
+                Action::PhaseChanged {
+                    from: Phase::PartialSigExchange,
+                    to: Phase::Complete
+                },
+                Action::BroadcastConfirmed {
+                    by,
+                    reference: "tx".into()
+                }
+            ]
+        );
+        assert_eq!(s.failover.confirmed, Some((hex::encode(by), "tx".into())));
     }
 
     #[test]

@@ -535,3 +535,45 @@ fn stale_relayed_gossip_is_dropped_without_blaming_its_author() {
             .all(|p| p.ban.is_none() && p.record.spam_events == 0 && p.rejections.is_empty())
     );
 }
+
+#[test]
+fn a_confirmation_from_a_party_not_responsible_does_not_stop_failover() {
+    use shared::wire::{Body, Header, Message};
+    let mut net = Net::new(3, true);
+    let id = net.complete_a_session();
+    net.take_failover();
+    // The last in the priority list claims the elected party's attempt 0.
+    let liar = net.holder(2);
+    let key = net.keys[liar];
+    let msg = Message {
+        header: Header {
+            session_id: id,
+            sender: key,
+            sequence: 50,
+            timestamp_ms: net.now,
+        },
+        body: Body::BroadcastConfirmed {
+            reference: "not broadcast".into(),
+            attempt: 0,
+        },
+    };
+    let bytes = net.cores[liar]
+        .envelope(&msg.to_pb(), &key)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let from = net.peers[liar];
+    for i in (0..3).filter(|i| *i != liar) {
+        let mut fx = Vec::new();
+        let r = net.cores[i].on_direct(net.now, from, Frame::Bytes(&bytes), &mut fx);
+        assert!(
+            matches!(&r, Err(e) if e.0 == shared::security::Reason::NotResponsible),
+            "{r:?}"
+        );
+        let f = net.cores[i]
+            .session(id)
+            .map(|s| s.failover)
+            .unwrap_or_default();
+        assert!(f.confirmed.is_none());
+        assert_eq!(net.cores[i].next_deadline(), f.deadline_ms);
+        assert!(f.deadline_ms.is_some(), "the clock still runs");
+    }
+}
