@@ -99,11 +99,13 @@ pub enum Reason {
     Duplicate,
     /// A broadcast confirmation from a party not responsible for the attempt it names.
     NotResponsible,
+    /// Our budget of sessions announced by peers and not joined here is used up.
+    TooManySessions,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 34] = [
         Reason::TooLarge,
         Reason::Decode,
         Reason::NonCanonical,
@@ -137,6 +139,7 @@ impl Reason {
         Reason::OutOfPhase,
         Reason::Duplicate,
         Reason::NotResponsible,
+        Reason::TooManySessions,
     ];
 
     /// Stable label.
@@ -175,6 +178,7 @@ impl Reason {
             Reason::OutOfPhase => "out_of_phase",
             Reason::Duplicate => "duplicate",
             Reason::NotResponsible => "not_responsible",
+            Reason::TooManySessions => "too_many_sessions",
         }
     }
 
@@ -203,6 +207,7 @@ impl Reason {
                 | Reason::UnknownSession
                 | Reason::TooManyAdverts
                 | Reason::TooManyRequests
+                | Reason::TooManySessions
         )
     }
 }

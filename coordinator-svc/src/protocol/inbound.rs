@@ -95,7 +95,7 @@ impl Core {
                 }
                 self.note_keys(pid, &keys, fx)
             }
-            Body::Announce(_) => self.on_announce(now, bytes, msg, fx),
+            Body::Announce(_) => self.on_announce(now, pid, bytes, msg, fx),
             Body::SigningRequest(_) | Body::SigningResponse { .. } => {
                 self.on_matchmaking(now, pid, msg, fx)
             }
@@ -175,14 +175,14 @@ impl Core {
             Ok((record_key, value)) => {
                 let outcome =
                     crate::envelope::validate_record(&record_key, &value, now).and_then(|()| {
-                        let (_, msg) = crate::envelope::open(&value, None, now)?;
+                        let (author, msg) = crate::envelope::open(&value, None, now)?;
                         if msg.header.session_id != sid {
                             return Err(Refusal(
                                 Reason::BadRecord,
                                 "record is for another session".into(),
                             ));
                         }
-                        self.on_announce(now, &value, msg, fx)
+                        self.on_announce(now, author, &value, msg, fx)
                     });
                 match outcome {
                     Ok(()) if self.sessions.contains_key(&sid) => self.join_known(now, sid, fx),

@@ -205,8 +205,11 @@ impl Core {
                     ));
                 }
                 mm.request_times.insert(peer, now);
+                // The requester chooses the expiry; we keep a request no longer than our own
+                // lifetime of requests (a far-future expiry would hold a table entry for good).
+                let expires = r.expires_at_ms.min(now + SIGNING_REQUEST_TTL_MS);
                 mm.in_requests
-                    .insert(r.request_id, (peer, r.context.clone(), r.expires_at_ms));
+                    .insert(r.request_id, (peer, r.context.clone(), expires));
                 Self::emit(
                     fx,
                     NodeEvent::SigningRequestReceived {

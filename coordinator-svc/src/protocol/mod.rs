@@ -46,6 +46,12 @@ use session::Session;
 pub const MAX_ORPHANS_PER_SESSION: usize = 64;
 /// Unknown sessions for which messages are kept.
 pub const MAX_ORPHAN_SESSIONS: usize = 256;
+/// Messages for an unknown session are kept this long, ms.
+pub const ORPHAN_TTL_MS: i64 = 120_000;
+/// Sessions announced by peers and not joined here yet, per announcing peer.
+pub const MAX_UNJOINED_PER_PEER: usize = 64;
+/// Sessions announced by peers and not joined here yet, in total.
+pub const MAX_UNJOINED: usize = 1024;
 /// Finished sessions stay in memory this long, ms.
 pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
 pub use crate::envelope::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
@@ -204,7 +210,10 @@ pub struct Core {
     /// that connect later.
     sent: BTreeMap<SessionId, (Vec<Vec<u8>>, BTreeSet<PeerId>)>,
     finished_at: BTreeMap<SessionId, i64>,
-    orphans: BTreeMap<SessionId, Vec<(PeerId, Message)>>,
+    /// Messages of sessions not known yet: when the first arrived, and the messages.
+    orphans: BTreeMap<SessionId, (i64, Vec<(PeerId, Message)>)>,
+    /// Who announced each session created from a peer's announcement (its budget).
+    announced_by: BTreeMap<SessionId, PeerId>,
     timeouts: deadlines::DeadlineQueue<SessionId>,
     dht_joins: BTreeMap<u64, SessionId>,
     // The other parts.
@@ -251,6 +260,7 @@ impl Core {
             sent: BTreeMap::new(),
             finished_at: BTreeMap::new(),
             orphans: BTreeMap::new(),
+            announced_by: BTreeMap::new(),
             timeouts: deadlines::DeadlineQueue::default(),
             dht_joins: BTreeMap::new(),
             failover: deadlines::DeadlineQueue::default(),
@@ -337,7 +347,9 @@ impl Core {
             self.timeouts.cancel(id);
         }
         let sessions = &self.sessions;
-        self.orphans.retain(|id, _| !sessions.contains_key(id));
+        self.orphans
+            .retain(|id, (since, _)| !sessions.contains_key(id) && now - *since < ORPHAN_TTL_MS);
+        self.announced_by.retain(|id, _| sessions.contains_key(id));
         for p in self.guard.expired_bans(now) {
             self.unban(p, fx);
         }

@@ -9,8 +9,8 @@ use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
 
 use super::session::{Action, Phase, Session};
 use super::{
-    Core, Effect, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, NodeError, NodeEvent, Pending,
-    SessionView,
+    Core, Effect, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED,
+    MAX_UNJOINED_PER_PEER, NodeError, NodeEvent, Pending, SessionView,
 };
 use crate::envelope::Refusal;
 use crate::store::SessionRecord;
@@ -193,10 +193,12 @@ impl Core {
         timeout_ms: Option<i64>,
         fx: &mut Vec<Effect>,
     ) -> Result<SessionView, NodeError> {
+        // Sessions this party takes part in; sessions peers announced and nobody here joined
+        // have their own budget and cannot crowd out the party's own work.
         let active = self
             .sessions
             .values()
-            .filter(|s| !s.phase.is_terminal())
+            .filter(|s| !s.phase.is_terminal() && s.locally_joined)
             .count();
         if active >= self.settings.max_active_sessions {
             return Err(NodeError::ResourceExhausted(format!(
@@ -440,7 +442,7 @@ impl Core {
         let Some(s) = self.sessions.get_mut(&id) else {
             // Messages of different senders can cross the announcement: keep a few.
             let full = self.orphans.len() >= MAX_ORPHAN_SESSIONS && !self.orphans.contains_key(&id);
-            let q = self.orphans.entry(id).or_default();
+            let (_, q) = self.orphans.entry(id).or_insert((now, Vec::new()));
             if full || q.len() >= MAX_ORPHANS_PER_SESSION {
                 return Err(Refusal(
                     Reason::UnknownSession,
@@ -492,6 +494,7 @@ impl Core {
     pub(super) fn on_announce(
         &mut self,
         now: i64,
+        from: PeerId,
         envelope: &[u8],
         msg: Message,
         fx: &mut Vec<Effect>,
@@ -517,6 +520,26 @@ impl Core {
             // Not ours to sign: nothing to keep.
             return Ok(());
         }
+        // Budgets of sessions peers created for us, checked before any curve work: an
+        // announcement costs nothing to make, so it is bounded per peer and in total.
+        let unjoined = |p: Option<PeerId>| {
+            self.announced_by
+                .iter()
+                .filter(|(sid, by)| {
+                    p.is_none_or(|p| **by == p)
+                        && self
+                            .sessions
+                            .get(sid)
+                            .is_some_and(|s| !s.phase.is_terminal() && !s.locally_joined)
+                })
+                .count()
+        };
+        if unjoined(Some(from)) >= MAX_UNJOINED_PER_PEER || unjoined(None) >= MAX_UNJOINED {
+            return Err(Refusal(
+                Reason::TooManySessions,
+                format!("too many sessions announced and not joined here (session {id})"),
+            ));
+        }
         let key_agg = a
             .context
             .key_agg()
@@ -537,6 +560,7 @@ impl Core {
         );
         let view = SessionView::of(&session);
         self.sessions.insert(id, session);
+        self.announced_by.insert(id, from);
         self.schedule_timeout(id);
         // Stored before the announcement is acknowledged (the acknowledgement is the reply
         // that depends on it) and before the application hears of it.
@@ -547,7 +571,7 @@ impl Core {
         {
             tracing::warn!(session = %id, error = %e, "auto-join of an accepted request failed");
         }
-        if let Some(orphans) = self.orphans.remove(&id) {
+        if let Some((_, orphans)) = self.orphans.remove(&id) {
             for (p, m) in orphans {
                 if let Err(r) = self.on_session_message(now, p, m, fx) {
                     self.reject(now, p, &r, fx);

@@ -577,3 +577,94 @@ fn a_confirmation_from_a_party_not_responsible_does_not_stop_failover() {
         assert!(f.deadline_ms.is_some(), "the clock still runs");
     }
 }
+
+#[test]
+fn sessions_announced_by_a_peer_have_their_own_budget() {
+    use super::{MAX_ORPHANS_PER_SESSION, MAX_UNJOINED_PER_PEER, ORPHAN_TTL_MS};
+    let mut net = Net::new(2, true);
+    let now = net.now;
+    let from = net.peers[1];
+    let mut keys = net.keys.clone();
+    keys.sort_unstable();
+    for k in 0..(MAX_UNJOINED_PER_PEER + 5) {
+        let ctx = SessionContext {
+            signer_keys: keys.clone(),
+            message: vec![u8::try_from(k).unwrap_or(0); 32],
+            format: SignatureFormat::Bip340,
+            tweaks: Vec::new(),
+        };
+        let mut fx = Vec::new();
+        let at = now + i64::try_from(k).unwrap_or(0);
+        net.cores[1]
+            .create(at, ctx, None, None, &mut fx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Some(announce) = fx.iter().find_map(|e| match e {
+            Effect::Send { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        }) else {
+            panic!("no announcement")
+        };
+        // Node 0's application never joins.
+        let r = net.cores[0].on_direct(at, from, Frame::Bytes(&announce), &mut Vec::new());
+        if k < MAX_UNJOINED_PER_PEER {
+            assert!(r.is_ok(), "announcement {k}: {r:?}");
+        } else {
+            assert!(
+                matches!(&r, Err(e) if e.0 == shared::security::Reason::TooManySessions),
+                "announcement {k}: {r:?}"
+            );
+        }
+    }
+    // The peer is not punished for our limit, and the party's own work is not crowded out.
+    assert!(!net.cores[0].is_banned(&from));
+    let status = net.cores[0].peers().into_iter().find(|p| p.peer == from);
+    assert_eq!(status.map(|s| s.record.spam_events), Some(0));
+    let mut fx = Vec::new();
+    let mut own = net.context();
+    own.message = vec![0xEE; 32];
+    assert!(net.cores[0].create(now, own, None, None, &mut fx).is_ok());
+    // Messages for an unknown session are kept a while, then dropped.
+    let orphan = shared::wire::Message {
+        header: shared::wire::Header {
+            session_id: SessionId([0x77; 16]),
+            sender: net.keys[1],
+            sequence: 2,
+            timestamp_ms: now,
+        },
+        body: shared::wire::Body::Join,
+    };
+    let bytes = net.cores[1]
+        .envelope(&orphan.to_pb(), &net.keys[1])
+        .unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..MAX_ORPHANS_PER_SESSION {
+        assert!(
+            net.cores[0]
+                .on_direct(now, from, Frame::Bytes(&bytes), &mut Vec::new())
+                .is_ok()
+        );
+    }
+    assert!(
+        net.cores[0]
+            .on_direct(now, from, Frame::Bytes(&bytes), &mut Vec::new())
+            .is_err()
+    );
+    // Still full a moment before the buffer expires; room again once it has.
+    net.cores[0].on_cleanup(now + ORPHAN_TTL_MS - 1, &mut Vec::new());
+    assert!(
+        net.cores[0]
+            .on_direct(now, from, Frame::Bytes(&bytes), &mut Vec::new())
+            .is_err()
+    );
+    net.cores[0].on_cleanup(now + ORPHAN_TTL_MS, &mut Vec::new());
+    assert!(
+        net.cores[0]
+            .on_direct(
+                now + ORPHAN_TTL_MS,
+                from,
+                Frame::Bytes(&bytes),
+                &mut Vec::new()
+            )
+            .is_ok(),
+        "the expired buffer made room"
+    );
+}
