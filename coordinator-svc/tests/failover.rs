@@ -280,8 +280,9 @@ async fn a_signer_killed_mid_session_aborts_it_cleanly_and_the_next_session_succ
 async fn a_created_session_survives_an_immediate_sigkill() {
     let base = tempfile::tempdir().unwrap();
     let mut ps = Vec::new();
+    // A stuck timeout longer than a loaded machine's restart and mesh.
     for s in 91..93u8 {
-        ps.push(ProcParty::start(base.path(), s, "").await);
+        ps.push(ProcParty::start(base.path(), s, "stuck_session_timeout_ms = 120000").await);
     }
     // Not meshed: the announcement cannot reach anyone yet.
     let mut c = ps[0].client().await;

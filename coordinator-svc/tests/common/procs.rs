@@ -150,7 +150,12 @@ impl ProcParty {
         std::fs::write(
             p.dir.join("coordinator.toml"),
             format!(
-                "listen = [\"/ip4/127.0.0.1/tcp/0\"]\ndata_dir = \"data\"\ncleanup_interval_ms = 200\nstuck_session_timeout_ms = 5000\n{}\n[signer]\nurl = \"https://localhost:{signer_port}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nallowed_clients = [\"cn:app\"]\n[log]\nlevel = \"warn\"\n",
+                "listen = [\"/ip4/127.0.0.1/tcp/0\"]\ndata_dir = \"data\"\ncleanup_interval_ms = 200\n{}\n{}\n[signer]\nurl = \"https://localhost:{signer_port}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nallowed_clients = [\"cn:app\"]\n[log]\nlevel = \"warn\"\n",
+                if p.extra.contains("stuck_session_timeout_ms") {
+                    ""
+                } else {
+                    "stuck_session_timeout_ms = 5000"
+                },
                 p.extra,
                 p.ca.display(),
                 coord_client.cert.display(),
