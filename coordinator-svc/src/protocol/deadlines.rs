@@ -35,11 +35,6 @@ impl<K: Ord + Copy> DeadlineQueue<K> {
         }
     }
 
-    /// `key`'s deadline.
-    pub fn get(&self, key: K) -> Option<i64> {
-        self.at.get(&key).copied()
-    }
-
     /// The earliest deadline.
     pub fn next(&self) -> Option<i64> {
         self.queue.first().map(|(t, _)| *t)

@@ -286,11 +286,6 @@ impl Core {
         &self.keys
     }
 
-    /// Settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Restore sessions and bans from the store (at start).
     pub fn restore(
         &mut self,
@@ -369,11 +364,6 @@ impl Core {
     /// The last connection to `peer` closed.
     pub fn on_disconnected(&mut self, peer: PeerId) {
         self.connected.remove(&peer);
-    }
-
-    /// Whether a connection to `peer` is open.
-    pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.connected.contains(peer)
     }
 
     fn query(&mut self) -> u64 {
@@ -528,10 +518,5 @@ impl Core {
                 }
             })
             .collect()
-    }
-
-    /// Offence counters summed over peers: invalid signatures, rate limits, spam.
-    pub fn offence_totals(&self) -> (u64, u64, u64) {
-        self.guard.reputation.totals()
     }
 }
