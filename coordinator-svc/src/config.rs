@@ -39,6 +39,12 @@ fn default_cleanup() -> u64 {
 fn default_stuck() -> u64 {
     10 * 60 * 1000
 }
+fn default_attestation_ttl() -> u64 {
+    7 * 24 * 3600 * 1000
+}
+fn default_attestation_renew_before() -> u64 {
+    24 * 3600 * 1000
+}
 
 /// The whole configuration (see `coordinator-svc/coordinator.example.toml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +100,14 @@ pub struct Config {
     /// stuckSessionTimeout, ms.
     #[serde(default = "default_stuck")]
     pub stuck_session_timeout_ms: u64,
+    /// Lifetime of the attestations the signer gives this node, ms (7 days; at most 30 days,
+    /// the protocol's maximum, and the signer's policy may allow less).
+    #[serde(default = "default_attestation_ttl")]
+    pub attestation_ttl_ms: u64,
+    /// The attestations are renewed this long before they expire, ms (1 day; less than
+    /// `attestation_ttl_ms`).
+    #[serde(default = "default_attestation_renew_before")]
+    pub attestation_renew_before_ms: u64,
     /// Directory of the store (`coordinator.redb`) and the libp2p identity (`node.key`).
     pub data_dir: PathBuf,
     /// The party's signer.
@@ -317,6 +331,21 @@ impl Config {
                 errs.push(format!("{k}: must be positive"));
             }
         }
+        let max_ttl = u64::try_from(shared::wire::MAX_ATTESTATION_LIFETIME_MS).unwrap_or(u64::MAX);
+        if !(10_000..=max_ttl).contains(&self.attestation_ttl_ms) {
+            errs.push(format!(
+                "attestation_ttl_ms: {} must lie between 10000 (10 s) and {max_ttl} (30 days)",
+                self.attestation_ttl_ms
+            ));
+        }
+        if self.attestation_renew_before_ms < 1_000
+            || self.attestation_renew_before_ms >= self.attestation_ttl_ms
+        {
+            errs.push(format!(
+                "attestation_renew_before_ms: {} must be at least 1000 (1 s) and less than attestation_ttl_ms ({})",
+                self.attestation_renew_before_ms, self.attestation_ttl_ms
+            ));
+        }
         if !self.signer.url.starts_with("https://") {
             errs.push("signer.url: must be https://host:port (the signer only speaks TLS)".into());
         }
@@ -398,7 +427,8 @@ impl Config {
             broadcast_timeout: ms(self.broadcast_timeout_ms),
             max_active_sessions: self.limits.max_active_sessions,
             enable_session_discovery: self.enable_session_discovery,
-            ..crate::node::NodeConfig::default()
+            attestation_ttl: ms(self.attestation_ttl_ms),
+            attestation_renew_before: ms(self.attestation_renew_before_ms),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the coordinator, fed from node events (no key or session material in
 //! labels): sessions by phase, round latencies, rejected messages by reason, accepted
-//! messages, signer call latency, failovers.
+//! messages, signer call latency, failovers, failed attestation renewals.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,7 @@ pub struct Metrics {
     /// Signer call latency by call (observed by the signer client).
     pub signer_calls: Family<NameLabel, Histogram>,
     failovers: Counter,
+    attestation_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +53,7 @@ impl Metrics {
         let rounds = Family::<NameLabel, Histogram>::new_with_constructor(buckets);
         let signer_calls = Family::<NameLabel, Histogram>::new_with_constructor(buckets);
         let failovers = Counter::default();
+        let attestation_failures = Counter::default();
         registry.register("sessions", "Sessions in memory by phase", sessions.clone());
         registry.register(
             "messages_rejected",
@@ -74,6 +76,11 @@ impl Metrics {
             signer_calls.clone(),
         );
         registry.register(
+            "attestation_renewal_failures",
+            "Failed renewals of this node's attestations (retried; alert well before they expire)",
+            attestation_failures.clone(),
+        );
+        registry.register(
             "failovers",
             "Coordinator failovers (broadcast not confirmed in time)",
             failovers.clone(),
@@ -86,6 +93,7 @@ impl Metrics {
             rounds,
             signer_calls,
             failovers,
+            attestation_failures,
         }
     }
 
@@ -167,6 +175,9 @@ impl Metrics {
                     }
                     NodeEvent::CoordinatorFailed { .. } => {
                         me.failovers.inc();
+                    }
+                    NodeEvent::AttestationRenewalFailed { .. } => {
+                        me.attestation_failures.inc();
                     }
                     _ => {}
                 }

@@ -64,6 +64,7 @@ enum Internal {
         index: usize,
         result: Result<PartialSignature, SignerError>,
     },
+    Attested(Result<Vec<pb::PeerAttestation>, SignerError>),
 }
 
 struct Node {
@@ -110,22 +111,14 @@ pub async fn start(
     let peer_id = keypair.public().to_peer_id();
     let now = now_ms();
     let expires = now.saturating_add(ms(cfg.attestation_ttl));
-    let mut attestations = BTreeMap::new();
-    for k in &keys {
-        let sig = signer
-            .attest(k, &peer_id.to_bytes(), expires)
-            .await
-            .map_err(|e| anyhow::anyhow!("attestation: {e}"))?;
-        attestations.insert(
-            *k,
-            pb::PeerAttestation {
-                signer_key: k.to_vec(),
-                peer_id: peer_id.to_bytes(),
-                expires_at_ms: expires,
-                signature: sig.to_vec(),
-            },
-        );
-    }
+    let attestations = signer
+        .attestations(&keys, &peer_id.to_bytes(), expires)
+        .await
+        .map_err(|e| anyhow::anyhow!("attestation: {e}"))?
+        .into_iter()
+        .zip(&keys)
+        .map(|(a, k)| (*k, a))
+        .collect();
     let mut swarm = net::build(keypair.clone(), &cfg.net)?;
     for addr in &cfg.listen {
         swarm.listen_on(addr.clone())?;
@@ -325,6 +318,17 @@ impl Node {
                         let _ = tx.send(Internal::Psig { id, index, result }).await;
                     });
                 }
+                Effect::Attest {
+                    keys,
+                    expires_at_ms,
+                } => {
+                    let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
+                    let peer_id = self.swarm.local_peer_id().to_bytes();
+                    tokio::spawn(async move {
+                        let result = signer.attestations(&keys, &peer_id, expires_at_ms).await;
+                        let _ = tx.send(Internal::Attested(result)).await;
+                    });
+                }
                 Effect::Block(peer) => {
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
                     self.outbox.remove(&peer);
@@ -384,6 +388,10 @@ impl Node {
                     result.map_err(|e| e.to_string()),
                     fx,
                 );
+            }
+            Internal::Attested(result) => {
+                self.core
+                    .on_attestations(now, result.map_err(|e| e.to_string()), fx);
             }
         }
     }

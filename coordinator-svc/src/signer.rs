@@ -10,7 +10,7 @@ use musig2_proto::v1::{
 };
 use shared::election::SessionId;
 use shared::musig::{PartialSignature, PubNonce};
-use shared::wire::SessionContext;
+use shared::wire::{SessionContext, pb};
 use tonic::transport::{Channel, Endpoint};
 
 /// Where the signer is and how to authenticate to it.
@@ -182,6 +182,29 @@ impl SignerClient {
             .as_slice()
             .try_into()
             .map_err(|_| SignerError::Malformed("attestation signature"))
+    }
+
+    /// Attestations of `peer_id` for each of `keys` until `expires_at_ms`.
+    ///
+    /// # Errors
+    /// [`SignerError`] of the first key the signer refused.
+    pub async fn attestations(
+        &self,
+        keys: &[[u8; 33]],
+        peer_id: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<Vec<pb::PeerAttestation>, SignerError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let signature = self.attest(k, peer_id, expires_at_ms).await?;
+            out.push(pb::PeerAttestation {
+                signer_key: k.to_vec(),
+                peer_id: peer_id.to_vec(),
+                expires_at_ms,
+                signature: signature.to_vec(),
+            });
+        }
+        Ok(out)
     }
 
     /// A nonce for (session, key, context).

@@ -34,6 +34,27 @@ fn example_parses_and_errors_name_keys() {
     assert_eq!(n.cleanup_interval.as_secs(), 60);
     assert_eq!(n.max_sequence_gap, 100);
     assert_eq!(n.net.dht_protocol, "/lotus/kad/1.0.0");
+    assert_eq!(n.attestation_ttl.as_secs(), 7 * 86400);
+    assert_eq!(n.attestation_renew_before.as_secs(), 86400);
+    for (over, value, key) in [
+        // Renewal at or after expiry, a lifetime past the protocol's 30 days, one too short.
+        (
+            "ATTESTATION_RENEW_BEFORE_MS",
+            "604800000",
+            "attestation_renew_before_ms",
+        ),
+        ("ATTESTATION_TTL_MS", "2592000001", "attestation_ttl_ms"),
+        ("ATTESTATION_TTL_MS", "999", "attestation_ttl_ms"),
+    ] {
+        let e = Config::parse(
+            &text,
+            &[(format!("MUSIG2_COORDINATOR__{over}"), value.to_string())],
+            dir.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(key), "{over}={value}: {e}");
+    }
     for (over, key) in [
         ("MUSIG2_COORDINATOR__ELECTION_METHOD", "election_method"),
         ("MUSIG2_COORDINATOR__MAX_SEQUENCE_GAP", "max_sequence_gap"),

@@ -233,3 +233,38 @@ fn thirty_virtual_days() {
     assert!(r.passed(), "{:#?}", r.violations);
     assert!(r.honest_bans.is_empty(), "{:#?}", r.honest_bans);
 }
+
+/// Six virtual hours without a restart, attestations living one hour: each node must renew its
+/// own before they expire, or every peer refuses it and no session completes.
+fn outliving_attestations(planted: PlantedBugs) -> Report {
+    let mut cfg = Config::new(7, 3, SignatureFormat::Bip340, Faults::NONE);
+    cfg.attestation_ttl_ms = 3600 * 1000;
+    cfg.sessions = 6 * 60;
+    cfg.session_every_ms = 60_000;
+    cfg.planted = planted;
+    sim::run(&cfg)
+}
+
+#[test]
+fn attestations_are_renewed_before_they_expire() {
+    let r = outliving_attestations(PlantedBugs::default());
+    assert!(r.passed(), "{:#?}", r.violations);
+    assert!(r.honest_bans.is_empty(), "{:#?}", r.honest_bans);
+    assert_eq!(r.completed, r.created);
+    assert!(r.virtual_ms > 5 * 3600 * 1000, "{} ms", r.virtual_ms);
+}
+
+#[test]
+fn a_core_that_never_renews_its_attestations_is_caught() {
+    let r = outliving_attestations(PlantedBugs {
+        skip_attestation_renewal: true,
+        ..PlantedBugs::default()
+    });
+    let v = r
+        .violations
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    eprintln!("caught: {v} ({} violations)", r.violations.len());
+    assert!(v.contains("did not complete"), "{v}");
+}

@@ -171,6 +171,8 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
         }),
         NodeEvent::Rejected { .. }
         | NodeEvent::PeerIdentified { .. }
+        | NodeEvent::AttestationsRenewed { .. }
+        | NodeEvent::AttestationRenewalFailed { .. }
         | NodeEvent::SigningResponseReceived { .. } => return None,
     })
 }

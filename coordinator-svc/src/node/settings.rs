@@ -32,8 +32,10 @@ pub struct NodeConfig {
     pub enable_replay_protection: bool,
     /// electionMethod (lexicographic).
     pub election_method: ElectionMethod,
-    /// Lifetime of the attestations obtained from the signer.
+    /// Lifetime of the attestations obtained from the signer (7 days).
     pub attestation_ttl: Duration,
+    /// They are renewed this long before they expire (1 day).
+    pub attestation_renew_before: Duration,
     /// enableCoordinatorFailover (true).
     pub enable_failover: bool,
     /// broadcastTimeout (5 min).
@@ -58,6 +60,7 @@ impl Default for NodeConfig {
             enable_replay_protection: true,
             election_method: ElectionMethod::Lexicographic,
             attestation_ttl: Duration::from_secs(7 * 24 * 3600),
+            attestation_renew_before: Duration::from_secs(24 * 3600),
             enable_failover: true,
             broadcast_timeout: Duration::from_secs(300),
             max_active_sessions: 1000,
@@ -80,6 +83,8 @@ impl NodeConfig {
             max_active_sessions: self.max_active_sessions,
             enable_session_discovery: self.enable_session_discovery,
             dht: self.net.enable_dht,
+            attestation_ttl_ms: ms(self.attestation_ttl),
+            attestation_renew_before_ms: ms(self.attestation_renew_before),
         }
     }
 }

@@ -161,7 +161,7 @@ impl Core {
 
     /// (Re-)publish our advertisement, one message per key, on every topic of its types, and
     /// store it in the DHT under `musig2-signer:<key>`. Each message is signed anew.
-    fn publish_advertisement(&mut self, now: i64, fx: &mut Vec<Effect>) {
+    pub(super) fn publish_advertisement(&mut self, now: i64, fx: &mut Vec<Effect>) {
         let Some(own) = self.discovery.own.clone() else {
             return;
         };

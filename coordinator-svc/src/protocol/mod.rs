@@ -26,6 +26,7 @@ use shared::wire::{self, Message, SessionContext, pb};
 
 use crate::store::{BanRecord, SessionRecord};
 
+pub mod attestations;
 pub mod deadlines;
 pub mod discovery;
 pub mod failover;
@@ -79,6 +80,10 @@ pub struct Settings {
     pub enable_session_discovery: bool,
     /// Whether the node runs a DHT (records are put and looked up).
     pub dht: bool,
+    /// Lifetime of the attestations asked of the signer.
+    pub attestation_ttl_ms: i64,
+    /// Attestations are renewed this long before they expire.
+    pub attestation_renew_before_ms: i64,
 }
 
 /// Milliseconds of a duration, saturating.
@@ -160,6 +165,14 @@ pub enum Effect {
         /// Every signer's public nonce, by index.
         nonces: Vec<PubNonce>,
     },
+    /// Ask the signer to attest our peer id for `keys` until `expires_at_ms`; the answer comes
+    /// back through [`Core::on_attestations`].
+    Attest {
+        /// Keys.
+        keys: Vec<[u8; 33]>,
+        /// Expiry of the new attestations.
+        expires_at_ms: i64,
+    },
     /// Refuse a peer's connections (and drop what is queued for it).
     Block(PeerId),
     /// Accept a peer's connections again.
@@ -191,6 +204,8 @@ pub struct PlantedBugs {
     pub skip_partial_signature_check: bool,
     /// Forget unfinished sessions when restoring from the store.
     pub forget_unfinished_on_restore: bool,
+    /// Never renew attestations (keep the ones from the start).
+    pub skip_attestation_renewal: bool,
 }
 
 /// The core of one coordinator.
@@ -200,6 +215,7 @@ pub struct Core {
     me: PeerId,
     keys: Vec<[u8; 33]>,
     attestations: BTreeMap<[u8; 33], pb::PeerAttestation>,
+    renewal: attestations::Renewal,
     rng: StdRng,
     connected: BTreeSet<PeerId>,
     next_query: u64,
@@ -252,6 +268,7 @@ impl Core {
             me,
             keys,
             attestations,
+            renewal: attestations::Renewal::default(),
             rng: StdRng::from_seed(seed),
             connected: BTreeSet::new(),
             next_query: 0,
@@ -307,13 +324,17 @@ impl Core {
 
     /// The earliest time [`Core::on_deadline`] has work.
     pub fn next_deadline(&self) -> Option<i64> {
-        match (self.timeouts.next(), self.failover.next()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timeouts.next(),
+            self.failover.next(),
+            self.renewal_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Deadlines that passed: session timeouts and failover.
+    /// Deadlines that passed: session timeouts, failover and the renewal of attestations.
     pub fn on_deadline(&mut self, now: i64, fx: &mut Vec<Effect>) {
         for id in self.timeouts.pop_due(now) {
             let stuck = self.settings.stuck_timeout_ms;
@@ -325,6 +346,7 @@ impl Core {
             self.schedule_timeout(id);
         }
         self.on_failover_due(now, fx);
+        self.on_renewal_due(now, fx);
     }
 
     /// Periodic housekeeping (cleanupInterval): retention, expired bans and tables.

@@ -18,6 +18,13 @@ use super::{Core, Effect, NodeEvent, Settings};
 
 const T0: i64 = 1_800_000_000_000;
 const TIMEOUT: i64 = 30_000;
+const DAY: i64 = 24 * 3600 * 1000;
+
+/// The next deadline of sessions and failover (the renewal of attestations, a day before they
+/// expire after 7 days, left out).
+fn session_clock(c: &Core) -> Option<i64> {
+    c.next_deadline().filter(|d| *d < T0 + 6 * DAY)
+}
 
 fn settings(failover: bool) -> Settings {
     Settings {
@@ -31,6 +38,8 @@ fn settings(failover: bool) -> Settings {
         max_active_sessions: 100,
         enable_session_discovery: false,
         dht: false,
+        attestation_ttl_ms: 7 * 24 * 3600 * 1000,
+        attestation_renew_before_ms: 24 * 3600 * 1000,
     }
 }
 
@@ -139,6 +148,10 @@ impl Net {
                         .map_err(|e| e.to_string());
                     self.cores[i].on_partial_signature(now, id, index, r, &mut out);
                 }
+                Effect::Attest { expires_at_ms, .. } => {
+                    let a = self.attestation(i, i, expires_at_ms);
+                    self.cores[i].on_attestations(now, Ok(vec![a]), &mut out);
+                }
                 Effect::Emit(ev) => {
                     if let NodeEvent::SessionCreated(v) = &ev {
                         let id = v.id;
@@ -151,6 +164,20 @@ impl Net {
                 _ => {}
             }
             queue.extend(out.into_iter().map(|e| (i, e)));
+        }
+    }
+
+    /// Signer `signer`'s attestation of node `node`'s peer id until `expires`.
+    fn attestation(&self, signer: usize, node: usize, expires: i64) -> pb::PeerAttestation {
+        let (key, peer) = (self.keys[signer], self.peers[node]);
+        let sig = self.signers[signer]
+            .attest(&key, &peer.to_bytes(), expires, &[9; 32])
+            .unwrap_or_else(|_| unreachable!());
+        pb::PeerAttestation {
+            signer_key: key.to_vec(),
+            peer_id: peer.to_bytes(),
+            expires_at_ms: expires,
+            signature: sig.to_vec(),
         }
     }
 
@@ -236,7 +263,7 @@ fn failover_deadlines() {
     assert_eq!(net.take_failover(), first, "at completion");
     for c in &net.cores {
         assert_eq!(
-            c.next_deadline(),
+            session_clock(c),
             Some(t + TIMEOUT),
             "one deadline per session"
         );
@@ -265,7 +292,7 @@ fn failover_deadlines() {
         assert_eq!(net.take_failover(), expected, "at +{} ms", at - t);
     }
     for c in &net.cores {
-        assert_eq!(c.next_deadline(), None);
+        assert_eq!(session_clock(c), None);
         let f = c.session(id).map(|s| s.failover).unwrap_or_default();
         assert!(f.exhausted && f.deadline_ms.is_none());
     }
@@ -285,7 +312,7 @@ fn a_confirmed_broadcast_stops_every_clock() {
     net.run(elected, fx);
     assert_eq!(net.take_failover(), vec![vec!["confirmed".to_string()]; 3]);
     for c in &net.cores {
-        assert_eq!(c.next_deadline(), None);
+        assert_eq!(session_clock(c), None);
     }
     net.advance(net.now + 10 * TIMEOUT);
     assert_eq!(net.take_failover(), vec![Vec::<String>::new(); 3]);
@@ -297,7 +324,7 @@ fn without_failover_no_clock_runs() {
     net.complete_a_session();
     assert_eq!(net.take_failover(), vec![Vec::<String>::new(); 3]);
     for c in &net.cores {
-        assert_eq!(c.next_deadline(), None);
+        assert_eq!(session_clock(c), None);
     }
 }
 
@@ -330,7 +357,7 @@ fn session_timeouts_are_deadlines() {
         "stored before announced: {fx:?}"
     );
     assert_eq!(
-        net.cores[0].next_deadline(),
+        session_clock(&net.cores[0]),
         Some(T0 + 60_000),
         "stuck timeout"
     );
@@ -350,7 +377,7 @@ fn session_timeouts_are_deadlines() {
         net.cores[0].session(view.id).map(|s| s.phase),
         Some(Phase::Aborted)
     );
-    assert_eq!(net.cores[0].next_deadline(), None);
+    assert_eq!(session_clock(&net.cores[0]), None);
 }
 
 #[test]
@@ -573,7 +600,7 @@ fn a_confirmation_from_a_party_not_responsible_does_not_stop_failover() {
             .map(|s| s.failover)
             .unwrap_or_default();
         assert!(f.confirmed.is_none());
-        assert_eq!(net.cores[i].next_deadline(), f.deadline_ms);
+        assert_eq!(session_clock(&net.cores[i]), f.deadline_ms);
         assert!(f.deadline_ms.is_some(), "the clock still runs");
     }
 }
@@ -667,4 +694,63 @@ fn sessions_announced_by_a_peer_have_their_own_budget() {
             .is_ok(),
         "the expired buffer made room"
     );
+}
+
+#[test]
+fn attestations_are_renewed_a_day_before_they_expire_and_sessions_go_on_after_the_old_expiry() {
+    let mut net = Net::new(3, false);
+    assert_eq!(net.cores[0].next_deadline(), Some(T0 + 6 * DAY));
+    net.advance(T0 + 6 * DAY);
+    for (i, c) in net.cores.iter().enumerate() {
+        assert_eq!(c.attestations_expire_at(), Some(T0 + 13 * DAY), "node {i}");
+        assert_eq!(c.next_deadline(), Some(T0 + 12 * DAY), "node {i}");
+    }
+    net.advance(T0 + 8 * DAY);
+    net.complete_a_session();
+}
+
+#[test]
+fn a_failed_or_invalid_renewal_keeps_the_old_attestations_and_is_retried() {
+    let mut net = Net::new(2, false);
+    let due = T0 + 6 * DAY;
+    let mut fx = Vec::new();
+    net.cores[0].on_deadline(due, &mut fx);
+    let expires = due + 7 * DAY;
+    assert_eq!(
+        fx,
+        vec![Effect::Attest {
+            keys: vec![net.keys[0]],
+            expires_at_ms: expires
+        }]
+    );
+    // Asked: nothing more until the answer, or the retry delay without one.
+    assert_eq!(net.cores[0].next_deadline(), Some(due + 30_000));
+    let failed = |fx: &[Effect]| {
+        fx.iter()
+            .any(|e| matches!(e, Effect::Emit(NodeEvent::AttestationRenewalFailed { .. })))
+    };
+    let answers = [
+        Err("signer unreachable".to_string()),
+        // Another node's peer id, a key this node does not hold, an expired one.
+        Ok(vec![net.attestation(0, 1, expires)]),
+        Ok(vec![net.attestation(1, 0, expires)]),
+        Ok(vec![net.attestation(0, 0, due - 1)]),
+    ];
+    let mut now = due;
+    for answer in answers {
+        let mut fx = Vec::new();
+        net.cores[0].on_attestations(now, answer, &mut fx);
+        assert!(failed(&fx), "{fx:?}");
+        assert_eq!(net.cores[0].attestations_expire_at(), Some(T0 + 7 * DAY));
+        assert_eq!(net.cores[0].next_deadline(), Some(now + 30_000));
+        now += 30_000;
+        let mut fx = Vec::new();
+        net.cores[0].on_deadline(now, &mut fx);
+        assert!(matches!(fx.as_slice(), [Effect::Attest { .. }]), "{fx:?}");
+    }
+    let mut fx = Vec::new();
+    let renewed = net.attestation(0, 0, now + 7 * DAY);
+    net.cores[0].on_attestations(now, Ok(vec![renewed]), &mut fx);
+    assert!(!failed(&fx), "{fx:?}");
+    assert_eq!(net.cores[0].attestations_expire_at(), Some(now + 7 * DAY));
 }

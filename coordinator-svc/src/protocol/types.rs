@@ -225,6 +225,18 @@ pub enum NodeEvent {
         /// Why.
         reason: String,
     },
+    /// This node's attestations were renewed.
+    AttestationsRenewed {
+        /// Their earliest expiry, ms.
+        expires_at_ms: i64,
+    },
+    /// Renewing this node's attestations failed (it is retried).
+    AttestationRenewalFailed {
+        /// Why.
+        error: String,
+        /// When the current ones expire, ms.
+        expires_at_ms: i64,
+    },
     /// A peer's attested keys are known.
     PeerIdentified {
         /// Peer.

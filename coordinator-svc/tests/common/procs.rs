@@ -227,6 +227,20 @@ impl ProcParty {
     }
 
     pub async fn client(&self) -> CoordinatorServiceClient<Channel> {
+        CoordinatorServiceClient::new(self.channel().await)
+    }
+
+    #[allow(dead_code)]
+    pub async fn admin(
+        &self,
+    ) -> musig2_proto::v1::coordinator_admin_service_client::CoordinatorAdminServiceClient<Channel>
+    {
+        musig2_proto::v1::coordinator_admin_service_client::CoordinatorAdminServiceClient::new(
+            self.channel().await,
+        )
+    }
+
+    async fn channel(&self) -> Channel {
         let tls = musig2_proto::transport::client_tls(
             &self.ca,
             &self.app.cert,
@@ -235,14 +249,13 @@ impl ProcParty {
         )
         .unwrap();
         let port = self.api_addr.rsplit(':').next().unwrap();
-        let ch = Channel::from_shared(format!("https://localhost:{port}"))
+        Channel::from_shared(format!("https://localhost:{port}"))
             .unwrap()
             .tls_config(tls)
             .unwrap()
             .connect()
             .await
-            .unwrap();
-        CoordinatorServiceClient::new(ch)
+            .unwrap()
     }
 }
 

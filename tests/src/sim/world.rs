@@ -29,7 +29,23 @@ const CLEANUP_MS: i64 = 60_000;
 const MAX_OUTBOX: usize = 1024;
 
 /// The protocol settings of every simulated node (short timeouts keep virtual runs short).
-pub fn settings() -> Settings {
+/// A node's signer attests its peer id until `expires`.
+fn attest(node: &Node, expires: i64, aux: &[u8; 32]) -> pb::PeerAttestation {
+    let signature = node
+        .signer
+        .attest(&node.key, &node.peer.to_bytes(), expires, aux)
+        .unwrap_or_else(|_| unreachable!("the key is the signer's"));
+    pb::PeerAttestation {
+        signer_key: node.key.to_vec(),
+        peer_id: node.peer.to_bytes(),
+        expires_at_ms: expires,
+        signature: signature.to_vec(),
+    }
+}
+
+/// The protocol settings of every simulated node (short timeouts; attestations renewed a
+/// seventh of their lifetime before they expire).
+pub fn settings(cfg: &Config) -> Settings {
     Settings {
         session_timeout_ms: 10 * 60_000,
         stuck_timeout_ms: 60_000,
@@ -41,6 +57,8 @@ pub fn settings() -> Settings {
         max_active_sessions: 1000,
         enable_session_discovery: true,
         dht: true,
+        attestation_ttl_ms: cfg.attestation_ttl_ms,
+        attestation_renew_before_ms: cfg.attestation_ttl_ms / 7,
     }
 }
 
@@ -74,6 +92,11 @@ enum Ev {
         epoch: u64,
         query: u64,
         key: Vec<u8>,
+    },
+    Attest {
+        node: usize,
+        epoch: u64,
+        expires_at_ms: i64,
     },
     Timer {
         node: usize,
@@ -292,7 +315,7 @@ impl<'a> World<'a> {
         }
         let faults_until = t + 30_000;
         self.schedule_faults(faults_until);
-        let s = settings();
+        let s = settings(cfg);
         self.end = faults_until
             + s.session_timeout_ms
             + s.broadcast_timeout_ms * i64::try_from(cfg.parties + 1).unwrap_or(1)
@@ -370,24 +393,11 @@ impl<'a> World<'a> {
         let now = self.local_now(i);
         let cfg = self.cfg;
         let node = &mut self.nodes[i];
-        let expires = now + cfg.attestation_ttl_ms;
         let aux = self.rng.random::<[u8; 32]>();
-        let mut attestations = BTreeMap::new();
-        let signature = node
-            .signer
-            .attest(&node.key, &node.peer.to_bytes(), expires, &aux)
-            .unwrap_or_else(|_| unreachable!());
-        attestations.insert(
-            node.key,
-            pb::PeerAttestation {
-                signer_key: node.key.to_vec(),
-                peer_id: node.peer.to_bytes(),
-                expires_at_ms: expires,
-                signature: signature.to_vec(),
-            },
-        );
+        let attestation = attest(node, now + cfg.attestation_ttl_ms, &aux);
+        let attestations = BTreeMap::from([(node.key, attestation)]);
         let mut core = Core::new(
-            settings(),
+            settings(cfg),
             node.keypair.clone(),
             vec![node.key],
             attestations,
@@ -649,6 +659,17 @@ impl<'a> World<'a> {
                             key,
                             context,
                             nonces,
+                        },
+                    );
+                }
+                Effect::Attest { expires_at_ms, .. } => {
+                    let (t, epoch) = (self.now + self.latency() / 4 + 1, self.nodes[i].epoch);
+                    self.at(
+                        t,
+                        Ev::Attest {
+                            node: i,
+                            epoch,
+                            expires_at_ms,
                         },
                     );
                 }

@@ -81,6 +81,21 @@ impl World<'_> {
                     c.on_nonce(now, id, index, result, fx)
                 });
             }
+            Ev::Attest {
+                node,
+                epoch,
+                expires_at_ms,
+            } => {
+                if epoch != self.nodes[node].epoch {
+                    return;
+                }
+                let aux = self.rng.random();
+                let attestation = Ok(vec![super::attest(&self.nodes[node], expires_at_ms, &aux)]);
+                self.note(&format!("attest {node} {}", attestation.is_ok()));
+                self.with_core(node, Some(epoch), |c, now, fx| {
+                    c.on_attestations(now, attestation, fx)
+                });
+            }
             Ev::Sign {
                 node,
                 epoch,
