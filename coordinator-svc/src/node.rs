@@ -67,18 +67,33 @@ enum Internal {
     Attested(Result<Vec<pb::PeerAttestation>, SignerError>),
 }
 
+/// How long a failed `connect` waits for another connection to the same peer.
+const DIAL_GRACE: Duration = Duration::from_secs(2);
+
+struct ParkedDial {
+    peer: PeerId,
+    until: tokio::time::Instant,
+    reply: oneshot::Sender<Result<PeerId, NodeError>>,
+    error: String,
+}
+
 struct Node {
     swarm: Swarm<Behaviour>,
     core: Core,
     signer: SignerClient,
     store: crate::store::Store,
     outbox: crate::p2p::outbox::Outboxes,
+    addresses: crate::p2p::addresses::AddressBook,
     raw_replies: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NodeError>>>,
     /// Dials of `connect` callers by connection: the reply goes to the caller when any
     /// connection to the peer opens, or when *this* dial fails (a failed redial of an old
     /// address, e.g. by Kademlia, must not answer a dial that may still succeed).
     dials:
         HashMap<libp2p::swarm::ConnectionId, (PeerId, oneshot::Sender<Result<PeerId, NodeError>>)>,
+    /// Dials of `connect` callers that failed while another connection to the same peer may
+    /// still be opening (e.g. our own redial of a session participant, or the peer dialling
+    /// us): answered when a connection opens, or with the error at the deadline.
+    parked_dials: Vec<ParkedDial>,
     /// Joins waiting for a DHT lookup, by the core's query token.
     joins: BTreeMap<u64, oneshot::Sender<Result<SessionView, NodeError>>>,
     /// DHT queries by libp2p id → the core's query token.
@@ -178,8 +193,10 @@ pub async fn start(
         signer,
         store,
         outbox: Default::default(),
+        addresses: Default::default(),
         raw_replies: HashMap::new(),
         dials: HashMap::new(),
+        parked_dials: Vec::new(),
         joins: BTreeMap::new(),
         queries: HashMap::new(),
         internal_tx,
@@ -218,6 +235,8 @@ impl Node {
         cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.core.next_deadline();
+            let retry = self.outbox.next_retry();
+            let parked = self.parked_dials.iter().map(|d| d.until).min();
             let sleep = tokio::time::sleep_until(deadline.map_or_else(
                 || tokio::time::Instant::now() + Duration::from_secs(3600),
                 until,
@@ -230,6 +249,17 @@ impl Node {
                 Some(i) = internal.recv() => self.on_internal(i, &mut fx),
                 _ = cleanup.tick() => self.core.on_cleanup(now_ms(), &mut fx),
                 () = sleep, if deadline.is_some() => self.core.on_deadline(now_ms(), &mut fx),
+                () = tokio::time::sleep_until(parked.unwrap_or_else(tokio::time::Instant::now)), if parked.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    for d in self.parked_dials.extract_if(.., |d| d.until <= now) {
+                        let _ = d.reply.send(Err(NodeError::Unavailable(d.error)));
+                    }
+                }
+                () = tokio::time::sleep_until(retry.map_or_else(tokio::time::Instant::now, Into::into)), if retry.is_some() => {
+                    for peer in self.outbox.due(std::time::Instant::now()) {
+                        self.pump(peer);
+                    }
+                }
             }
             self.execute(fx);
         }
@@ -329,6 +359,7 @@ impl Node {
                         let _ = tx.send(Internal::Attested(result)).await;
                     });
                 }
+                Effect::Dial(peer) => self.redial(peer),
                 Effect::Block(peer) => {
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
                     self.outbox.remove(&peer);
@@ -350,6 +381,7 @@ impl Node {
     }
 
     fn send_to(&mut self, peer: PeerId, bytes: Vec<u8>) {
+        tracing::trace!(%peer, len = bytes.len(), connected = self.swarm.is_connected(&peer), "frame queued");
         if !self.outbox.push(peer, bytes) {
             tracing::warn!(%peer, "outbox full; message dropped");
         }
@@ -361,13 +393,28 @@ impl Node {
         if !self.swarm.is_connected(&peer) {
             return;
         }
-        if let Some(bytes) = self.outbox.next(&peer) {
+        if let Some(bytes) = self.outbox.next(&peer, std::time::Instant::now()) {
             let id = self
                 .swarm
                 .behaviour_mut()
                 .direct
                 .send_request(&peer, DirectRequest::Frame(bytes));
+            tracing::trace!(%peer, request = %id, "frame sent");
             self.outbox.sent(peer, id);
+        }
+    }
+
+    /// Dial a session participant again at the addresses it was reached at (and those the
+    /// behaviours know), unless a connection or a dial to it exists.
+    fn redial(&mut self, peer: PeerId) {
+        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(self.addresses.get(&peer))
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "redial");
         }
     }
 
@@ -396,9 +443,26 @@ impl Node {
         }
     }
 
+    /// Perform a command's effects, then answer: the caller never hears of a change that is
+    /// not stored (a failed write answers UNAVAILABLE, and what depended on it was not sent).
+    fn answer<T>(
+        &mut self,
+        fx: &mut Vec<Effect>,
+        reply: oneshot::Sender<Result<T, NodeError>>,
+        result: Result<T, NodeError>,
+    ) {
+        let stored = self.execute(std::mem::take(fx));
+        let _ = reply.send(if stored {
+            result
+        } else {
+            Err(NodeError::Unavailable(
+                "the change could not be stored; nothing depending on it was sent".into(),
+            ))
+        });
+    }
+
     fn on_command(&mut self, cmd: Command, fx: &mut Vec<Effect>) {
         let now = now_ms();
-        let core = &mut self.core;
         match cmd {
             Command::Create {
                 context,
@@ -406,24 +470,26 @@ impl Node {
                 timeout,
                 reply,
             } => {
-                let _ = reply.send(core.create(now, context, election, timeout.map(ms), fx));
+                let r = self
+                    .core
+                    .create(now, context, election, timeout.map(ms), fx);
+                self.answer(fx, reply, r);
             }
-            Command::Join { id, reply } => match core.join(now, id, fx) {
-                Pending::Ready(r) => {
-                    let _ = reply.send(r);
-                }
+            Command::Join { id, reply } => match self.core.join(now, id, fx) {
+                Pending::Ready(r) => self.answer(fx, reply, r),
                 Pending::Waiting(query) => {
                     self.joins.insert(query, reply);
                 }
             },
             Command::Get { id, reply } => {
-                let _ = reply.send(core.session(id));
+                let _ = reply.send(self.core.session(id));
             }
             Command::List { reply } => {
-                let _ = reply.send(core.sessions());
+                let _ = reply.send(self.core.sessions());
             }
             Command::Close { id, reason, reply } => {
-                let _ = reply.send(core.close(now, id, &reason, fx));
+                let r = self.core.close(now, id, &reason, fx);
+                self.answer(fx, reply, r);
             }
             Command::Dial { addr, reply } => self.dial(addr, reply),
             Command::Info { reply } => {
@@ -445,7 +511,7 @@ impl Node {
                 });
             }
             Command::Rejections { reply } => {
-                let _ = reply.send(core.rejections());
+                let _ = reply.send(self.core.rejections());
             }
             Command::SendRaw { peer, bytes, reply } => self.send_raw(peer, bytes, reply),
             Command::Envelope {
@@ -453,20 +519,22 @@ impl Node {
                 from,
                 reply,
             } => {
-                let _ = reply.send(core.envelope(&message, &from));
+                let _ = reply.send(self.core.envelope(&message, &from));
             }
             Command::PeerKeys { reply } => {
-                let _ = reply.send(core.peer_keys());
+                let _ = reply.send(self.core.peer_keys());
             }
             Command::Ban {
                 peer,
                 reason,
                 reply,
             } => {
-                let _ = reply.send(core.blacklist(peer, &reason, fx));
+                let r = self.core.blacklist(peer, &reason, fx);
+                self.answer(fx, reply, r);
             }
             Command::Unban { peer, reply } => {
-                let _ = reply.send(core.unblacklist(peer, fx));
+                let r = self.core.unblacklist(peer, fx);
+                self.answer(fx, reply, r);
             }
             Command::SendRequest {
                 context,
@@ -474,30 +542,31 @@ impl Node {
                 amount,
                 reply,
             } => {
-                let _ = reply.send(core.send_signing_request(
-                    now,
-                    context,
-                    transaction_type,
-                    amount,
-                    fx,
-                ));
+                let r = self
+                    .core
+                    .send_signing_request(now, context, transaction_type, amount, fx);
+                self.answer(fx, reply, r);
             }
             Command::Respond {
                 request_id,
                 accept,
                 reply,
             } => {
-                let _ = reply.send(core.respond_signing_request(now, request_id, accept, fx));
+                let r = self
+                    .core
+                    .respond_signing_request(now, request_id, accept, fx);
+                self.answer(fx, reply, r);
             }
             Command::Advertise { keys, body, reply } => {
-                let _ = reply.send(core.advertise(now, keys, body, fx));
+                let r = self.core.advertise(now, keys, body, fx);
+                self.answer(fx, reply, r);
             }
             Command::Withdraw { reply } => {
-                core.withdraw();
+                self.core.withdraw();
                 let _ = reply.send(());
             }
             Command::Discover { reply } => {
-                let _ = reply.send(core.discovered(now));
+                let _ = reply.send(self.core.discovered(now));
             }
             Command::PublishRaw {
                 topic,
@@ -505,17 +574,18 @@ impl Node {
                 reply,
             } => self.publish_raw(topic, bytes, reply),
             Command::Peers { reply } => {
-                let _ = reply.send(core.peers());
+                let _ = reply.send(self.core.peers());
             }
             Command::NotifyBroadcast {
                 id,
                 reference,
                 reply,
             } => {
-                let _ = reply.send(core.notify_broadcast(now, id, reference, fx));
+                let r = self.core.notify_broadcast(now, id, reference, fx);
+                self.answer(fx, reply, r);
             }
             Command::Announcement { id, reply } => {
-                let _ = reply.send(core.announcement(id));
+                let _ = reply.send(self.core.announcement(id));
             }
             Command::PutRecord { key, value, reply } => self.put_raw_record(key, value, reply),
         }
@@ -553,8 +623,13 @@ impl Node {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
+                endpoint,
                 ..
             } => {
+                if endpoint.is_dialer() {
+                    self.addresses
+                        .note(peer_id, endpoint.get_remote_address().clone());
+                }
                 let answered: Vec<libp2p::swarm::ConnectionId> = self
                     .dials
                     .iter()
@@ -566,6 +641,9 @@ impl Node {
                         let _ = w.send(Ok(peer_id));
                     }
                 }
+                for parked in self.parked_dials.extract_if(.., |d| d.peer == peer_id) {
+                    let _ = parked.reply.send(Ok(peer_id));
+                }
                 self.core
                     .on_connected(now, peer_id, num_established.get() == 1, fx);
                 self.pump(peer_id);
@@ -575,7 +653,7 @@ impl Node {
                 num_established: 0,
                 ..
             } => {
-                self.core.on_disconnected(peer_id);
+                self.core.on_disconnected(now, peer_id);
                 self.outbox.disconnected(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
@@ -583,8 +661,17 @@ impl Node {
                 error,
                 ..
             } => {
-                if let Some((peer, w)) = self.dials.remove(&connection_id) {
-                    let _ = w.send(Err(NodeError::Unavailable(format!("dial {peer}: {error}"))));
+                if let Some((peer, reply)) = self.dials.remove(&connection_id) {
+                    if self.swarm.is_connected(&peer) {
+                        let _ = reply.send(Ok(peer));
+                    } else {
+                        self.parked_dials.push(ParkedDial {
+                            peer,
+                            until: tokio::time::Instant::now() + DIAL_GRACE,
+                            reply,
+                            error: format!("dial {peer}: {error}"),
+                        });
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -592,6 +679,9 @@ impl Node {
                 info,
                 ..
             })) => {
+                for addr in info.listen_addrs.iter().rev() {
+                    self.addresses.note(peer_id, addr.clone());
+                }
                 if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                     for addr in info.listen_addrs {
                         kad.add_address(&peer_id, addr);
@@ -614,6 +704,7 @@ impl Node {
                     // that it was accepted.
                     let mut effects = Vec::new();
                     let verdict = self.core.on_direct(now, peer, frame, &mut effects);
+                    tracing::trace!(%peer, ok = verdict.is_ok(), "frame received");
                     let stored = self.execute(effects);
                     let answer = match verdict {
                         Ok(()) if !stored => b"unavailable: not stored; send again".to_vec(),
@@ -646,7 +737,7 @@ impl Node {
                     error,
                     ..
                 },
-            )) => self.on_outbound_done(peer, request_id, Err(error.to_string())),
+            )) => self.on_outbound_done(peer, request_id, Err(error)),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(now, ev, fx),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
                 libp2p::gossipsub::Event::Message {
@@ -683,13 +774,21 @@ impl Node {
         &mut self,
         peer: PeerId,
         id: OutboundRequestId,
-        result: Result<Vec<u8>, String>,
+        result: Result<Vec<u8>, request_response::OutboundFailure>,
     ) {
         if let Some(reply) = self.raw_replies.remove(&id) {
-            let _ = reply.send(result.map_err(NodeError::Unavailable));
+            let _ = reply.send(result.map_err(|e| NodeError::Unavailable(e.to_string())));
             return;
         }
-        self.outbox.done(&peer, id);
+        // An answer, even a refusal, means the message arrived and was handled; a failure
+        // (closed connection, failed dial, timeout) sends it again later. A peer that does not
+        // speak the protocol never will: that message is dropped.
+        let delivered = matches!(
+            result,
+            Ok(_) | Err(request_response::OutboundFailure::UnsupportedProtocols)
+        );
+        self.outbox.done(&peer, id, delivered);
+        tracing::trace!(%peer, request = %id, delivered, "frame answered");
         match result {
             Ok(answer) if !answer.is_empty() => {
                 tracing::debug!(%peer, answer = %String::from_utf8_lossy(&answer), "peer refused our message");

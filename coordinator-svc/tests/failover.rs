@@ -275,8 +275,8 @@ async fn a_signer_killed_mid_session_aborts_it_cleanly_and_the_next_session_succ
 
 /// A session the API reported as created is on disk before the reply: a creator SIGKILLed right
 /// after `CreateSession` (nobody else joined, so nothing else changed it) still knows it, with
-/// its own join, after the restart. (Carrying it on to completion afterwards depends on re-sending
-/// what peers missed, which the hostile-peers issue still lists.)
+/// its own join, after the restart; once the parties are connected, the other one joins and the
+/// session completes on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_session_survives_an_immediate_sigkill() {
     let base = tempfile::tempdir().unwrap();
@@ -313,5 +313,106 @@ async fn a_created_session_survives_an_immediate_sigkill() {
         .unwrap();
     assert_eq!(after.phase, pb::SessionPhase::Init as i32);
     assert_eq!(after.joined_keys, created.joined_keys);
-    drop(ps);
+    mesh(&ps).await;
+    join_when_known(&ps[1], &created.session_id).await;
+    for p in &ps {
+        wait_for_phase(p, &created.session_id, pb::SessionPhase::Complete).await;
+    }
+}
+
+/// Join `id` on `p` as soon as the node knows it (the announcement may still be on its way).
+async fn join_when_known(p: &ProcParty, id: &str) {
+    let mut c = p.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match c
+            .join_session(pb::JoinSessionRequest {
+                session_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{id} never reached the node: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("join {id}: {e}"),
+        }
+    }
+}
+
+/// Wait until `p` reports session `id` in `phase` (panics on another terminal phase, or after
+/// 60 s).
+async fn wait_for_phase(p: &ProcParty, id: &str, phase: pb::SessionPhase) {
+    let mut c = p.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = c
+            .get_session(pb::GetSessionRequest {
+                session_id: id.to_string(),
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().session);
+        match &s {
+            Some(s) if s.phase == phase as i32 => return,
+            Some(s) if s.phase == pb::SessionPhase::Aborted as i32 => {
+                panic!("{id} aborted: {}", s.abort_reason)
+            }
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never reached {phase:?} on {}: {s:?}",
+            p.peer_id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A party SIGKILLed while a session waits for it, restarted on the same address with no
+/// bootstrap peers of its own, is dialled again by the others (nobody calls `ConnectPeer`), gets
+/// what it missed, joins, and the session completes everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_restarted_without_bootstrap_peers_is_dialled_again_and_the_session_completes() {
+    let base = tempfile::tempdir().unwrap();
+    let mut ps = Vec::new();
+    // Without a DHT: its queries would dial the restarted party by chance; here only the
+    // participants' own redialling can.
+    for s in 95..98u8 {
+        ps.push(
+            ProcParty::start(
+                base.path(),
+                s,
+                "stuck_session_timeout_ms = 120000\nenable_dht = false",
+            )
+            .await,
+        );
+    }
+    mesh(&ps).await;
+    let mut c = ps[0].client().await;
+    let created = c
+        .create_session(pb::CreateSessionRequest {
+            signer_keys: procs::keys(&ps),
+            message: vec![0x32; 32],
+            format: pb::SignatureFormat::Lotus as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let id = created.session_id;
+    join_when_known(&ps[1], &id).await;
+    ps[2].pin_listen_port();
+    ps[2].kill_coordinator();
+    ps[2].start_coordinator();
+    join_when_known(&ps[2], &id).await;
+    for p in &ps {
+        wait_for_phase(p, &id, pb::SessionPhase::Complete).await;
+    }
 }

@@ -3,6 +3,7 @@
 //! the per-peer outbox that keeps each sender's messages in order ([`outbox`]). GossipSub topics,
 //! DHT keys and the envelope's domain tag are named in [`names`].
 
+pub mod addresses;
 pub mod behaviour;
 pub mod envelope;
 pub mod names;

@@ -33,6 +33,7 @@ pub mod failover;
 pub mod guard;
 pub mod inbound;
 pub mod matchmaking;
+pub mod redial;
 pub mod session;
 pub mod sessions;
 #[cfg(test)]
@@ -173,6 +174,9 @@ pub enum Effect {
         /// Expiry of the new attestations.
         expires_at_ms: i64,
     },
+    /// Dial a peer (a participant of an unfinished session whose connection closed), at the
+    /// addresses known for it.
+    Dial(PeerId),
     /// Refuse a peer's connections (and drop what is queued for it).
     Block(PeerId),
     /// Accept a peer's connections again.
@@ -216,6 +220,7 @@ pub struct Core {
     keys: Vec<[u8; 33]>,
     attestations: BTreeMap<[u8; 33], pb::PeerAttestation>,
     renewal: attestations::Renewal,
+    redial: redial::Redial,
     rng: StdRng,
     connected: BTreeSet<PeerId>,
     next_query: u64,
@@ -226,6 +231,8 @@ pub struct Core {
     /// that connect later.
     sent: BTreeMap<SessionId, (Vec<Vec<u8>>, BTreeSet<PeerId>)>,
     finished_at: BTreeMap<SessionId, i64>,
+    /// Peers sent the final signature of a session they had not completed.
+    finalized_to: BTreeSet<(SessionId, PeerId)>,
     /// Messages of sessions not known yet: when the first arrived, and the messages.
     orphans: BTreeMap<SessionId, (i64, Vec<(PeerId, Message)>)>,
     /// Who announced each session created from a peer's announcement (its budget).
@@ -269,6 +276,7 @@ impl Core {
             keys,
             attestations,
             renewal: attestations::Renewal::default(),
+            redial: redial::Redial::default(),
             rng: StdRng::from_seed(seed),
             connected: BTreeSet::new(),
             next_query: 0,
@@ -276,6 +284,7 @@ impl Core {
             sessions: BTreeMap::new(),
             sent: BTreeMap::new(),
             finished_at: BTreeMap::new(),
+            finalized_to: BTreeSet::new(),
             orphans: BTreeMap::new(),
             announced_by: BTreeMap::new(),
             timeouts: deadlines::DeadlineQueue::default(),
@@ -328,13 +337,15 @@ impl Core {
             self.timeouts.next(),
             self.failover.next(),
             self.renewal_deadline(),
+            self.redial.next(),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// Deadlines that passed: session timeouts, failover and the renewal of attestations.
+    /// Deadlines that passed: session timeouts, failover, the renewal of attestations and
+    /// dialling participants again.
     pub fn on_deadline(&mut self, now: i64, fx: &mut Vec<Effect>) {
         for id in self.timeouts.pop_due(now) {
             let stuck = self.settings.stuck_timeout_ms;
@@ -347,6 +358,7 @@ impl Core {
         }
         self.on_failover_due(now, fx);
         self.on_renewal_due(now, fx);
+        self.on_redial_due(now, fx);
     }
 
     /// Periodic housekeeping (cleanupInterval): retention, expired bans and tables.
@@ -367,6 +379,8 @@ impl Core {
         self.orphans
             .retain(|id, (since, _)| !sessions.contains_key(id) && now - *since < ORPHAN_TTL_MS);
         self.announced_by.retain(|id, _| sessions.contains_key(id));
+        self.finalized_to
+            .retain(|(id, _)| sessions.contains_key(id));
         for p in self.guard.expired_bans(now) {
             self.unban(p, fx);
         }
@@ -378,14 +392,16 @@ impl Core {
     /// A connection to `peer` opened (`first` = no other connection to it was open).
     pub fn on_connected(&mut self, now: i64, peer: PeerId, first: bool, fx: &mut Vec<Effect>) {
         self.connected.insert(peer);
+        self.cancel_redial(peer);
         if first {
             self.send_hello(now, peer, fx);
         }
     }
 
-    /// The last connection to `peer` closed.
-    pub fn on_disconnected(&mut self, peer: PeerId) {
+    /// The last connection to `peer` closed: dialled again while a session needs it.
+    pub fn on_disconnected(&mut self, now: i64, peer: PeerId) {
         self.connected.remove(&peer);
+        self.schedule_redial(now, peer);
     }
 
     fn query(&mut self) -> u64 {

@@ -463,6 +463,13 @@ impl Core {
             sha2::Sha256::digest(msg.encode()).into()
         };
         s.skip_partial_signature_check = self.planted.skip_partial_signature_check;
+        // A member still sending contributions of a session complete here has not completed:
+        // it missed messages (a lost connection, a restart). It gets the final signature.
+        let behind = s.phase == Phase::Complete
+            && matches!(
+                msg.body,
+                Body::Join | Body::NonceShare(_) | Body::PartialSigShare(_)
+            );
         let actions = match s.on_remote(
             now,
             index,
@@ -477,10 +484,12 @@ impl Core {
             }
             // A byte-identical copy of a message we accepted: an honest re-send (the peer
             // restarted, or a delivery was retried). Acknowledged, not applied, not penalised.
-            Err(_) if s.was_accepted(&digest) => return Ok(()),
+            Err(_) if s.was_accepted(&digest) => Vec::new(),
             Err(r) => return Err(Refusal(r.reason(), r.to_string())),
         };
-        if actions.is_empty() {
+        if behind {
+            self.send_finalized(now, id, peer, fx);
+        } else if actions.is_empty() {
             // Accepted without visible effect (a buffered contribution, a sequence number):
             // still state to keep.
             self.persist(id, fx);
@@ -488,6 +497,39 @@ impl Core {
             self.apply(now, id, actions, fx);
         }
         Ok(())
+    }
+
+    /// Send SIGNATURE_FINALIZED of a complete session to a member's peer that has not
+    /// completed (once per session and peer while the session is in memory). The sequence
+    /// number it takes is stored before it leaves.
+    fn send_finalized(&mut self, now: i64, id: SessionId, peer: PeerId, fx: &mut Vec<Effect>) {
+        if !self.finalized_to.insert((id, peer)) {
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let (Some(signature), Some(from)) = (s.signature, s.local.first().and_then(|i| s.key(*i)))
+        else {
+            return;
+        };
+        let msg = Message {
+            header: Header {
+                session_id: id,
+                sender: from,
+                sequence: s.next_sequence(&from),
+                timestamp_ms: now,
+            },
+            body: Body::SignatureFinalized(signature),
+        };
+        self.persist(id, fx);
+        match self.envelope(&msg.to_pb(), &from) {
+            Ok(bytes) => {
+                tracing::debug!(session = %id, %peer, "final signature sent to a member behind");
+                fx.push(Effect::Send { peer, bytes });
+            }
+            Err(e) => tracing::error!(session = %id, error = %e, "cannot wrap message"),
+        }
     }
 
     /// A session announcement (direct, or a DHT record).

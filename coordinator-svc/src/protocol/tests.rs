@@ -52,6 +52,17 @@ struct Net {
     keys: Vec<[u8; 33]>,
     events: Vec<Vec<NodeEvent>>,
     rng: rand::rngs::StdRng,
+    /// Messages of this kind to this node are lost.
+    lose: Option<(usize, &'static str)>,
+    /// Every frame delivered: from, to, bytes.
+    delivered: Vec<(usize, usize, Vec<u8>)>,
+}
+
+/// The kind of message an envelope from `from` carries.
+fn kind(from: PeerId, bytes: &[u8]) -> &'static str {
+    crate::envelope::open(bytes, Some(from), T0)
+        .map(|(_, m)| m.body.kind())
+        .unwrap_or("undecodable")
 }
 
 impl Net {
@@ -64,6 +75,8 @@ impl Net {
             keys: Vec::new(),
             events: vec![Vec::new(); n],
             rng: rand::rngs::StdRng::seed_from_u64(5),
+            lose: None,
+            delivered: Vec::new(),
         };
         for i in 0..n {
             let b = u8::try_from(i).unwrap_or(0) + 1;
@@ -119,8 +132,15 @@ impl Net {
                     let Some(j) = self.peers.iter().position(|p| *p == peer) else {
                         continue;
                     };
+                    if self
+                        .lose
+                        .is_some_and(|(to, k)| to == j && kind(self.peers[i], &bytes) == k)
+                    {
+                        continue;
+                    }
                     let from = self.peers[i];
                     let r = self.cores[j].on_direct(now, from, Frame::Bytes(&bytes), &mut out);
+                    self.delivered.push((i, j, bytes));
                     assert!(r.is_ok(), "node {j} refused a message of node {i}: {r:?}");
                     queue.extend(out.into_iter().map(|e| (j, e)));
                     continue;
@@ -334,7 +354,7 @@ fn session_timeouts_are_deadlines() {
     // A session nobody else hears of: node 0 is alone (its peers are not told).
     for j in 1..3 {
         let peer = net.peers[j];
-        net.cores[0].on_disconnected(peer);
+        net.cores[0].on_disconnected(net.now, peer);
     }
     let mut keys = net.keys.clone();
     keys.sort_unstable();
@@ -753,4 +773,128 @@ fn a_failed_or_invalid_renewal_keeps_the_old_attestations_and_is_retried() {
     net.cores[0].on_attestations(now, Ok(vec![renewed]), &mut fx);
     assert!(!failed(&fx), "{fx:?}");
     assert_eq!(net.cores[0].attestations_expire_at(), Some(now + 7 * DAY));
+}
+
+#[test]
+fn a_member_that_missed_the_end_gets_the_final_signature_when_it_sends_again() {
+    let mut net = Net::new(3, false);
+    net.lose = Some((2, "PARTIAL_SIG_SHARE"));
+    let mut fx = Vec::new();
+    let ctx = net.context();
+    let id = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+    net.run(0, fx);
+    let phase = |net: &Net, i: usize| net.cores[i].session(id).map(|s| s.phase);
+    assert_eq!(phase(&net, 0), Some(Phase::Complete));
+    assert_eq!(phase(&net, 1), Some(Phase::Complete));
+    assert_eq!(phase(&net, 2), Some(Phase::PartialSigExchange));
+    net.lose = None;
+    // Node 2 sends its partial signature again (as after a reconnection or a restart).
+    let (_, _, resent) = net
+        .delivered
+        .iter()
+        .find(|(from, to, b)| {
+            *from == 2 && *to == 0 && kind(net.peers[2], b) == "PARTIAL_SIG_SHARE"
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("node 2 sent no partial signature"));
+    for round in 0..2 {
+        let mut fx = Vec::new();
+        let r = net.cores[0].on_direct(net.now, net.peers[2], Frame::Bytes(&resent), &mut fx);
+        assert!(r.is_ok(), "{r:?}");
+        let replies: Vec<&'static str> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { peer, bytes } if *peer == net.peers[2] => {
+                    Some(kind(net.peers[0], bytes))
+                }
+                _ => None,
+            })
+            .collect();
+        let expected: &[&str] = if round == 0 {
+            &["SIGNATURE_FINALIZED"]
+        } else {
+            &[]
+        };
+        assert_eq!(
+            replies, expected,
+            "round {round}: once per session and peer"
+        );
+        let persisted = fx.iter().position(|e| matches!(e, Effect::Persist { .. }));
+        let sent = fx.iter().position(|e| matches!(e, Effect::Send { .. }));
+        if round == 0 {
+            assert!(
+                persisted < sent,
+                "its sequence number is stored first: {fx:?}"
+            );
+        }
+        net.run(0, fx);
+    }
+    assert_eq!(phase(&net, 2), Some(Phase::Complete));
+    let signature = |net: &Net, i: usize| net.cores[i].session(id).and_then(|s| s.signature);
+    assert_eq!(signature(&net, 2), signature(&net, 0));
+}
+
+#[test]
+fn a_participant_whose_connection_closed_is_dialled_again_with_growing_delays() {
+    let mut net = Net::new(3, false);
+    // A session waiting for everyone's nonce: node 2 is needed.
+    let mut fx = Vec::new();
+    let ctx = net.context();
+    net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sends: Vec<Effect> = fx
+        .into_iter()
+        .filter(|e| !matches!(e, Effect::Send { .. }))
+        .collect();
+    net.run(0, sends);
+    let peer = net.peers[2];
+    net.cores[0].on_disconnected(net.now, peer);
+    let mut dials = Vec::new();
+    let mut now = net.now;
+    for _ in 0..8 {
+        let Some(due) = net.cores[0].next_deadline().filter(|d| *d < T0 + DAY) else {
+            break;
+        };
+        now = due;
+        let mut fx = Vec::new();
+        net.cores[0].on_deadline(now, &mut fx);
+        if fx.contains(&Effect::Dial(peer)) {
+            dials.push(now - T0);
+        }
+    }
+    // Until the session gives up on node 2 (stuck for 60 s): then nothing needs it.
+    assert_eq!(dials, vec![1_000, 3_000, 7_000, 15_000, 31_000]);
+    assert_eq!(
+        net.cores[0].sessions().first().map(|s| s.phase),
+        Some(Phase::Aborted)
+    );
+    assert_eq!(net.cores[0].next_deadline().filter(|d| *d < T0 + DAY), None);
+    // Connected again, disconnected again: a peer no unfinished session needs is not dialled.
+    let mut fx = Vec::new();
+    net.cores[0].on_connected(now, peer, true, &mut fx);
+    net.cores[0].on_disconnected(now, peer);
+    assert_eq!(net.cores[0].next_deadline().filter(|d| *d < T0 + DAY), None);
+}
+
+#[test]
+fn dialling_stops_when_the_participant_is_back() {
+    let mut net = Net::new(2, false);
+    let mut fx = Vec::new();
+    let ctx = net.context();
+    net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer = net.peers[1];
+    net.cores[0].on_disconnected(net.now, peer);
+    let mut fx = Vec::new();
+    net.cores[0].on_deadline(T0 + 1_000, &mut fx);
+    assert_eq!(fx, vec![Effect::Dial(peer)]);
+    net.cores[0].on_connected(T0 + 1_500, peer, true, &mut fx);
+    let mut fx = Vec::new();
+    net.cores[0].on_deadline(T0 + 3_000, &mut fx);
+    assert!(!fx.contains(&Effect::Dial(peer)), "{fx:?}");
 }

@@ -221,6 +221,26 @@ impl ProcParty {
         self.coordinator = Some(proc_);
     }
 
+    /// Keep the libp2p port the coordinator listens on now across restarts (a restart then
+    /// comes back on the same address, as a pod behind a fixed service address does).
+    #[allow(dead_code)]
+    pub fn pin_listen_port(&self) {
+        let addr: libp2p::Multiaddr = self.listen[0].parse().unwrap();
+        let port = addr
+            .iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .unwrap();
+        let path = self.dir.join("coordinator.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "listen = [\"/ip4/127.0.0.1/tcp/0\"]",
+            &format!("listen = [\"/ip4/127.0.0.1/tcp/{port}\"]"),
+        );
+        std::fs::write(path, text).unwrap();
+    }
+
     /// SIGKILL the coordinator.
     pub fn kill_coordinator(&mut self) {
         self.coordinator = None;

@@ -491,9 +491,10 @@ impl<'a> World<'a> {
                 l.up = false;
                 l.epoch += 1;
             }
-            let peer = self.nodes[b].peer;
+            let (now, peer) = (self.local_now(a), self.nodes[b].peer);
             if let Some(c) = self.nodes[a].core.as_mut() {
-                c.on_disconnected(peer);
+                c.on_disconnected(now, peer);
+                self.arm(a);
             }
         }
         self.note(&format!("disconnect {i} {j}"));
@@ -672,6 +673,11 @@ impl<'a> World<'a> {
                             expires_at_ms,
                         },
                     );
+                }
+                Effect::Dial(peer) => {
+                    if let Some(j) = peer_index(&self.nodes, &peer) {
+                        self.connect(i, j);
+                    }
                 }
                 Effect::Block(peer) => {
                     self.nodes[i].blocked.insert(peer);
