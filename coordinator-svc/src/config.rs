@@ -79,6 +79,10 @@ pub struct Config {
     /// electionMethod: lexicographic, hash-based, first-signer, last-signer.
     #[serde(default = "default_election")]
     pub election_method: String,
+    /// enableCoordinatorElection: the elected party's application is told to broadcast after
+    /// completion (default true, unlike the reference's false: the API documents should-broadcast).
+    #[serde(default = "t")]
+    pub enable_coordinator_election: bool,
     /// enableCoordinatorFailover.
     #[serde(default = "t")]
     pub enable_coordinator_failover: bool,
@@ -423,6 +427,7 @@ impl Config {
                 .election_method
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
+            enable_election: self.enable_coordinator_election,
             enable_failover: self.enable_coordinator_failover,
             broadcast_timeout: ms(self.broadcast_timeout_ms),
             max_active_sessions: self.limits.max_active_sessions,

@@ -247,7 +247,15 @@ async fn a_wrong_partial_signature_is_blamed_on_every_honest_node() {
             _ => None,
         })
         .await;
-        assert_eq!(info.culprits, vec![m.key], "{}", info.reason);
+        // Found here, or (when the other honest node's abort arrived first) reported as its
+        // claim, never as a culprit this node did not verify.
+        let claimed = info.is_claim() && info.reason.contains(&hex::encode(m.key));
+        assert!(
+            info.culprits == vec![m.key] || (info.culprits.is_empty() && claimed),
+            "{:?}: {}",
+            info.culprits,
+            info.reason
+        );
         assert!(
             info.reason.contains("invalid partial signature"),
             "{}",

@@ -92,6 +92,9 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
             signature: signature.0.to_vec(),
             output_key: Vec::new(),
         }),
+        NodeEvent::Closed { id } => Ev::SessionClosed(pb::SessionClosed {
+            session_id: id.to_string(),
+        }),
         NodeEvent::Aborted { id, info } => Ev::SessionError(pb::SessionError {
             session_id: id.to_string(),
             reason: info.reason.clone(),

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub attestation_ttl: Duration,
     /// They are renewed this long before they expire (1 day).
     pub attestation_renew_before: Duration,
+    /// enableCoordinatorElection (true here; the reference defaults to false).
+    pub enable_election: bool,
     /// enableCoordinatorFailover (true).
     pub enable_failover: bool,
     /// broadcastTimeout (5 min).
@@ -61,6 +63,7 @@ impl Default for NodeConfig {
             election_method: ElectionMethod::Lexicographic,
             attestation_ttl: Duration::from_secs(7 * 24 * 3600),
             attestation_renew_before: Duration::from_secs(24 * 3600),
+            enable_election: true,
             enable_failover: true,
             broadcast_timeout: Duration::from_secs(300),
             max_active_sessions: 1000,
@@ -78,6 +81,7 @@ impl NodeConfig {
             max_sequence_gap: self.max_sequence_gap,
             enable_replay_protection: self.enable_replay_protection,
             election_method: self.election_method,
+            enable_election: self.enable_election,
             enable_failover: self.enable_failover,
             broadcast_timeout_ms: ms(self.broadcast_timeout),
             max_active_sessions: self.max_active_sessions,

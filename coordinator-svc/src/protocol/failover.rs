@@ -18,7 +18,7 @@ fn responsible_is_local(s: &Session, attempt: usize) -> Option<usize> {
 impl Core {
     /// The session completed: the responsible party's clock starts.
     pub(super) fn start_failover(&mut self, now: i64, id: SessionId, out: &mut Vec<Effect>) {
-        if !self.settings.enable_failover {
+        if !self.settings.enable_election || !self.settings.enable_failover {
             return;
         }
         let deadline = now.saturating_add(self.settings.broadcast_timeout_ms);

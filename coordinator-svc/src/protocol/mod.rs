@@ -71,6 +71,9 @@ pub struct Settings {
     pub enable_replay_protection: bool,
     /// electionMethod.
     pub election_method: ElectionMethod,
+    /// enableCoordinatorElection: after completion the elected party is told to broadcast
+    /// (false: nobody is; the application decides who broadcasts).
+    pub enable_election: bool,
     /// enableCoordinatorFailover.
     pub enable_failover: bool,
     /// broadcastTimeout.

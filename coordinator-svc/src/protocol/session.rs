@@ -111,6 +111,16 @@ pub struct AbortInfo {
     pub culprits: Vec<[u8; 33]>,
 }
 
+/// How an abort's reason marks blame that another member claimed and this node did not verify.
+pub const CLAIM_NOTE: &str = "claimed by that signer, not verified here";
+
+impl AbortInfo {
+    /// Whether the blame in this abort is another member's unverified claim.
+    pub fn is_claim(&self) -> bool {
+        self.reason.contains(CLAIM_NOTE)
+    }
+}
+
 /// What the node must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -485,15 +495,29 @@ impl Session {
                     self.accept_psig(index, *p, &mut actions);
                 }
             }
+            // Blame in a peer's abort is its claim: reported as such, never as a culprit this
+            // node verified (a byzantine member could otherwise frame an honest one).
             Body::Abort(a) => {
+                let claim = if a.culprits.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; it blames {} ({CLAIM_NOTE})",
+                        a.culprits
+                            .iter()
+                            .map(hex::encode)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
                 self.abort = Some(AbortInfo {
                     code: a.code,
                     reason: format!(
-                        "aborted by signer {index} ({}): {}",
+                        "aborted by signer {index} ({}): {}{claim}",
                         hex::encode(key),
                         a.reason
                     ),
-                    culprits: a.culprits.clone(),
+                    culprits: Vec::new(),
                 });
                 self.set_phase(Phase::Aborted, &mut actions);
             }

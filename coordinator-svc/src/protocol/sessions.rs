@@ -156,6 +156,7 @@ impl Core {
                             self.finished_at.insert(id, now);
                             self.start_failover(now, id, &mut out);
                         }
+                        Phase::Closed => Self::emit(&mut out, NodeEvent::Closed { id }),
                         Phase::Aborted => {
                             if let Some(info) = s.abort.clone() {
                                 Self::emit(&mut out, NodeEvent::Aborted { id, info });

@@ -33,6 +33,7 @@ fn settings(failover: bool) -> Settings {
         max_sequence_gap: 100,
         enable_replay_protection: true,
         election_method: ElectionMethod::Lexicographic,
+        enable_election: true,
         enable_failover: failover,
         broadcast_timeout_ms: TIMEOUT,
         max_active_sessions: 100,
@@ -897,4 +898,25 @@ fn dialling_stops_when_the_participant_is_back() {
     let mut fx = Vec::new();
     net.cores[0].on_deadline(T0 + 3_000, &mut fx);
     assert!(!fx.contains(&Effect::Dial(peer)), "{fx:?}");
+}
+
+#[test]
+fn without_election_nobody_is_told_to_broadcast_and_closing_is_an_event() {
+    let mut net = Net::new(3, true);
+    for c in &mut net.cores {
+        c.settings.enable_election = false;
+    }
+    let id = net.complete_a_session();
+    assert_eq!(net.take_failover(), vec![Vec::<String>::new(); 3]);
+    for c in &net.cores {
+        assert_eq!(session_clock(c), None);
+    }
+    let mut fx = Vec::new();
+    net.cores[1]
+        .close(net.now, id, "done", &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        fx.contains(&Effect::Emit(NodeEvent::Closed { id })),
+        "{fx:?}"
+    );
 }

@@ -119,6 +119,11 @@ pub enum NodeEvent {
         /// Signature.
         signature: Signature,
     },
+    /// A complete session was closed by the application (CLOSED).
+    Closed {
+        /// Session.
+        id: SessionId,
+    },
     /// Session aborted.
     Aborted {
         /// Session.

@@ -4,8 +4,9 @@
 //!    session's output key.
 //! 2. No signer produces two partial signatures from one nonce.
 //! 3. No honest peer is banned by an honest peer (reported apart: see [`super::Report`]).
-//! 4. Every abort names a reason; an abort for an invalid contribution names its culprits, and
-//!    they are byzantine.
+//! 4. Every abort names a reason; an abort for an invalid contribution names its culprits (or,
+//!    when another member's abort ended it first, reports that member's blame as a claim), and
+//!    the culprits are byzantine.
 //! 5. At the end, every session an honest live node has heard of has ended there (complete or
 //!    aborted), and one it has not seen end is still known to it: nothing unfinished is
 //!    forgotten (finished ones may be pruned by retention) and nothing is stuck.
@@ -121,7 +122,7 @@ impl Checker {
                     info.code,
                     AbortCode::InvalidPartialSignature | AbortCode::InvalidNonce
                 );
-                if blame && info.culprits.is_empty() {
+                if blame && info.culprits.is_empty() && !info.is_claim() {
                     self.fail(at, format!("node {node}: session {id} aborted for an invalid contribution without naming a culprit: {}", info.reason));
                 }
                 if let Some(c) = info

@@ -52,6 +52,7 @@ pub fn settings(cfg: &Config) -> Settings {
         max_sequence_gap: 100,
         enable_replay_protection: true,
         election_method: ElectionMethod::Lexicographic,
+        enable_election: true,
         enable_failover: true,
         broadcast_timeout_ms: 30_000,
         max_active_sessions: 1000,

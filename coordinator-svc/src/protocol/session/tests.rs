@@ -173,3 +173,26 @@ fn duplicates_and_sequence_numbers() {
         assert_eq!(r.is_ok(), ok, "sequence {seq}: {r:?}");
     }
 }
+
+#[test]
+fn blame_in_a_peers_abort_is_reported_as_its_claim_not_as_a_culprit() {
+    let (mut s, _) = session(Phase::PartialSigExchange);
+    let framed = s.key(2).unwrap();
+    let abort = Body::Abort(Abort {
+        code: AbortCode::InvalidPartialSignature,
+        reason: "bad partial signature".into(),
+        culprits: vec![framed],
+    });
+    s.on_remote(1, 1, 2, &abort, 100, true).unwrap();
+    assert_eq!(s.phase, Phase::Aborted);
+    let info = s.abort.clone().unwrap();
+    assert!(info.culprits.is_empty(), "{info:?}");
+    assert!(
+        info.reason.contains(&hex::encode(framed))
+            && info
+                .reason
+                .contains("claimed by that signer, not verified here"),
+        "{}",
+        info.reason
+    );
+}
