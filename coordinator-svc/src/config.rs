@@ -39,6 +39,9 @@ fn default_cleanup() -> u64 {
 fn default_stuck() -> u64 {
     10 * 60 * 1000
 }
+fn default_retention() -> u64 {
+    90 * 24 * 3600 * 1000
+}
 fn default_attestation_ttl() -> u64 {
     7 * 24 * 3600 * 1000
 }
@@ -104,6 +107,10 @@ pub struct Config {
     /// stuckSessionTimeout, ms.
     #[serde(default = "default_stuck")]
     pub stuck_session_timeout_ms: u64,
+    /// Finished sessions and their final signatures stay in the store this long, ms (90 days;
+    /// at least 1 hour). After it they are deleted.
+    #[serde(default = "default_retention")]
+    pub session_retention_ms: u64,
     /// Lifetime of the attestations the signer gives this node, ms (7 days; at most 30 days,
     /// the protocol's maximum, and the signer's policy may allow less).
     #[serde(default = "default_attestation_ttl")]
@@ -335,6 +342,12 @@ impl Config {
                 errs.push(format!("{k}: must be positive"));
             }
         }
+        if self.session_retention_ms < 3_600_000 {
+            errs.push(format!(
+                "session_retention_ms: {} must be at least 3600000 (1 hour)",
+                self.session_retention_ms
+            ));
+        }
         let max_ttl = u64::try_from(shared::wire::MAX_ATTESTATION_LIFETIME_MS).unwrap_or(u64::MAX);
         if !(10_000..=max_ttl).contains(&self.attestation_ttl_ms) {
             errs.push(format!(
@@ -434,6 +447,7 @@ impl Config {
             enable_session_discovery: self.enable_session_discovery,
             attestation_ttl: ms(self.attestation_ttl_ms),
             attestation_renew_before: ms(self.attestation_renew_before_ms),
+            retention: ms(self.session_retention_ms),
         })
     }
 }

@@ -180,7 +180,8 @@ pub async fn start(
         .into_iter()
         .filter_map(|(p, b)| Some((p.parse::<PeerId>().ok()?, b)))
         .collect();
-    let records = store.all()?;
+    // Unfinished and recently finished sessions; older ones are read from the store on demand.
+    let records = store.live(now - crate::protocol::FINISHED_RETENTION_MS)?;
     let mut fx = Vec::new();
     core.restore(now, records, bans, &mut fx);
     let (tx, rx) = mpsc::channel(256);
@@ -360,6 +361,26 @@ impl Node {
                     });
                 }
                 Effect::Dial(peer) => self.redial(peer),
+                Effect::Forget(id) => {
+                    if let Err(e) = self.store.delete(&id.0) {
+                        tracing::warn!(session = %id, error = %e, "could not delete an ended, unjoined session");
+                    }
+                }
+                Effect::Prune { finished_before_ms } => {
+                    match self
+                        .store
+                        .prune(finished_before_ms, crate::protocol::PRUNE_BATCH)
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            sessions = n,
+                            "store pruned of sessions past their retention"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store pruning failed; retried at the next cleanup")
+                        }
+                    }
+                }
                 Effect::Block(peer) => {
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
                     self.outbox.remove(&peer);
@@ -482,7 +503,11 @@ impl Node {
                 }
             },
             Command::Get { id, reply } => {
-                let _ = reply.send(self.core.session(id));
+                let view = self.core.session(id).or_else(|| {
+                    let rec = self.store.get(&id.0).ok().flatten()?;
+                    self.core.stored_view(now, id, &rec)
+                });
+                let _ = reply.send(view);
             }
             Command::List { reply } => {
                 let _ = reply.send(self.core.sessions());

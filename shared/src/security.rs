@@ -336,6 +336,21 @@ impl<P: std::hash::Hash + Eq + Clone> Reputation<P> {
         self.peers.iter()
     }
 
+    /// Forget a peer entirely (its record was evicted to bound the table).
+    pub fn remove(&mut self, peer: &P) {
+        self.peers.remove(peer);
+    }
+
+    /// Peers with a record.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer has a record.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
     /// Forget a peer's counters (after a manual unban).
     pub fn forgive(&mut self, peer: &P) {
         if let Some(r) = self.peers.get_mut(peer) {

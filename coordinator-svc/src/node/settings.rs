@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub attestation_ttl: Duration,
     /// They are renewed this long before they expire (1 day).
     pub attestation_renew_before: Duration,
+    /// Finished sessions and their final signatures stay in the store this long (90 days).
+    pub retention: Duration,
     /// enableCoordinatorElection (true here; the reference defaults to false).
     pub enable_election: bool,
     /// enableCoordinatorFailover (true).
@@ -63,6 +65,7 @@ impl Default for NodeConfig {
             election_method: ElectionMethod::Lexicographic,
             attestation_ttl: Duration::from_secs(7 * 24 * 3600),
             attestation_renew_before: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(90 * 24 * 3600),
             enable_election: true,
             enable_failover: true,
             broadcast_timeout: Duration::from_secs(300),
@@ -89,6 +92,7 @@ impl NodeConfig {
             dht: self.net.enable_dht,
             attestation_ttl_ms: ms(self.attestation_ttl),
             attestation_renew_before_ms: ms(self.attestation_renew_before),
+            retention_ms: ms(self.retention),
         }
     }
 }

@@ -55,6 +55,11 @@ impl Discovery {
         }
     }
 
+    /// Advertisements kept, and per-(peer, key) rate-limit entries.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.adverts.len(), self.times.len())
+    }
+
     /// Drop expired advertisements and rate-limit entries.
     pub fn cleanup(&mut self, now: i64) {
         self.adverts.retain(|_, (_, a)| a.expires_at_ms > now);

@@ -15,6 +15,11 @@ fn responsible_is_local(s: &Session, attempt: usize) -> Option<usize> {
         .filter(|i| s.local.contains(i))
 }
 
+/// Whether a broadcast clock still runs for the session (it is kept until it stops).
+pub(super) fn running(s: &Session) -> bool {
+    s.failover.deadline_ms.is_some() && s.failover.confirmed.is_none() && !s.failover.exhausted
+}
+
 impl Core {
     /// The session completed: the responsible party's clock starts.
     pub(super) fn start_failover(&mut self, now: i64, id: SessionId, out: &mut Vec<Effect>) {

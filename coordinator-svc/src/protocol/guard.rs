@@ -1,5 +1,9 @@
 //! The guard: what each peer is attested to speak for, what it did wrong, and who is banned.
 //! Pure bookkeeping; the core turns its verdicts into effects (block, persist, events).
+//!
+//! Bounded: a new identity costs an attacker nothing, so the per-peer tables (keys, refusals,
+//! reputation, tolerated refusals) keep at most [`MAX_TRACKED_PEERS`] peers, evicting the one
+//! heard from longest ago; bans are bounded apart ([`MAX_BANS`], see `Core::ban`).
 
 use shared::security::Reason;
 use std::collections::BTreeMap;
@@ -10,6 +14,11 @@ use shared::wire::MAX_KEYS_PER_PEER;
 
 use crate::envelope::Refusal;
 use crate::store::BanRecord;
+
+/// Peers whose keys, refusals and reputation are kept.
+pub const MAX_TRACKED_PEERS: usize = 4096;
+/// Bans kept (in memory and in the store).
+pub const MAX_BANS: usize = 8192;
 
 /// Per-peer security state.
 #[derive(Debug)]
@@ -24,6 +33,10 @@ pub struct Guard {
     pub bans: BTreeMap<PeerId, BanRecord>,
     /// Tolerated refusals per peer in the current minute: (minute start, count).
     tolerated: BTreeMap<PeerId, (i64, u32)>,
+    /// When each tracked peer was last heard from (a counter), and the reverse index.
+    seen: BTreeMap<PeerId, u64>,
+    by_age: BTreeMap<u64, PeerId>,
+    tick: u64,
 }
 
 impl Default for Guard {
@@ -34,11 +47,39 @@ impl Default for Guard {
             reputation: Reputation::new(),
             bans: BTreeMap::new(),
             tolerated: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            by_age: BTreeMap::new(),
+            tick: 0,
         }
     }
 }
 
 impl Guard {
+    /// `peer` was heard from: it becomes the most recent; past [`MAX_TRACKED_PEERS`] the peer
+    /// heard from longest ago is forgotten (not its ban).
+    fn touch(&mut self, peer: PeerId) {
+        self.tick += 1;
+        if let Some(old) = self.seen.insert(peer, self.tick) {
+            self.by_age.remove(&old);
+        }
+        self.by_age.insert(self.tick, peer);
+        while self.seen.len() > MAX_TRACKED_PEERS {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.seen.remove(&oldest);
+            self.peer_keys.remove(&oldest);
+            self.rejections.remove(&oldest);
+            self.reputation.remove(&oldest);
+            self.tolerated.remove(&oldest);
+        }
+    }
+
+    /// Peers whose state is kept.
+    pub fn tracked(&self) -> usize {
+        self.seen.len()
+    }
+
     /// Record that `peer` speaks for `keys`. Returns the peer's full key list when it grew.
     ///
     /// # Errors
@@ -48,6 +89,7 @@ impl Guard {
         peer: PeerId,
         keys: &[[u8; 33]],
     ) -> Result<Option<Vec<[u8; 33]>>, Refusal> {
+        self.touch(peer);
         let known = self.peer_keys.entry(peer).or_default();
         let fresh: Vec<[u8; 33]> =
             keys.iter()
@@ -75,6 +117,7 @@ impl Guard {
     /// Count a refusal against `peer`; the verdict it triggers, if any. A refusal an honest
     /// peer can cause costs nothing until the peer passes the tolerated rate.
     pub fn offend(&mut self, peer: PeerId, r: &Refusal, now_ms: i64) -> Verdict {
+        self.touch(peer);
         *self
             .rejections
             .entry(peer)
@@ -103,6 +146,7 @@ impl Guard {
 
     /// Count an accepted message.
     pub fn accept(&mut self, peer: PeerId) {
+        self.touch(peer);
         self.reputation.accept(&peer);
     }
 
@@ -116,6 +160,20 @@ impl Guard {
         self.reputation.forgive(&peer);
         self.rejections.remove(&peer);
         self.bans.remove(&peer).is_some()
+    }
+
+    /// The ban to drop to make room for a new one: the temporary ban ending first, else the
+    /// first permanent one in peer order.
+    pub fn ban_to_evict(&self) -> Option<PeerId> {
+        if self.bans.len() < MAX_BANS {
+            return None;
+        }
+        self.bans
+            .iter()
+            .filter_map(|(p, b)| b.until_ms.map(|u| (u, *p)))
+            .min()
+            .map(|(_, p)| p)
+            .or_else(|| self.bans.keys().next().copied())
     }
 
     /// Peers whose temporary ban has run out.
@@ -172,6 +230,33 @@ mod tests {
             }
             assert_eq!(g.rejections[&p][reason.as_str()], u64::from(*n));
         }
+    }
+
+    #[test]
+    fn the_peer_heard_from_longest_ago_is_forgotten_past_the_cap_but_not_its_ban() {
+        let mut g = Guard::default();
+        let first = peer(1);
+        let r = Refusal(Reason::Decode, "x".into());
+        let _ = g.offend(first, &r, 0);
+        g.bans.insert(
+            first,
+            BanRecord {
+                until_ms: None,
+                reason: "test".into(),
+            },
+        );
+        let others: Vec<PeerId> = (0..MAX_TRACKED_PEERS).map(|_| PeerId::random()).collect();
+        for (i, p) in others.iter().enumerate() {
+            if i == 10 {
+                // An active peer stays: it is heard from again.
+                g.accept(others[0]);
+            }
+            g.accept(*p);
+        }
+        assert_eq!(g.tracked(), MAX_TRACKED_PEERS);
+        assert!(!g.rejections.contains_key(&first) && g.reputation.get(&first).is_none());
+        assert!(g.is_banned(&first), "bans are bounded apart");
+        assert!(g.reputation.get(&others[0]).is_some());
     }
 
     #[test]

@@ -34,6 +34,15 @@ pub struct Matchmaking {
 }
 
 impl Matchmaking {
+    /// Requests received and sent, and per-peer rate-limit entries.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.in_requests.len(),
+            self.out_requests.len(),
+            self.request_times.len(),
+        )
+    }
+
     /// Drop expired requests and rate-limit entries.
     pub fn cleanup(&mut self, now: i64) {
         self.in_requests.retain(|_, (_, _, e)| *e > now);

@@ -54,8 +54,12 @@ pub const ORPHAN_TTL_MS: i64 = 120_000;
 pub const MAX_UNJOINED_PER_PEER: usize = 64;
 /// Sessions announced by peers and not joined here yet, in total.
 pub const MAX_UNJOINED: usize = 1024;
-/// Finished sessions stay in memory this long, ms.
+/// Finished sessions stay in memory this long, ms (then they are read from the store).
 pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
+/// The store is pruned of sessions past their retention at most this often, ms.
+pub const PRUNE_EVERY_MS: i64 = 3600 * 1000;
+/// Sessions deleted per prune (one transaction).
+pub const PRUNE_BATCH: usize = 10_000;
 pub use crate::envelope::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
 
 /// The protocol settings (the reference's names and defaults, in ms).
@@ -88,6 +92,8 @@ pub struct Settings {
     pub attestation_ttl_ms: i64,
     /// Attestations are renewed this long before they expire.
     pub attestation_renew_before_ms: i64,
+    /// Finished sessions (with their final signatures) stay in the store this long, ms.
+    pub retention_ms: i64,
 }
 
 /// Milliseconds of a duration, saturating.
@@ -180,6 +186,14 @@ pub enum Effect {
     /// Dial a peer (a participant of an unfinished session whose connection closed), at the
     /// addresses known for it.
     Dial(PeerId),
+    /// Delete a stored session (one announced by a peer, never joined here, that ended: it
+    /// holds nothing worth keeping, and keeping it would let announcements fill the store).
+    Forget(SessionId),
+    /// Delete stored sessions that finished before this time (up to [`PRUNE_BATCH`]).
+    Prune {
+        /// Cut-off, ms.
+        finished_before_ms: i64,
+    },
     /// Refuse a peer's connections (and drop what is queued for it).
     Block(PeerId),
     /// Accept a peer's connections again.
@@ -215,6 +229,29 @@ pub struct PlantedBugs {
     pub skip_attestation_renewal: bool,
 }
 
+/// How full the core's tables are (bounded-memory checks and diagnostics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    /// Sessions in memory.
+    pub sessions: usize,
+    /// Of them, announced by peers and not joined here.
+    pub unjoined: usize,
+    /// Unknown sessions with buffered messages, and the messages.
+    pub orphans: (usize, usize),
+    /// Peers whose keys, refusals and reputation are tracked.
+    pub tracked_peers: usize,
+    /// Peers with known keys / refusal counters / reputation records.
+    pub peer_tables: (usize, usize, usize),
+    /// Bans.
+    pub bans: usize,
+    /// Advertisements, and advertisement rate-limit entries.
+    pub adverts: (usize, usize),
+    /// Signing requests received, sent, and request rate-limit entries.
+    pub requests: (usize, usize, usize),
+    /// Participants being dialled again.
+    pub redials: usize,
+}
+
 /// The core of one coordinator.
 pub struct Core {
     settings: Settings,
@@ -236,6 +273,8 @@ pub struct Core {
     finished_at: BTreeMap<SessionId, i64>,
     /// Peers sent the final signature of a session they had not completed.
     finalized_to: BTreeSet<(SessionId, PeerId)>,
+    /// When the store was last pruned.
+    pruned_at: i64,
     /// Messages of sessions not known yet: when the first arrived, and the messages.
     orphans: BTreeMap<SessionId, (i64, Vec<(PeerId, Message)>)>,
     /// Who announced each session created from a peer's announcement (its budget).
@@ -288,6 +327,7 @@ impl Core {
             sent: BTreeMap::new(),
             finished_at: BTreeMap::new(),
             finalized_to: BTreeSet::new(),
+            pruned_at: now_ms,
             orphans: BTreeMap::new(),
             announced_by: BTreeMap::new(),
             timeouts: deadlines::DeadlineQueue::default(),
@@ -366,15 +406,30 @@ impl Core {
 
     /// Periodic housekeeping (cleanupInterval): retention, expired bans and tables.
     pub fn on_cleanup(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        // A session whose broadcast clock still runs stays (its failover must go on); one a
+        // peer announced that ended without our application joining goes at once (it holds
+        // nothing, and announcements must not fill memory for an hour).
         let expired: Vec<SessionId> = self
             .finished_at
             .iter()
-            .filter(|(_, t)| now - **t > FINISHED_RETENTION_MS)
+            .filter(|(id, t)| {
+                let s = self.sessions.get(id);
+                (now - **t > FINISHED_RETENTION_MS || s.is_some_and(|s| !s.locally_joined))
+                    && !s.is_some_and(failover::running)
+            })
             .map(|(id, _)| *id)
             .collect();
+        if now - self.pruned_at >= PRUNE_EVERY_MS {
+            self.pruned_at = now;
+            fx.push(Effect::Prune {
+                finished_before_ms: now.saturating_sub(self.settings.retention_ms),
+            });
+        }
         for id in expired {
             self.finished_at.remove(&id);
-            self.sessions.remove(&id);
+            if self.sessions.remove(&id).is_some_and(|s| !s.locally_joined) {
+                fx.push(Effect::Forget(id));
+            }
             self.sent.remove(&id);
             self.timeouts.cancel(id);
         }
@@ -437,6 +492,12 @@ impl Core {
 
     /// Ban a peer (until a time, or for good): persisted, its connections closed and refused.
     fn ban(&mut self, peer: PeerId, until_ms: Option<i64>, reason: String, fx: &mut Vec<Effect>) {
+        if !self.guard.is_banned(&peer)
+            && let Some(evicted) = self.guard.ban_to_evict()
+        {
+            tracing::info!(%evicted, "ban dropped to make room (ban table full)");
+            self.unban(evicted, fx);
+        }
         let ban = BanRecord {
             until_ms,
             reason: reason.clone(),
@@ -513,6 +574,32 @@ impl Core {
             .iter()
             .map(|(p, m)| (*p, m.iter().map(|(r, n)| (*r, *n)).collect()))
             .collect()
+    }
+
+    /// How full the tables are.
+    pub fn table_sizes(&self) -> TableSizes {
+        TableSizes {
+            sessions: self.sessions.len(),
+            unjoined: self
+                .sessions
+                .values()
+                .filter(|s| !s.phase.is_terminal() && !s.locally_joined)
+                .count(),
+            orphans: (
+                self.orphans.len(),
+                self.orphans.values().map(|(_, q)| q.len()).sum(),
+            ),
+            tracked_peers: self.guard.tracked(),
+            peer_tables: (
+                self.guard.peer_keys.len(),
+                self.guard.rejections.len(),
+                self.guard.reputation.len(),
+            ),
+            bans: self.guard.bans.len(),
+            adverts: self.discovery.sizes(),
+            requests: self.matchmaking.sizes(),
+            redials: self.redial.len(),
+        }
     }
 
     /// Attested keys of known peers.

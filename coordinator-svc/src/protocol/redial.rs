@@ -26,6 +26,10 @@ impl Redial {
     pub(super) fn next(&self) -> Option<i64> {
         self.queue.next()
     }
+
+    pub(super) fn len(&self) -> usize {
+        self.attempts.len()
+    }
 }
 
 fn delay(attempts: u32) -> i64 {

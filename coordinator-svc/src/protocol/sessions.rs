@@ -59,10 +59,22 @@ impl Core {
         }
     }
 
-    fn record(&self, id: SessionId) -> Option<SessionRecord> {
+    pub(super) fn record(&self, id: SessionId) -> Option<SessionRecord> {
         let s = self.sessions.get(&id)?;
         let sent = self.sent.get(&id).map(|x| x.0.as_slice()).unwrap_or(&[]);
-        Some(s.to_record(sent))
+        let mut rec = s.to_record(sent);
+        if s.phase.is_terminal() && !super::failover::running(s) {
+            rec.finished_at_ms = self.finished_at.get(&id).copied();
+        }
+        Some(rec)
+    }
+
+    /// A session no longer in memory, from its stored record (finished sessions are read from
+    /// the store until the retention prunes them).
+    pub fn stored_view(&self, now: i64, id: SessionId, rec: &SessionRecord) -> Option<SessionView> {
+        Session::from_record(id, rec, &self.keys, now)
+            .ok()
+            .map(|(s, _)| SessionView::of(&s))
     }
 
     /// Persist a session now (first in what follows).
@@ -442,9 +454,16 @@ impl Core {
         let id = msg.header.session_id;
         let Some(s) = self.sessions.get_mut(&id) else {
             // Messages of different senders can cross the announcement: keep a few.
-            let full = self.orphans.len() >= MAX_ORPHAN_SESSIONS && !self.orphans.contains_key(&id);
+            // Checked before anything is inserted: a refused message must not leave an empty
+            // entry behind (found by the Sybil flood test: the table grew past its cap).
+            if self.orphans.len() >= MAX_ORPHAN_SESSIONS && !self.orphans.contains_key(&id) {
+                return Err(Refusal(
+                    Reason::UnknownSession,
+                    format!("session {id} is unknown"),
+                ));
+            }
             let (_, q) = self.orphans.entry(id).or_insert((now, Vec::new()));
-            if full || q.len() >= MAX_ORPHANS_PER_SESSION {
+            if q.len() >= MAX_ORPHANS_PER_SESSION {
                 return Err(Refusal(
                     Reason::UnknownSession,
                     format!("session {id} is unknown"),
@@ -481,16 +500,22 @@ impl Core {
         ) {
             Ok(a) => {
                 s.note_accepted(digest);
-                a
+                Some(a)
             }
             // A byte-identical copy of a message we accepted: an honest re-send (the peer
-            // restarted, or a delivery was retried). Acknowledged, not applied, not penalised.
-            Err(_) if s.was_accepted(&digest) => Vec::new(),
+            // restarted, or a delivery was retried). Acknowledged, not applied, not penalised,
+            // nothing stored.
+            Err(_) if s.was_accepted(&digest) => None,
             Err(r) => return Err(Refusal(r.reason(), r.to_string())),
         };
         if behind {
             self.send_finalized(now, id, peer, fx);
-        } else if actions.is_empty() {
+            return Ok(());
+        }
+        let Some(actions) = actions else {
+            return Ok(());
+        };
+        if actions.is_empty() {
             // Accepted without visible effect (a buffered contribution, a sequence number):
             // still state to keep.
             self.persist(id, fx);
@@ -667,7 +692,8 @@ impl Core {
                         continue;
                     }
                     if s.phase.is_terminal() {
-                        self.finished_at.insert(id, now);
+                        self.finished_at
+                            .insert(id, rec.finished_at_ms.unwrap_or(now).min(now));
                     } else {
                         resume.push((id, s.phase));
                     }

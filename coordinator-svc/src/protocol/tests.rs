@@ -41,6 +41,7 @@ fn settings(failover: bool) -> Settings {
         dht: false,
         attestation_ttl_ms: 7 * 24 * 3600 * 1000,
         attestation_renew_before_ms: 24 * 3600 * 1000,
+        retention_ms: 90 * 24 * 3600 * 1000,
     }
 }
 
@@ -919,4 +920,48 @@ fn without_election_nobody_is_told_to_broadcast_and_closing_is_an_event() {
         fx.contains(&Effect::Emit(NodeEvent::Closed { id })),
         "{fx:?}"
     );
+}
+
+#[test]
+fn finished_sessions_leave_memory_after_an_hour_unless_their_clock_runs_and_the_store_is_pruned() {
+    const HOUR: i64 = 3600 * 1000;
+    // With failover: the broadcast clock runs for hours here, and holds the session.
+    let mut net = Net::new(3, true);
+    for c in &mut net.cores {
+        c.settings.broadcast_timeout_ms = 3 * HOUR;
+    }
+    let held = net.complete_a_session();
+    let rec = net.cores[0].record(held).unwrap_or_else(|| unreachable!());
+    assert_eq!(
+        rec.finished_at_ms, None,
+        "not finished while its clock runs"
+    );
+    let mut fx = Vec::new();
+    net.cores[0].on_cleanup(T0 + 2 * HOUR, &mut fx);
+    assert!(net.cores[0].session(held).is_some());
+    assert_eq!(
+        fx,
+        vec![Effect::Prune {
+            finished_before_ms: T0 + 2 * HOUR - 90 * DAY
+        }]
+    );
+    // At most one prune an hour.
+    let mut fx = Vec::new();
+    net.cores[0].on_cleanup(T0 + 2 * HOUR + 1_000, &mut fx);
+    assert!(fx.is_empty(), "{fx:?}");
+
+    // Without failover: finished at completion, out of memory an hour later, still readable
+    // from its stored record.
+    let mut net = Net::new(3, false);
+    let id = net.complete_a_session();
+    let rec = net.cores[0].record(id).unwrap_or_else(|| unreachable!());
+    assert_eq!(rec.finished_at_ms, Some(T0));
+    let mut fx = Vec::new();
+    net.cores[0].on_cleanup(T0 + HOUR + 1, &mut fx);
+    assert!(net.cores[0].session(id).is_none());
+    let view = net.cores[0]
+        .stored_view(T0 + HOUR + 1, id, &rec)
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(view.phase, Phase::Complete);
+    assert!(view.signature.is_some());
 }

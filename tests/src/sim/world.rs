@@ -60,6 +60,7 @@ pub fn settings(cfg: &Config) -> Settings {
         dht: true,
         attestation_ttl_ms: cfg.attestation_ttl_ms,
         attestation_renew_before_ms: cfg.attestation_ttl_ms / 7,
+        retention_ms: 90 * 24 * 3600 * 1000,
     }
 }
 
@@ -674,6 +675,14 @@ impl<'a> World<'a> {
                             expires_at_ms,
                         },
                     );
+                }
+                Effect::Forget(id) => {
+                    self.nodes[i].store.remove(&id.0);
+                }
+                Effect::Prune { finished_before_ms } => {
+                    self.nodes[i]
+                        .store
+                        .retain(|_, r| r.finished_at_ms.is_none_or(|t| t >= finished_before_ms));
                 }
                 Effect::Dial(peer) => {
                     if let Some(j) = peer_index(&self.nodes, &peer) {

@@ -76,6 +76,7 @@ impl Session {
             next_seq: seqs(&self.next_seq),
             sent: sent.iter().map(hex::encode).collect(),
             failover: self.failover.clone(),
+            finished_at_ms: None,
         }
     }
 
