@@ -140,13 +140,10 @@ impl Api {
                         .unwrap_or_default()
                 )));
             }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(
-                        "the local signer did not answer in 30 s",
-                    ));
-                }
-                Ok(_) => continue,
+            if next_event_of(&mut rx, id, deadline).await.is_err() {
+                return Err(Status::deadline_exceeded(
+                    "the local signer did not answer in 30 s",
+                ));
             }
         }
     }
@@ -184,14 +181,27 @@ impl Api {
                 }
                 _ => {}
             }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "session {id} did not complete in time; it goes on"
-                    )));
-                }
-                Ok(_) => continue,
+            if next_event_of(rx, id, deadline).await.is_err() {
+                return Err(Status::deadline_exceeded(format!(
+                    "session {id} did not complete in time; it goes on"
+                )));
             }
+        }
+    }
+}
+
+/// Wait for the next event about session `id` (or a lag, which may have hidden one): a waiting
+/// call looks at its session again only when something happened to it, not on every event of
+/// every session. `Err` at the deadline.
+async fn next_event_of(
+    rx: &mut broadcast::Receiver<NodeEvent>,
+    id: SessionId,
+    deadline: tokio::time::Instant,
+) -> Result<(), tokio::time::error::Elapsed> {
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await? {
+            Ok(ev) if ev.session_id() != Some(id) => {}
+            _ => return Ok(()),
         }
     }
 }

@@ -39,6 +39,9 @@ fn default_cleanup() -> u64 {
 fn default_stuck() -> u64 {
     10 * 60 * 1000
 }
+fn default_resource_type() -> String {
+    crate::protocol::SESSION_RESOURCE_TYPE.into()
+}
 fn default_retention() -> u64 {
     90 * 24 * 3600 * 1000
 }
@@ -79,6 +82,10 @@ pub struct Config {
     /// enableSessionDiscovery (join looks the session up in the DHT).
     #[serde(default = "t")]
     pub enable_session_discovery: bool,
+    /// sessionResourceType: DHT keys of session announcements are `<type>:<session id>`
+    /// (default `musig2-session`; parties must agree on it).
+    #[serde(default = "default_resource_type")]
+    pub session_resource_type: String,
     /// electionMethod: lexicographic, hash-based, first-signer, last-signer.
     #[serde(default = "default_election")]
     pub election_method: String,
@@ -342,6 +349,18 @@ impl Config {
                 errs.push(format!("{k}: must be positive"));
             }
         }
+        let t = &self.session_resource_type;
+        if t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || t == "musig2-signer"
+        {
+            errs.push(format!(
+                "session_resource_type: {t:?} must be 1 to 64 characters of a-z, 0-9 and '-', and not musig2-signer"
+            ));
+        }
         if self.session_retention_ms < 3_600_000 {
             errs.push(format!(
                 "session_retention_ms: {} must be at least 3600000 (1 hour)",
@@ -445,6 +464,7 @@ impl Config {
             broadcast_timeout: ms(self.broadcast_timeout_ms),
             max_active_sessions: self.limits.max_active_sessions,
             enable_session_discovery: self.enable_session_discovery,
+            session_resource_type: self.session_resource_type.clone(),
             attestation_ttl: ms(self.attestation_ttl_ms),
             attestation_renew_before: ms(self.attestation_renew_before_ms),
             retention: ms(self.session_retention_ms),

@@ -257,7 +257,7 @@ impl Node {
                     }
                 }
                 () = tokio::time::sleep_until(retry.map_or_else(tokio::time::Instant::now, Into::into)), if retry.is_some() => {
-                    for peer in self.outbox.due(std::time::Instant::now()) {
+                    for peer in self.outbox.take_due(std::time::Instant::now()) {
                         self.pump(peer);
                     }
                 }

@@ -45,6 +45,17 @@ fn example_parses_and_errors_name_keys() {
         ),
         ("ATTESTATION_TTL_MS", "2592000001", "attestation_ttl_ms"),
         ("ATTESTATION_TTL_MS", "999", "attestation_ttl_ms"),
+        ("SESSION_RETENTION_MS", "1000", "session_retention_ms"),
+        (
+            "SESSION_RESOURCE_TYPE",
+            "\"Has Spaces\"",
+            "session_resource_type",
+        ),
+        (
+            "SESSION_RESOURCE_TYPE",
+            "\"musig2-signer\"",
+            "session_resource_type",
+        ),
     ] {
         let e = Config::parse(
             &text,

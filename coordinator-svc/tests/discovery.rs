@@ -125,25 +125,33 @@ async fn advertisement_spam_is_rate_limited_then_graylisted() {
             body: wire::Body::Advertisement(body),
         };
         let env = x.node.envelope(m.to_pb(), x.key).await.unwrap();
-        // Until the subscription is known, publishing fails: retry.
+        let banned = || async {
+            b.node
+                .peers()
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.peer == px && p.ban.is_some())
+        };
+        // Until the subscription is known, publishing fails: retry. Once b banned x (it may
+        // have done so on the messages still in flight), there is nobody to publish to.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut published = false;
         loop {
             match x.node.publish_raw(&topic, env.clone()).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    published = true;
+                    break;
+                }
+                Err(_) if banned().await => break,
                 Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 Err(e) => panic!("{e}"),
             }
         }
-        sent += 1;
-        if b.node
-            .peers()
-            .await
-            .unwrap()
-            .iter()
-            .any(|p| p.peer == px && p.ban.is_some())
-        {
+        sent += u64::from(published);
+        if banned().await {
             break;
         }
     }

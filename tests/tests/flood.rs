@@ -41,6 +41,7 @@ fn settings() -> Settings {
         max_active_sessions: 1000,
         enable_session_discovery: false,
         dht: false,
+        session_resource_type: coordinator_svc::protocol::SESSION_RESOURCE_TYPE.into(),
         attestation_ttl_ms: 7 * 24 * HOUR,
         attestation_renew_before_ms: 24 * HOUR,
         retention_ms: 90 * 24 * HOUR,

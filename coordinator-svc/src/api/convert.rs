@@ -174,6 +174,7 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
         }),
         NodeEvent::Rejected { .. }
         | NodeEvent::PeerIdentified { .. }
+        | NodeEvent::Contributed { .. }
         | NodeEvent::AttestationsRenewed { .. }
         | NodeEvent::AttestationRenewalFailed { .. }
         | NodeEvent::SigningResponseReceived { .. } => return None,

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub max_active_sessions: usize,
     /// enableSessionDiscovery: `join` looks unknown sessions up in the DHT.
     pub enable_session_discovery: bool,
+    /// sessionResourceType (`musig2-session`).
+    pub session_resource_type: String,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +73,7 @@ impl Default for NodeConfig {
             broadcast_timeout: Duration::from_secs(300),
             max_active_sessions: 1000,
             enable_session_discovery: true,
+            session_resource_type: crate::protocol::SESSION_RESOURCE_TYPE.into(),
         }
     }
 }
@@ -90,6 +93,7 @@ impl NodeConfig {
             max_active_sessions: self.max_active_sessions,
             enable_session_discovery: self.enable_session_discovery,
             dht: self.net.enable_dht,
+            session_resource_type: self.session_resource_type.clone(),
             attestation_ttl_ms: ms(self.attestation_ttl),
             attestation_renew_before_ms: ms(self.attestation_renew_before),
             retention_ms: ms(self.retention),

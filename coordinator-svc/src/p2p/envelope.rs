@@ -7,7 +7,9 @@ use shared::election::SessionId;
 use shared::security::Reason;
 use shared::wire::{self, Attestation, Body, MAX_DIRECT_MESSAGE_BYTES, Message, pb};
 
-pub use super::names::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
+pub use super::names::{
+    ENVELOPE_TAG, SESSION_KEY_PREFIX, SESSION_RESOURCE_TYPE, SIGNER_KEY_PREFIX,
+};
 
 /// A refusal: why (typed; its label is the metric label and maps to an offence) and a detail
 /// for the sender.
@@ -125,6 +127,19 @@ pub fn open(
 /// # Errors
 /// A [`Refusal`] (`bad_record` and the envelope's refusals).
 pub fn validate_record(key: &[u8], value: &[u8], now: i64) -> Result<(), Refusal> {
+    validate_record_in(SESSION_RESOURCE_TYPE, key, value, now)
+}
+
+/// [`validate_record`] with session announcements under `resource_type` (`sessionResourceType`).
+///
+/// # Errors
+/// A [`Refusal`] (`bad_record` and the envelope's refusals).
+pub fn validate_record_in(
+    resource_type: &str,
+    key: &[u8],
+    value: &[u8],
+    now: i64,
+) -> Result<(), Refusal> {
     let key = std::str::from_utf8(key)
         .map_err(|_| Refusal(Reason::BadRecord, "key is not text".into()))?;
     if let Some(hex_key) = key.strip_prefix(SIGNER_KEY_PREFIX) {
@@ -139,7 +154,8 @@ pub fn validate_record(key: &[u8], value: &[u8], now: i64) -> Result<(), Refusal
         return Ok(());
     }
     let hex_id = key
-        .strip_prefix(SESSION_KEY_PREFIX)
+        .strip_prefix(resource_type)
+        .and_then(|k| k.strip_prefix(':'))
         .ok_or(Refusal(Reason::BadRecord, "unknown key namespace".into()))?;
     let id = SessionId::from_hex(hex_id)
         .map_err(|_| Refusal(Reason::BadRecord, "bad session id".into()))?;

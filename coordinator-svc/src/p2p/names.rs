@@ -8,7 +8,10 @@ use shared::wire::pb;
 pub const ENVELOPE_TAG: &[u8] = b"musig2/v1/envelope";
 /// DHT key prefix of signer advertisements.
 pub const SIGNER_KEY_PREFIX: &str = "musig2-signer:";
-/// DHT key prefix of session announcements.
+/// The reference's default `sessionResourceType`: DHT keys of session announcements are
+/// `<resource type>:<session id>`.
+pub const SESSION_RESOURCE_TYPE: &str = "musig2-session";
+/// DHT key prefix of session announcements under the default resource type.
 pub const SESSION_KEY_PREFIX: &str = "musig2-session:";
 
 /// GossipSub topic name of a transaction type.
@@ -40,7 +43,7 @@ pub fn advert_record_key(key: &[u8; 33]) -> Vec<u8> {
     format!("{SIGNER_KEY_PREFIX}{}", hex::encode(key)).into_bytes()
 }
 
-/// The DHT key of a session's announcement.
-pub fn session_record_key(id: &SessionId) -> Vec<u8> {
-    format!("{SESSION_KEY_PREFIX}{id}").into_bytes()
+/// The DHT key of a session's announcement under `resource_type` (`sessionResourceType`).
+pub fn session_record_key(resource_type: &str, id: &SessionId) -> Vec<u8> {
+    format!("{resource_type}:{id}").into_bytes()
 }

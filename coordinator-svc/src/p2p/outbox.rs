@@ -109,17 +109,20 @@ impl Outboxes {
         }
     }
 
-    /// Peers whose retry delay has passed with messages waiting.
-    pub fn due(&self, now: Instant) -> Vec<PeerId> {
-        self.queues
-            .iter()
-            .filter(|(_, q)| {
-                q.in_flight.is_none()
-                    && !q.waiting.is_empty()
-                    && q.retry_at.is_some_and(|t| t <= now)
-            })
-            .map(|(p, _)| *p)
-            .collect()
+    /// Peers whose retry delay has passed with messages waiting; their delay is cleared, so
+    /// what a peer that is not connected now waits for is its next connection (no timer spins
+    /// on it).
+    pub fn take_due(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut due = Vec::new();
+        for (p, q) in &mut self.queues {
+            if q.retry_at.is_some_and(|t| t <= now) {
+                q.retry_at = None;
+                if q.in_flight.is_none() && !q.waiting.is_empty() {
+                    due.push(*p);
+                }
+            }
+        }
+        due
     }
 
     /// The earliest retry time.
@@ -179,7 +182,12 @@ mod tests {
         assert_eq!(o.next(&peer, Instant::now()), None);
         let retry = o.next_retry().unwrap_or(t0);
         assert!(retry > t0);
-        assert_eq!(o.due(retry), vec![peer]);
+        assert_eq!(o.take_due(retry), vec![peer]);
+        assert_eq!(
+            o.next_retry(),
+            None,
+            "a due peer waits for its connection, not a timer"
+        );
         assert_eq!(o.next(&peer, retry), Some(vec![1]));
         o.sent(peer, id(2));
         assert!(

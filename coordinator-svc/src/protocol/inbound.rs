@@ -145,7 +145,12 @@ impl Core {
         value: &[u8],
         fx: &mut Vec<Effect>,
     ) -> bool {
-        match crate::envelope::validate_record(key, value, now) {
+        match crate::envelope::validate_record_in(
+            &self.settings.session_resource_type,
+            key,
+            value,
+            now,
+        ) {
             Ok(()) => true,
             Err(r) => {
                 self.reject(now, source, &r, fx);
@@ -173,17 +178,22 @@ impl Core {
         };
         let result = match found {
             Ok((record_key, value)) => {
-                let outcome =
-                    crate::envelope::validate_record(&record_key, &value, now).and_then(|()| {
-                        let (author, msg) = crate::envelope::open(&value, None, now)?;
-                        if msg.header.session_id != sid {
-                            return Err(Refusal(
-                                Reason::BadRecord,
-                                "record is for another session".into(),
-                            ));
-                        }
-                        self.on_announce(now, author, &value, msg, fx)
-                    });
+                let outcome = crate::envelope::validate_record_in(
+                    &self.settings.session_resource_type,
+                    &record_key,
+                    &value,
+                    now,
+                )
+                .and_then(|()| {
+                    let (author, msg) = crate::envelope::open(&value, None, now)?;
+                    if msg.header.session_id != sid {
+                        return Err(Refusal(
+                            Reason::BadRecord,
+                            "record is for another session".into(),
+                        ));
+                    }
+                    self.on_announce(now, author, &value, msg, fx)
+                });
                 match outcome {
                     Ok(()) if self.sessions.contains_key(&sid) => self.join_known(now, sid, fx),
                     Ok(()) => Err(NodeError::FailedPrecondition(

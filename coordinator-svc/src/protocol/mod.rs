@@ -60,7 +60,9 @@ pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
 pub const PRUNE_EVERY_MS: i64 = 3600 * 1000;
 /// Sessions deleted per prune (one transaction).
 pub const PRUNE_BATCH: usize = 10_000;
-pub use crate::envelope::{ENVELOPE_TAG, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX};
+pub use crate::envelope::{
+    ENVELOPE_TAG, SESSION_KEY_PREFIX, SESSION_RESOURCE_TYPE, SIGNER_KEY_PREFIX,
+};
 
 /// The protocol settings (the reference's names and defaults, in ms).
 #[derive(Debug, Clone)]
@@ -88,6 +90,8 @@ pub struct Settings {
     pub enable_session_discovery: bool,
     /// Whether the node runs a DHT (records are put and looked up).
     pub dht: bool,
+    /// sessionResourceType: DHT keys of announcements are `<type>:<session id>`.
+    pub session_resource_type: String,
     /// Lifetime of the attestations asked of the signer.
     pub attestation_ttl_ms: i64,
     /// Attestations are renewed this long before they expire.

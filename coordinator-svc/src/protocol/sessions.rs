@@ -274,7 +274,7 @@ impl Core {
         let mut out = Vec::new();
         if self.settings.dht {
             out.push(Effect::PutRecord {
-                key: session_record_key(&id),
+                key: session_record_key(&self.settings.session_resource_type, &id),
                 value: bytes.clone(),
                 expires_at_ms,
             });
@@ -312,7 +312,7 @@ impl Core {
         self.dht_joins.insert(query, id);
         fx.push(Effect::GetRecord {
             query,
-            key: session_record_key(&id),
+            key: session_record_key(&self.settings.session_resource_type, &id),
         });
         Pending::Waiting(query)
     }
@@ -425,6 +425,7 @@ impl Core {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        let contributed = result.is_ok();
         let actions = match result {
             Ok(Ok(nonce)) => s.on_local_nonce(now, index, nonce),
             Ok(Err(psig)) => s.on_local_psig(now, index, psig),
@@ -441,6 +442,9 @@ impl Core {
             }
         };
         self.apply(now, id, actions, fx);
+        if contributed {
+            Self::emit(fx, NodeEvent::Contributed { id });
+        }
     }
 
     /// A message of a session from a member (envelope already opened and attested).

@@ -39,6 +39,7 @@ fn settings(failover: bool) -> Settings {
         max_active_sessions: 100,
         enable_session_discovery: false,
         dht: false,
+        session_resource_type: super::SESSION_RESOURCE_TYPE.into(),
         attestation_ttl_ms: 7 * 24 * 3600 * 1000,
         attestation_renew_before_ms: 24 * 3600 * 1000,
         retention_ms: 90 * 24 * 3600 * 1000,
@@ -964,4 +965,33 @@ fn finished_sessions_leave_memory_after_an_hour_unless_their_clock_runs_and_the_
         .unwrap_or_else(|| unreachable!());
     assert_eq!(view.phase, Phase::Complete);
     assert!(view.signature.is_some());
+}
+
+#[test]
+fn announcements_are_stored_under_the_configured_resource_type() {
+    let mut net = Net::new(2, false);
+    for c in &mut net.cores {
+        c.settings.dht = true;
+        c.settings.session_resource_type = "lotus-sessions".into();
+    }
+    let mut fx = Vec::new();
+    let ctx = net.context();
+    let id = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+    let (key, value) = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::PutRecord { key, value, .. } => Some((key.clone(), value.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no record put: {fx:?}"));
+    assert_eq!(key, format!("lotus-sessions:{id}").into_bytes());
+    let mut fx = Vec::new();
+    let (now, from) = (net.now, net.peers[0]);
+    assert!(net.cores[1].on_dht_put(now, from, &key, &value, &mut fx));
+    // The same announcement under another namespace is not ours to store.
+    let other = format!("musig2-session:{id}").into_bytes();
+    assert!(!net.cores[1].on_dht_put(now, from, &other, &value, &mut fx));
 }

@@ -119,6 +119,12 @@ pub enum NodeEvent {
         /// Signature.
         signature: Signature,
     },
+    /// Our signer's nonce or partial signature for the session is in (API calls waiting for
+    /// it look again).
+    Contributed {
+        /// Session.
+        id: SessionId,
+    },
     /// A complete session was closed by the application (CLOSED).
     Closed {
         /// Session.
@@ -249,6 +255,26 @@ pub enum NodeEvent {
         /// Keys.
         keys: Vec<[u8; 33]>,
     },
+}
+
+impl NodeEvent {
+    /// The session an event is about, if any.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self {
+            NodeEvent::SessionCreated(v) => Some(v.id),
+            NodeEvent::Joined { id, .. }
+            | NodeEvent::PhaseChanged { id, .. }
+            | NodeEvent::Contributed { id }
+            | NodeEvent::Complete { id, .. }
+            | NodeEvent::Closed { id }
+            | NodeEvent::Aborted { id, .. }
+            | NodeEvent::ShouldBroadcast { id, .. }
+            | NodeEvent::CoordinatorFailed { id, .. }
+            | NodeEvent::FailoverExhausted { id, .. }
+            | NodeEvent::BroadcastConfirmed { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 /// Errors of node commands.

@@ -58,6 +58,7 @@ pub fn settings(cfg: &Config) -> Settings {
         max_active_sessions: 1000,
         enable_session_discovery: true,
         dht: true,
+        session_resource_type: coordinator_svc::protocol::SESSION_RESOURCE_TYPE.into(),
         attestation_ttl_ms: cfg.attestation_ttl_ms,
         attestation_renew_before_ms: cfg.attestation_ttl_ms / 7,
         retention_ms: 90 * 24 * 3600 * 1000,
