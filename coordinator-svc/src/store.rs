@@ -167,20 +167,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`].
     pub fn all(&self) -> Result<Vec<([u8; 16], SessionRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(dberr)?;
-        let t = txn.open_table(SESSIONS).map_err(dberr)?;
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(dberr)? {
-            let (k, v) = entry.map_err(dberr)?;
-            let id: [u8; 16] = k
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(hex::encode(k.value()), "key".into()))?;
-            let rec = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(hex::encode(id), e.to_string()))?;
-            out.push((id, rec));
-        }
-        Ok(out)
+        self.live(i64::MIN)
     }
 
     /// What a restart needs: every session except those finished before `finished_since_ms`
