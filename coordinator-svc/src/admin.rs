@@ -4,9 +4,10 @@
 use libp2p::PeerId;
 use musig2_proto::v1::coordinator_admin_service_server::CoordinatorAdminService;
 use musig2_proto::v1::{self as pb};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use crate::node::{NodeHandle, PeerStatus};
+use crate::api::errors::{invalid, status};
+use crate::node::{ErrorReason, NodeHandle, PeerStatus};
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -23,7 +24,7 @@ impl Admin {
 
 fn peer_id(s: &str) -> Result<PeerId, Status> {
     s.parse()
-        .map_err(|_| Status::invalid_argument(format!("peer_id {s:?} is not a base58 peer id")))
+        .map_err(|_| invalid("peer_id", format!("{s:?} is not a base58 peer id")))
 }
 
 fn info(p: &PeerStatus) -> pb::PeerInfo {
@@ -32,7 +33,7 @@ fn info(p: &PeerStatus) -> pb::PeerInfo {
         connected: p.connected,
         score: p.score,
         blacklisted: p.ban.as_ref().is_some_and(|b| b.until_ms.is_none()),
-        graylisted_until_ms: p.ban.as_ref().and_then(|b| b.until_ms).unwrap_or(0),
+        graylisted_until_ms: p.ban.as_ref().and_then(|b| b.until_ms),
         ban_reason: p.ban.as_ref().map(|b| b.reason.clone()).unwrap_or_default(),
         invalid_signatures: u64::from(p.record.invalid_signatures),
         rate_limit_violations: u64::from(p.record.rate_limit_violations),
@@ -75,7 +76,14 @@ impl CoordinatorAdminService for Admin {
             .await?
             .into_iter()
             .find(|p| p.peer == peer)
-            .ok_or_else(|| Status::not_found(format!("peer {peer} is unknown")))?;
+            .ok_or_else(|| {
+                status(
+                    Code::NotFound,
+                    ErrorReason::PeerNotFound,
+                    format!("peer {peer} is unknown"),
+                    &[("peer_id", peer.to_string())],
+                )
+            })?;
         Ok(Response::new(pb::GetPeerScoreResponse {
             score: p.score,
             peer: Some(info(&p)),
@@ -89,7 +97,7 @@ impl CoordinatorAdminService for Admin {
         let r = r.into_inner();
         let peer = peer_id(&r.peer_id)?;
         if peer == self.node.peer_id() {
-            return Err(Status::invalid_argument("a node cannot ban itself"));
+            return Err(invalid("peer_id", "a node cannot ban itself"));
         }
         self.node.blacklist(peer, &r.reason).await?;
         Ok(Response::new(pb::BlacklistPeerResponse {}))
@@ -106,10 +114,30 @@ impl CoordinatorAdminService for Admin {
 
     async fn list_peers(
         &self,
-        _r: Request<pb::ListPeersRequest>,
+        r: Request<pb::ListPeersRequest>,
     ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        let r = r.into_inner();
+        let size = match r.page_size {
+            0 => 100,
+            n if n <= crate::api::MAX_PAGE_SIZE => n as usize,
+            _ => return Err(invalid("page_size", "at most 1000")),
+        };
+        if !r.page_token.is_empty() {
+            peer_id(&r.page_token).map_err(|_| invalid("page_token", "not a token of this API"))?;
+        }
         let mut peers: Vec<pb::PeerInfo> = self.node.peers().await?.iter().map(info).collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-        Ok(Response::new(pb::ListPeersResponse { peers }))
+        peers.retain(|p| r.page_token.is_empty() || p.peer_id > r.page_token);
+        let more = peers.len() > size;
+        peers.truncate(size);
+        let next_page_token = if more {
+            peers.last().map(|p| p.peer_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPeersResponse {
+            peers,
+            next_page_token,
+        }))
     }
 }

@@ -1,6 +1,7 @@
 //! The `CoordinatorService` gRPC API (DESIGN §5): every operation of the reference
-//! coordinator, a one-call `Sign`, and `WatchEvents`. Inputs are validated here, before any
-//! command reaches the node, so a malformed call changes nothing.
+//! coordinator, a one-call `Sign`, `WatchEvents`, `ListSigningRequests` and `CombineKeys`.
+//! Inputs are validated here, before any command reaches the node, so a malformed call changes
+//! nothing; every error carries machine-readable details ([`errors`]).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -11,17 +12,27 @@ use shared::election::{ElectionMethod, SessionId, elect};
 use shared::wire::{self, SessionContext};
 use tokio::sync::broadcast;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use crate::node::{NodeError, NodeEvent, NodeHandle, SessionView};
+use crate::node::{ErrorReason, NodeEvent, NodeHandle, SessionView};
 use crate::session::Phase;
 
 mod convert;
+pub mod errors;
+mod keys;
+mod watch;
 pub use convert::{discovered_pb, event_pb, session_pb};
-use convert::{event_session, phase_pb, u32s};
+use convert::{phase_pb, u32s};
+use errors::{abort_metadata, invalid, node_status, session_not_found, status};
 
 /// Default wait of a one-call `Sign`.
 pub const DEFAULT_SIGN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait of `StartRound1`/`StartRound2`, ms.
+pub const MAX_ROUND_WAIT_MS: u32 = 300_000;
+/// Longest session lifetime and `Sign` wait a call may ask for, ms.
+pub const MAX_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
+/// Largest page of a list call.
+pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// The API service.
 #[derive(Debug, Clone)]
@@ -42,28 +53,37 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-impl From<NodeError> for Status {
-    fn from(e: NodeError) -> Status {
-        match e {
-            NodeError::InvalidArgument(m) => Status::invalid_argument(m),
-            NodeError::NotFound(m) => Status::not_found(m),
-            NodeError::FailedPrecondition(m) => Status::failed_precondition(m),
-            NodeError::Unavailable(m) => Status::unavailable(m),
-            NodeError::ResourceExhausted(m) => Status::resource_exhausted(m),
-            NodeError::Stopped => Status::unavailable("the node is stopping"),
-        }
-    }
-}
-
 fn session_id(s: &str) -> Result<SessionId, Status> {
     if s.len() != 32 {
-        return Err(Status::invalid_argument(format!(
-            "session_id must be 32 hex characters, got {}",
-            s.len()
-        )));
+        return Err(invalid(
+            "session_id",
+            format!("must be 32 hex characters, got {}", s.len()),
+        ));
     }
-    SessionId::from_hex(s)
-        .map_err(|_| Status::invalid_argument("session_id must be 32 hex characters"))
+    SessionId::from_hex(s).map_err(|_| invalid("session_id", "must be 32 hex characters"))
+}
+
+/// A client's request id: 1 to 64 printable ASCII characters (None when empty).
+fn request_id(s: &str) -> Result<Option<String>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "request_id",
+            "1 to 64 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// A page size: 0 = 100, at most [`MAX_PAGE_SIZE`].
+fn page_size(n: u32) -> Result<usize, Status> {
+    match n {
+        0 => Ok(100),
+        n if n <= MAX_PAGE_SIZE => Ok(n as usize),
+        _ => Err(invalid("page_size", format!("at most {MAX_PAGE_SIZE}"))),
+    }
 }
 
 fn method(v: i32) -> Result<Option<ElectionMethod>, Status> {
@@ -72,20 +92,20 @@ fn method(v: i32) -> Result<Option<ElectionMethod>, Status> {
     }
     wire::election_from_pb(v, ElectionMethod::Lexicographic)
         .map(Some)
-        .map_err(|_| Status::invalid_argument("election_method: unknown value"))
+        .map_err(|_| invalid("election_method", "unknown value"))
 }
 
 fn keys(list: &[Vec<u8>], field: &str) -> Result<Vec<[u8; 33]>, Status> {
     if list.is_empty() || list.len() > wire::MAX_SIGNERS {
-        return Err(Status::invalid_argument(format!(
-            "{field}: 1 to {} keys",
-            wire::MAX_SIGNERS
-        )));
+        return Err(invalid(field, format!("1 to {} keys", wire::MAX_SIGNERS)));
     }
     let mut out = Vec::with_capacity(list.len());
     for (i, k) in list.iter().enumerate() {
         let a: [u8; 33] = k.as_slice().try_into().map_err(|_| {
-            Status::invalid_argument(format!("{field}[{i}] must be 33 bytes, got {}", k.len()))
+            invalid(
+                &format!("{field}[{i}]"),
+                format!("must be 33 bytes, got {}", k.len()),
+            )
         })?;
         out.push(a);
     }
@@ -107,42 +127,77 @@ fn context(
         format,
         tweaks: tweaks.to_vec(),
     };
-    SessionContext::from_pb(&raw).map_err(|e| Status::invalid_argument(e.to_string()))
+    SessionContext::from_pb(&raw).map_err(|e| invalid("context", e.to_string()))
+}
+
+/// An optional timeout in ms within `min..=MAX_TIMEOUT_MS`.
+fn timeout(v: Option<i64>, field: &str, min: i64) -> Result<Option<Duration>, Status> {
+    match v {
+        None => Ok(None),
+        Some(t) if (min..=MAX_TIMEOUT_MS).contains(&t) => {
+            Ok(Some(Duration::from_millis(t.unsigned_abs())))
+        }
+        Some(_) => Err(invalid(field, format!("{min} ms to {MAX_TIMEOUT_MS} ms"))),
+    }
+}
+
+fn ended(v: &SessionView) -> Status {
+    status(
+        Code::FailedPrecondition,
+        ErrorReason::SessionEnded,
+        format!(
+            "session {} is {}{}",
+            v.id,
+            v.phase.as_str(),
+            v.abort
+                .as_ref()
+                .map(|a| format!(": {}", a.reason))
+                .unwrap_or_default()
+        ),
+        &abort_metadata(v.id, v.abort.as_ref()),
+    )
 }
 
 impl Api {
     async fn view(&self, id: SessionId) -> Result<SessionView, Status> {
         self.node
             .session(id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("session {id} is unknown")))
+            .await
+            .map_err(|e| node_status(e, Some(id)))?
+            .ok_or_else(|| session_not_found(id))
     }
 
-    /// Wait (bounded) until `done` holds for the session, or it ends.
-    async fn wait_view(
+    /// A round's result: at once, or after waiting up to `wait_ms` for `ready`. `missing`
+    /// says what the round still lacks.
+    async fn round(
         &self,
         id: SessionId,
-        mut done: impl FnMut(&SessionView) -> bool,
+        wait_ms: u32,
+        ready: impl Fn(&SessionView) -> bool,
+        missing: impl Fn(&SessionView) -> String,
     ) -> Result<SessionView, Status> {
+        if wait_ms > MAX_ROUND_WAIT_MS {
+            return Err(invalid("wait_ms", format!("at most {MAX_ROUND_WAIT_MS}")));
+        }
         let mut rx = self.node.events();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
         loop {
             let v = self.view(id).await?;
-            if done(&v) {
+            if ready(&v) {
                 return Ok(v);
             }
             if v.phase.is_terminal() {
-                return Err(Status::failed_precondition(format!(
-                    "session {id} is {}{}",
-                    v.phase.as_str(),
-                    v.abort
-                        .map(|a| format!(": {}", a.reason))
-                        .unwrap_or_default()
-                )));
+                return Err(ended(&v));
             }
             if next_event_of(&mut rx, id, deadline).await.is_err() {
-                return Err(Status::deadline_exceeded(
-                    "the local signer did not answer in 30 s",
+                return Err(status(
+                    Code::DeadlineExceeded,
+                    ErrorReason::RoundNotReady,
+                    format!(
+                        "session {id}: not ready after {wait_ms} ms: {}",
+                        missing(&v)
+                    ),
+                    &[("session_id", id.to_string())],
                 ));
             }
         }
@@ -158,8 +213,8 @@ impl Api {
         loop {
             let v = self.view(id).await?;
             match v.phase {
-                Phase::Complete | Phase::Closed => return Ok(v),
-                Phase::Aborted => {
+                Phase::Complete | Phase::Closed if v.signature.is_some() => return Ok(v),
+                Phase::Aborted | Phase::Closed => {
                     let (reason, culprits) = v
                         .abort
                         .as_ref()
@@ -175,16 +230,22 @@ impl Api {
                     } else {
                         format!(" (culprits: {})", culprits.join(", "))
                     };
-                    return Err(Status::aborted(format!(
-                        "session {id} aborted: {reason}{blame}"
-                    )));
+                    return Err(status(
+                        Code::Aborted,
+                        ErrorReason::SessionAborted,
+                        format!("session {id} aborted: {reason}{blame}"),
+                        &abort_metadata(id, v.abort.as_ref()),
+                    ));
                 }
                 _ => {}
             }
             if next_event_of(rx, id, deadline).await.is_err() {
-                return Err(Status::deadline_exceeded(format!(
-                    "session {id} did not complete in time; it goes on"
-                )));
+                return Err(status(
+                    Code::DeadlineExceeded,
+                    ErrorReason::SignTimeout,
+                    format!("session {id} did not complete in time; it goes on"),
+                    &[("session_id", id.to_string())],
+                ));
             }
         }
     }
@@ -218,12 +279,12 @@ impl CoordinatorService for Api {
         let r = r.into_inner();
         let ctx = context(&r.signer_keys, &r.message, r.format, &r.tweaks)?;
         let election = method(r.election_method)?;
-        if r.timeout_ms < 0 {
-            return Err(Status::invalid_argument("timeout_ms must not be negative"));
-        }
-        let timeout =
-            (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms.unsigned_abs()));
-        let v = self.node.create_session(ctx, election, timeout).await?;
+        let timeout = timeout(r.timeout_ms, "timeout_ms", 1000)?;
+        let rid = request_id(&r.request_id)?;
+        let v = self
+            .node
+            .create_session_for(ctx, election, timeout, rid)
+            .await?;
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(session_pb(&v)),
         }))
@@ -235,7 +296,11 @@ impl CoordinatorService for Api {
         r: Request<pb::JoinSessionRequest>,
     ) -> Result<Response<pb::JoinSessionResponse>, Status> {
         let id = session_id(&r.into_inner().session_id)?;
-        let v = self.node.join_session(id).await?;
+        let v = self
+            .node
+            .join_session(id)
+            .await
+            .map_err(|e| node_status(e, Some(id)))?;
         Ok(Response::new(pb::JoinSessionResponse {
             session: Some(session_pb(&v)),
         }))
@@ -246,16 +311,31 @@ impl CoordinatorService for Api {
         &self,
         r: Request<pb::StartRound1Request>,
     ) -> Result<Response<pb::StartRound1Response>, Status> {
-        let id = session_id(&r.into_inner().session_id)?;
+        let r = r.into_inner();
+        let id = session_id(&r.session_id)?;
         let v = self.view(id).await?;
-        if !v.local_keys.iter().all(|k| v.joined.contains(k)) {
-            return Err(Status::failed_precondition(
+        if !v.phase.is_terminal() && !v.local_keys.iter().all(|k| v.joined.contains(k)) {
+            return Err(status(
+                Code::FailedPrecondition,
+                ErrorReason::WrongPhase,
                 "join the session first (JoinSession)",
+                &[("session_id", id.to_string())],
             ));
         }
-        // Round 1 starts by itself once every signer joined; wait (bounded) for our nonces.
+        // Round 1 starts by itself once every signer joined.
         let v = self
-            .wait_view(id, |v| v.local_nonces.len() == v.local_keys.len())
+            .round(
+                id,
+                r.wait_ms,
+                |v| !v.local_keys.is_empty() && v.local_nonces.len() == v.local_keys.len(),
+                |v| {
+                    format!(
+                        "{} of {} signers joined",
+                        v.joined.len(),
+                        v.context.signer_keys.len()
+                    )
+                },
+            )
             .await?;
         Ok(Response::new(pb::StartRound1Response {
             public_nonces: v.local_nonces.iter().map(|n| n.to_vec()).collect(),
@@ -267,18 +347,35 @@ impl CoordinatorService for Api {
         &self,
         r: Request<pb::StartRound2Request>,
     ) -> Result<Response<pb::StartRound2Response>, Status> {
-        let id = session_id(&r.into_inner().session_id)?;
+        let r = r.into_inner();
+        let id = session_id(&r.session_id)?;
         let v = self.view(id).await?;
-        if v.local_nonces.len() != v.local_keys.len() {
-            return Err(Status::failed_precondition(format!(
-                "round 1 has not produced this party's nonce yet (nonces in: {} of {}); call StartRound1",
-                v.nonce_keys.len(),
-                v.context.signer_keys.len()
-            )));
+        if !v.phase.is_terminal() && v.local_nonces.len() != v.local_keys.len() {
+            return Err(status(
+                Code::FailedPrecondition,
+                ErrorReason::WrongPhase,
+                format!(
+                    "round 1 has not produced this party's nonces yet (nonces in: {} of {}); call StartRound1",
+                    v.nonce_keys.len(),
+                    v.context.signer_keys.len()
+                ),
+                &[("session_id", id.to_string())],
+            ));
         }
-        // Round 2 starts by itself once every nonce is in; wait (bounded) for our signatures.
+        // Round 2 starts by itself once every nonce is in.
         let v = self
-            .wait_view(id, |v| v.local_psigs.len() == v.local_keys.len())
+            .round(
+                id,
+                r.wait_ms,
+                |v| !v.local_keys.is_empty() && v.local_psigs.len() == v.local_keys.len(),
+                |v| {
+                    format!(
+                        "{} of {} nonces in",
+                        v.nonce_keys.len(),
+                        v.context.signer_keys.len()
+                    )
+                },
+            )
             .await?;
         Ok(Response::new(pb::StartRound2Response {
             partial_signatures: v.local_psigs.iter().map(|p| p.to_vec()).collect(),
@@ -291,19 +388,16 @@ impl CoordinatorService for Api {
         r: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
         let r = r.into_inner();
-        if r.timeout_ms < 0 {
-            return Err(Status::invalid_argument("timeout_ms must not be negative"));
-        }
-        let timeout = if r.timeout_ms > 0 {
-            Duration::from_millis(r.timeout_ms.unsigned_abs())
-        } else {
-            DEFAULT_SIGN_TIMEOUT
-        };
+        let wait = timeout(r.timeout_ms, "timeout_ms", 1)?.unwrap_or(DEFAULT_SIGN_TIMEOUT);
         let mut rx = self.node.events();
         let id = if r.session_id.is_empty() {
             let ctx = context(&r.signer_keys, &r.message, r.format, &r.tweaks)?;
             let election = method(r.election_method)?;
-            self.node.create_session(ctx, election, None).await?.id
+            let rid = request_id(&r.request_id)?;
+            self.node
+                .create_session_for(ctx, election, None, rid)
+                .await?
+                .id
         } else {
             let id = session_id(&r.session_id)?;
             if !r.signer_keys.is_empty()
@@ -311,20 +405,25 @@ impl CoordinatorService for Api {
                 || r.format != 0
                 || !r.tweaks.is_empty()
                 || r.election_method != 0
+                || !r.request_id.is_empty()
             {
-                return Err(Status::invalid_argument(
-                    "with session_id, the session fields must be empty",
+                return Err(invalid(
+                    "session_id",
+                    "with session_id, the session fields and request_id must be empty",
                 ));
             }
-            match self.node.session(id).await? {
-                Some(v) if v.phase.is_terminal() => {}
+            match self.view(id).await {
+                Ok(v) if v.phase.is_terminal() => {}
                 _ => {
-                    self.node.join_session(id).await?;
+                    self.node
+                        .join_session(id)
+                        .await
+                        .map_err(|e| node_status(e, Some(id)))?;
                 }
             }
             id
         };
-        let v = self.wait_complete(id, &mut rx, timeout).await?;
+        let v = self.wait_complete(id, &mut rx, wait).await?;
         let signature = v.signature.map(|s| s.0.to_vec()).unwrap_or_default();
         Ok(Response::new(pb::SignResponse {
             session: Some(session_pb(&v)),
@@ -348,22 +447,25 @@ impl CoordinatorService for Api {
         r: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let r = r.into_inner();
-        let phase = pb::SessionPhase::try_from(r.phase)
-            .map_err(|_| Status::invalid_argument("phase: unknown value"))?;
-        if r.limit > 1000 {
-            return Err(Status::invalid_argument("limit must be at most 1000"));
-        }
-        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
-        let sessions = self
-            .node
-            .sessions()
-            .await?
-            .iter()
-            .filter(|v| phase == pb::SessionPhase::Unspecified || phase_pb(v.phase) == phase)
-            .take(limit)
-            .map(session_pb)
-            .collect();
-        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+        let phase = match pb::SessionPhase::try_from(r.phase) {
+            Ok(pb::SessionPhase::Unspecified) => None,
+            Ok(p) => Some(convert::phase_of(p)),
+            Err(_) => return Err(invalid("phase", "unknown value")),
+        };
+        let size = page_size(r.page_size)?;
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            let mut k = [0u8; 24];
+            hex::decode_to_slice(&r.page_token, &mut k)
+                .map_err(|_| invalid("page_token", "not a token of this API"))?;
+            Some(k)
+        };
+        let (views, next) = self.node.session_page(phase, before, size).await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: views.iter().map(session_pb).collect(),
+            next_page_token: next.map(hex::encode).unwrap_or_default(),
+        }))
     }
 
     async fn get_final_signature(
@@ -373,10 +475,12 @@ impl CoordinatorService for Api {
         let id = session_id(&r.into_inner().session_id)?;
         let v = self.view(id).await?;
         let sig = v.signature.ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "session {id} is {}, not complete",
-                v.phase.as_str()
-            ))
+            status(
+                Code::FailedPrecondition,
+                ErrorReason::NotComplete,
+                format!("session {id} is {}, not complete", v.phase.as_str()),
+                &abort_metadata(id, v.abort.as_ref()),
+            )
         })?;
         Ok(Response::new(pb::GetFinalSignatureResponse {
             signature: sig.0.to_vec(),
@@ -393,17 +497,21 @@ impl CoordinatorService for Api {
         let r = r.into_inner();
         let id = session_id(&r.session_id)?;
         if r.reason.len() > wire::MAX_REASON_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "reason exceeds {} bytes",
-                wire::MAX_REASON_BYTES
-            )));
+            return Err(invalid(
+                "reason",
+                format!("exceeds {} bytes", wire::MAX_REASON_BYTES),
+            ));
         }
         let reason = if r.reason.is_empty() {
             "closed by the application"
         } else {
             r.reason.as_str()
         };
-        let phase = self.node.close_session(id, reason).await?;
+        let phase = self
+            .node
+            .close_session(id, reason)
+            .await
+            .map_err(|e| node_status(e, Some(id)))?;
         Ok(Response::new(pb::CloseSessionResponse {
             phase: phase_pb(phase) as i32,
         }))
@@ -416,14 +524,17 @@ impl CoordinatorService for Api {
         let id = session_id(&r.into_inner().session_id)?;
         let v = self.view(id).await?;
         let attempt = v.failover.attempt;
-        let responsible = v.election.responsible_after(attempt);
+        let responsible = if v.failover.exhausted {
+            None
+        } else {
+            v.election.responsible_after(attempt)
+        };
         let is = responsible
             .and_then(|i| v.context.signer_keys.get(i))
             .is_some_and(|k| v.local_keys.contains(k));
         Ok(Response::new(pb::IsCoordinatorResponse {
-            is_coordinator: is && !v.failover.exhausted,
-            responsible_index: responsible
-                .map_or(u32::MAX, |i| u32::try_from(i).unwrap_or(u32::MAX)),
+            is_coordinator: is,
+            responsible_index: responsible.map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
             attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
         }))
     }
@@ -436,7 +547,8 @@ impl CoordinatorService for Api {
         let id = session_id(&r.session_id)?;
         self.node
             .notify_broadcast_complete(id, &r.broadcast_reference)
-            .await?;
+            .await
+            .map_err(|e| node_status(e, Some(id)))?;
         Ok(Response::new(pb::NotifyBroadcastCompleteResponse {}))
     }
 
@@ -451,7 +563,7 @@ impl CoordinatorService for Api {
             method(r.method)?.unwrap_or(ElectionMethod::Lexicographic),
             &k,
         )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| invalid("signer_keys", e.to_string()))?;
         Ok(Response::new(pb::ElectCoordinatorResponse {
             coordinator_index: u32::try_from(e.coordinator_index).unwrap_or(u32::MAX),
             coordinator_key: k
@@ -474,7 +586,7 @@ impl CoordinatorService for Api {
             method(r.method)?.unwrap_or(ElectionMethod::Lexicographic),
             &k,
         )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| invalid("signer_keys", e.to_string()))?;
         Ok(Response::new(pb::GetPriorityListResponse {
             priority_list: u32s(&e.priority_list),
         }))
@@ -487,21 +599,19 @@ impl CoordinatorService for Api {
         let r = r.into_inner();
         let k = keys(&r.signer_keys, "signer_keys")?;
         if r.current_index as usize >= k.len() {
-            return Err(Status::invalid_argument(format!(
-                "current_index {} is outside the {} keys",
-                r.current_index,
-                k.len()
-            )));
+            return Err(invalid(
+                "current_index",
+                format!("{} is outside the {} keys", r.current_index, k.len()),
+            ));
         }
         let e = elect(
             method(r.method)?.unwrap_or(ElectionMethod::Lexicographic),
             &k,
         )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| invalid("signer_keys", e.to_string()))?;
         let b = e.backup_of(r.current_index as usize);
         Ok(Response::new(pb::GetBackupCoordinatorResponse {
-            has_backup: b.is_some(),
-            backup_index: b.map_or(0, |i| u32::try_from(i).unwrap_or(u32::MAX)),
+            backup_index: b.map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
         }))
     }
 
@@ -513,7 +623,7 @@ impl CoordinatorService for Api {
             .into_inner()
             .multiaddr
             .parse()
-            .map_err(|e| Status::invalid_argument(format!("multiaddr: {e}")))?;
+            .map_err(|e| invalid("multiaddr", format!("{e}")))?;
         let peer = self.node.connect(addr).await?;
         Ok(Response::new(pb::ConnectPeerResponse {
             peer_id: peer.to_string(),
@@ -541,43 +651,49 @@ impl CoordinatorService for Api {
         let r = r.into_inner();
         let keys = keys(&r.signer_keys, "signer_keys")?;
         if r.transaction_types.is_empty() {
-            return Err(Status::invalid_argument("transaction_types: at least one"));
+            return Err(invalid("transaction_types", "at least one"));
         }
         let mut types = Vec::new();
         for t in &r.transaction_types {
             match pb::TransactionType::try_from(*t) {
                 Ok(pb::TransactionType::Unspecified) | Err(_) => {
-                    return Err(Status::invalid_argument(
-                        "transaction_types: unknown or unspecified value",
-                    ));
+                    return Err(invalid("transaction_types", "unknown or unspecified value"));
                 }
                 Ok(t) if !types.contains(&t) => types.push(t),
-                Ok(_) => return Err(Status::invalid_argument("transaction_types: duplicate")),
+                Ok(_) => return Err(invalid("transaction_types", "duplicate")),
             }
         }
-        if r.max_amount != 0 && r.max_amount < r.min_amount {
-            return Err(Status::invalid_argument("max_amount is below min_amount"));
+        if r.max_amount.is_some_and(|m| m < r.min_amount) {
+            return Err(invalid("max_amount", "is below min_amount"));
         }
-        if r.ttl_ms < 0 || r.ttl_ms > wire::MAX_ADVERTISEMENT_TTL_MS {
-            return Err(Status::invalid_argument("ttl_ms: 0 (1 h) to 24 h"));
+        if r.max_amount == Some(0) {
+            return Err(invalid(
+                "max_amount",
+                "must be positive (absent = no maximum)",
+            ));
         }
+        let ttl = match r.ttl_ms {
+            None => 3_600_000,
+            Some(t) if (1..=wire::MAX_ADVERTISEMENT_TTL_MS).contains(&t) => t,
+            Some(_) => return Err(invalid("ttl_ms", "1 ms to 24 h")),
+        };
         if r.description.len() > wire::MAX_DESCRIPTION_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "description exceeds {} bytes",
-                wire::MAX_DESCRIPTION_BYTES
-            )));
+            return Err(invalid(
+                "description",
+                format!("exceeds {} bytes", wire::MAX_DESCRIPTION_BYTES),
+            ));
         }
-        let ttl = if r.ttl_ms == 0 { 3_600_000 } else { r.ttl_ms };
         let body = wire::Advertisement {
             transaction_types: types,
             min_amount: r.min_amount,
-            max_amount: r.max_amount,
+            max_amount: r.max_amount.unwrap_or(0),
             expires_at_ms: now_ms().saturating_add(ttl),
             description: r.description,
         };
         let expires_at_ms = self.node.advertise(keys, body).await?;
         Ok(Response::new(pb::AdvertiseSignerResponse { expires_at_ms }))
     }
+
     async fn withdraw_advertisement(
         &self,
         _r: Request<pb::WithdrawAdvertisementRequest>,
@@ -585,6 +701,7 @@ impl CoordinatorService for Api {
         self.node.withdraw().await?;
         Ok(Response::new(pb::WithdrawAdvertisementResponse {}))
     }
+
     async fn discover_signers(
         &self,
         r: Request<pb::DiscoverSignersRequest>,
@@ -593,24 +710,45 @@ impl CoordinatorService for Api {
         let wanted = match pb::TransactionType::try_from(r.transaction_type) {
             Ok(pb::TransactionType::Unspecified) => None,
             Ok(t) => Some(t),
-            Err(_) => return Err(Status::invalid_argument("transaction_type: unknown value")),
+            Err(_) => return Err(invalid("transaction_type", "unknown value")),
         };
-        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
-        let signers = self
-            .node
-            .discovered()
-            .await?
+        let size = page_size(r.page_size)?;
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            let mut k = [0u8; 33];
+            hex::decode_to_slice(&r.page_token, &mut k)
+                .map_err(|_| invalid("page_token", "not a token of this API"))?;
+            Some(k)
+        };
+        let mut found = self.node.discovered().await?;
+        found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let mut matching = found
             .iter()
+            .filter(|(k, _, _)| after.is_none_or(|a| *k > a))
             .filter(|(_, _, a)| wanted.is_none_or(|t| a.transaction_types.contains(&t)))
             .filter(|(_, _, a)| {
-                r.amount == 0
-                    || (r.amount >= a.min_amount && (a.max_amount == 0 || r.amount <= a.max_amount))
+                r.amount.is_none_or(|amount| {
+                    amount >= a.min_amount && (a.max_amount == 0 || amount <= a.max_amount)
+                })
             })
-            .take(limit)
-            .map(|(k, p, a)| discovered_pb(k, p, a))
-            .collect();
-        Ok(Response::new(pb::DiscoverSignersResponse { signers }))
+            .peekable();
+        let mut signers = Vec::new();
+        let mut last = None;
+        while signers.len() < size {
+            let Some((k, p, a)) = matching.next() else {
+                break;
+            };
+            last = Some(*k);
+            signers.push(discovered_pb(k, p, a));
+        }
+        let more = matching.peek().is_some();
+        Ok(Response::new(pb::DiscoverSignersResponse {
+            signers,
+            next_page_token: last.filter(|_| more).map(hex::encode).unwrap_or_default(),
+        }))
     }
+
     async fn send_signing_request(
         &self,
         r: Request<pb::SendSigningRequestRequest>,
@@ -619,27 +757,51 @@ impl CoordinatorService for Api {
         let ctx = context(&r.signer_keys, &r.message, r.format, &r.tweaks)?;
         let t = match pb::TransactionType::try_from(r.transaction_type) {
             Ok(pb::TransactionType::Unspecified) | Err(_) => {
-                return Err(Status::invalid_argument(
-                    "transaction_type: unknown or unspecified value",
-                ));
+                return Err(invalid("transaction_type", "unknown or unspecified value"));
             }
             Ok(t) => t,
         };
-        let id = self.node.send_signing_request(ctx, t, r.amount).await?;
+        let rid = request_id(&r.request_id)?;
+        let id = self
+            .node
+            .send_signing_request(ctx, t, r.amount, rid)
+            .await?;
         Ok(Response::new(pb::SendSigningRequestResponse {
-            request_id: hex::encode(id),
+            signing_request_id: hex::encode(id),
         }))
     }
+
     async fn respond_signing_request(
         &self,
         r: Request<pb::RespondSigningRequestRequest>,
     ) -> Result<Response<pb::RespondSigningRequestResponse>, Status> {
         let r = r.into_inner();
         let mut id = [0u8; 16];
-        hex::decode_to_slice(&r.request_id, &mut id)
-            .map_err(|_| Status::invalid_argument("request_id must be 32 hex characters"))?;
+        hex::decode_to_slice(&r.signing_request_id, &mut id)
+            .map_err(|_| invalid("signing_request_id", "must be 32 hex characters"))?;
         self.node.respond_signing_request(id, r.accept).await?;
         Ok(Response::new(pb::RespondSigningRequestResponse {}))
+    }
+
+    async fn list_signing_requests(
+        &self,
+        _r: Request<pb::ListSigningRequestsRequest>,
+    ) -> Result<Response<pb::ListSigningRequestsResponse>, Status> {
+        let requests = self
+            .node
+            .signing_requests()
+            .await?
+            .iter()
+            .map(convert::open_request_pb)
+            .collect();
+        Ok(Response::new(pb::ListSigningRequestsResponse { requests }))
+    }
+
+    async fn combine_keys(
+        &self,
+        r: Request<pb::CombineKeysRequest>,
+    ) -> Result<Response<pb::CombineKeysResponse>, Status> {
+        keys::combine(&r.into_inner()).map(Response::new)
     }
 
     type WatchEventsStream = EventStream;
@@ -652,78 +814,13 @@ impl CoordinatorService for Api {
         let filter = if r.session_id.is_empty() {
             None
         } else {
-            Some(session_id(&r.session_id)?.to_string())
+            Some(session_id(&r.session_id)?)
         };
-        let mut rx = self.node.events();
-        let (tx, out) = tokio::sync::mpsc::channel::<Result<pb::WatchEventsResponse, Status>>(256);
-        if r.replay_completed {
-            for v in self.node.sessions().await? {
-                if let (Some(sig), true) = (
-                    v.signature,
-                    filter.as_deref().is_none_or(|f| f == v.id.to_string()),
-                ) {
-                    let ev = Ev::SessionComplete(pb::SessionComplete {
-                        session_id: v.id.to_string(),
-                        signature: sig.0.to_vec(),
-                        output_key: v.output_key.to_vec(),
-                    });
-                    let _ = tx
-                        .send(Ok(pb::WatchEventsResponse {
-                            timestamp_ms: now_ms(),
-                            event: Some(ev),
-                        }))
-                        .await;
-                }
-            }
-        }
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            loop {
-                let ev = match rx.recv().await {
-                    Ok(e) => e,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let lag = Ev::EventLagged(pb::EventLagged { dropped: n });
-                        if tx
-                            .send(Ok(pb::WatchEventsResponse {
-                                timestamp_ms: now_ms(),
-                                event: Some(lag),
-                            }))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                let Some(mut pbe) = event_pb(&ev) else {
-                    continue;
-                };
-                if let Some(f) = &filter
-                    && event_session(&pbe) != Some(f.as_str())
-                {
-                    continue;
-                }
-                if let (Ev::SessionComplete(c), NodeEvent::Complete { id, .. }) = (&mut pbe, &ev)
-                    && let Ok(Some(v)) = node.session(*id).await
-                {
-                    c.output_key = v.output_key.to_vec();
-                }
-                if tx
-                    .send(Ok(pb::WatchEventsResponse {
-                        timestamp_ms: now_ms(),
-                        event: Some(pbe),
-                    }))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out),
+        Ok(Response::new(watch::stream(
+            self.node.clone(),
+            filter,
+            r.replay_completed,
+            r.start_after_sequence,
         )))
     }
 }

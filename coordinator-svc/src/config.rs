@@ -42,6 +42,9 @@ fn default_stuck() -> u64 {
 fn default_resource_type() -> String {
     crate::protocol::SESSION_RESOURCE_TYPE.into()
 }
+fn default_in_memory() -> u64 {
+    3600 * 1000
+}
 fn default_retention() -> u64 {
     90 * 24 * 3600 * 1000
 }
@@ -118,6 +121,11 @@ pub struct Config {
     /// at least 1 hour). After it they are deleted.
     #[serde(default = "default_retention")]
     pub session_retention_ms: u64,
+    /// Finished sessions stay in memory this long, ms (1 hour; 1 s to 1 day); then they are
+    /// read from the store. Retries with a request id are recognised while the session is in
+    /// memory.
+    #[serde(default = "default_in_memory")]
+    pub finished_in_memory_ms: u64,
     /// Lifetime of the attestations the signer gives this node, ms (7 days; at most 30 days,
     /// the protocol's maximum, and the signer's policy may allow less).
     #[serde(default = "default_attestation_ttl")]
@@ -367,6 +375,12 @@ impl Config {
                 self.session_retention_ms
             ));
         }
+        if !(1000..=86_400_000).contains(&self.finished_in_memory_ms) {
+            errs.push(format!(
+                "finished_in_memory_ms: {} must be 1000 (1 s) to 86400000 (1 day)",
+                self.finished_in_memory_ms
+            ));
+        }
         let max_ttl = u64::try_from(shared::wire::MAX_ATTESTATION_LIFETIME_MS).unwrap_or(u64::MAX);
         if !(10_000..=max_ttl).contains(&self.attestation_ttl_ms) {
             errs.push(format!(
@@ -468,6 +482,7 @@ impl Config {
             attestation_ttl: ms(self.attestation_ttl_ms),
             attestation_renew_before: ms(self.attestation_renew_before_ms),
             retention: ms(self.session_retention_ms),
+            finished_in_memory: ms(self.finished_in_memory_ms),
         })
     }
 }

@@ -28,17 +28,19 @@ use crate::protocol::{Core, Effect, Pending, ms};
 use crate::signer::{SignerClient, SignerError};
 
 mod diagnostics;
+pub mod events;
 mod handle;
+mod queries;
 mod settings;
 
 pub use settings::NodeConfig;
 
 pub use crate::protocol::{
-    ENVELOPE_TAG, NodeError, NodeEvent, PeerStatus, SESSION_KEY_PREFIX, SIGNER_KEY_PREFIX,
-    SessionView,
+    ENVELOPE_TAG, ErrorReason, NodeError, NodeEvent, PeerStatus, SESSION_KEY_PREFIX,
+    SIGNER_KEY_PREFIX, SessionView,
 };
 use handle::Command;
-pub use handle::{NodeHandle, NodeInfo};
+pub use handle::{NodeHandle, NodeInfo, SessionPage};
 
 pub use crate::p2p::outbox::MAX_OUTBOX;
 
@@ -100,6 +102,7 @@ struct Node {
     queries: HashMap<kad::QueryId, u64>,
     internal_tx: mpsc::Sender<Internal>,
     events: broadcast::Sender<NodeEvent>,
+    log: std::sync::Arc<events::EventLog>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -181,12 +184,13 @@ pub async fn start(
         .filter_map(|(p, b)| Some((p.parse::<PeerId>().ok()?, b)))
         .collect();
     // Unfinished and recently finished sessions; older ones are read from the store on demand.
-    let records = store.live(now - crate::protocol::FINISHED_RETENTION_MS)?;
+    let records = store.live(now - ms(cfg.finished_in_memory))?;
     let mut fx = Vec::new();
     core.restore(now, records, bans, &mut fx);
     let (tx, rx) = mpsc::channel(256);
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (events, _) = broadcast::channel(4096);
+    let log = std::sync::Arc::new(events::EventLog::new(now, events::RETAINED_EVENTS));
     let (internal_tx, internal_rx) = mpsc::channel(1024);
     let mut node = Node {
         swarm,
@@ -202,6 +206,7 @@ pub async fn start(
         queries: HashMap::new(),
         internal_tx,
         events: events.clone(),
+        log: log.clone(),
         accepted: accepted.clone(),
     };
     node.execute(fx);
@@ -211,6 +216,7 @@ pub async fn start(
             tx,
             accepted,
             events,
+            log,
             peer_id,
             keys,
         },
@@ -253,7 +259,7 @@ impl Node {
                 () = tokio::time::sleep_until(parked.unwrap_or_else(tokio::time::Instant::now)), if parked.is_some() => {
                     let now = tokio::time::Instant::now();
                     for d in self.parked_dials.extract_if(.., |d| d.until <= now) {
-                        let _ = d.reply.send(Err(NodeError::Unavailable(d.error)));
+                        let _ = d.reply.send(Err(NodeError::Unavailable(ErrorReason::NetworkUnavailable, d.error)));
                     }
                 }
                 () = tokio::time::sleep_until(retry.map_or_else(tokio::time::Instant::now, Into::into)), if retry.is_some() => {
@@ -361,6 +367,21 @@ impl Node {
                     });
                 }
                 Effect::Dial(peer) => self.redial(peer),
+                Effect::ReleaseNonces { id, keys } => {
+                    let signer = self.signer.clone();
+                    tokio::spawn(async move {
+                        for key in keys {
+                            match signer.release_nonce(&key, &id).await {
+                                Ok(released) => {
+                                    tracing::debug!(session = %id, released, "nonce release")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(session = %id, error = %e, "the signer did not release a nonce; it expires with its TTL")
+                                }
+                            }
+                        }
+                    });
+                }
                 Effect::Forget(id) => {
                     if let Err(e) = self.store.delete(&id.0) {
                         tracing::warn!(session = %id, error = %e, "could not delete an ended, unjoined session");
@@ -389,6 +410,9 @@ impl Node {
                     self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 }
                 Effect::Emit(e) => {
+                    if e.for_applications() {
+                        self.log.push(now_ms(), e.clone());
+                    }
                     let _ = self.events.send(e);
                 }
                 Effect::JoinAnswer { query, result } => {
@@ -477,6 +501,7 @@ impl Node {
             result
         } else {
             Err(NodeError::Unavailable(
+                ErrorReason::StoreFailed,
                 "the change could not be stored; nothing depending on it was sent".into(),
             ))
         });
@@ -489,12 +514,25 @@ impl Node {
                 context,
                 election,
                 timeout,
+                request_id,
                 reply,
             } => {
+                let timeout = timeout.map(ms);
                 let r = self
                     .core
-                    .create(now, context, election, timeout.map(ms), fx);
+                    .create_for(now, context, election, timeout, request_id, fx);
                 self.answer(fx, reply, r);
+            }
+            Command::Page {
+                phase,
+                before,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.page(now, phase, before, limit));
+            }
+            Command::SigningRequests { reply } => {
+                let _ = reply.send(self.core.signing_requests(now));
             }
             Command::Join { id, reply } => match self.core.join(now, id, fx) {
                 Pending::Ready(r) => self.answer(fx, reply, r),
@@ -565,11 +603,17 @@ impl Node {
                 context,
                 transaction_type,
                 amount,
+                request_id,
                 reply,
             } => {
-                let r = self
-                    .core
-                    .send_signing_request(now, context, transaction_type, amount, fx);
+                let r = self.core.send_signing_request_for(
+                    now,
+                    context,
+                    transaction_type,
+                    amount,
+                    request_id,
+                    fx,
+                );
                 self.answer(fx, reply, r);
             }
             Command::Respond {
@@ -619,10 +663,18 @@ impl Node {
     fn dial(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, NodeError>>) {
         let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
             let _ = reply.send(Err(NodeError::InvalidArgument(
+                ErrorReason::InvalidField,
                 "the address must end in /p2p/<peer id>".into(),
             )));
             return;
         };
+        if self.core.is_banned(&peer) {
+            let _ = reply.send(Err(NodeError::PermissionDenied(
+                ErrorReason::PeerBanned,
+                format!("peer {peer} is banned (UnblacklistPeer lifts it)"),
+            )));
+            return;
+        }
         if self.swarm.is_connected(&peer) {
             let _ = reply.send(Ok(peer));
             return;
@@ -637,7 +689,10 @@ impl Node {
                 self.dials.insert(connection, (peer, reply));
             }
             Err(e) => {
-                let _ = reply.send(Err(NodeError::Unavailable(format!("dial: {e}"))));
+                let _ = reply.send(Err(NodeError::Unavailable(
+                    ErrorReason::NetworkUnavailable,
+                    format!("dial: {e}"),
+                )));
             }
         }
     }
@@ -802,7 +857,9 @@ impl Node {
         result: Result<Vec<u8>, request_response::OutboundFailure>,
     ) {
         if let Some(reply) = self.raw_replies.remove(&id) {
-            let _ = reply.send(result.map_err(|e| NodeError::Unavailable(e.to_string())));
+            let _ = reply.send(result.map_err(|e| {
+                NodeError::Unavailable(ErrorReason::NetworkUnavailable, e.to_string())
+            }));
             return;
         }
         // An answer, even a refusal, means the message arrived and was handled; a failure

@@ -7,6 +7,7 @@ use std::time::Duration;
 use musig2_proto::v1::signer_service_client::SignerServiceClient;
 use musig2_proto::v1::{
     AttestPeerRequest, GenerateNonceRequest, ListKeysRequest, PartialSignRequest,
+    ReleaseNonceRequest,
 };
 use shared::election::SessionId;
 use shared::musig::{PartialSignature, PubNonce};
@@ -230,6 +231,30 @@ impl SignerClient {
             .into_inner();
         self.observe("generate_nonce", started);
         PubNonce::from_slice(&r.public_nonce).map_err(|_| SignerError::Malformed("public nonce"))
+    }
+
+    /// Destroy the unused secret nonce of (session, key): the session will never sign. True
+    /// when one was destroyed.
+    ///
+    /// # Errors
+    /// [`SignerError`].
+    pub async fn release_nonce(
+        &self,
+        key: &[u8; 33],
+        session: &SessionId,
+    ) -> Result<bool, SignerError> {
+        let started = std::time::Instant::now();
+        let r = self
+            .client
+            .clone()
+            .release_nonce(ReleaseNonceRequest {
+                public_key: key.to_vec(),
+                session_id: session.0.to_vec(),
+            })
+            .await?
+            .into_inner();
+        self.observe("release_nonce", started);
+        Ok(r.released)
     }
 
     /// A partial signature given every public nonce (in key order).

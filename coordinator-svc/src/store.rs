@@ -16,6 +16,24 @@ use serde::{Deserialize, Serialize};
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 const FINISHED: TableDefinition<&[u8], i64> = TableDefinition::new("finished_at");
+/// Sessions by creation time then id ([`created_key`]): `ListSessions` pages, newest first.
+const CREATED: TableDefinition<&[u8], ()> = TableDefinition::new("created");
+
+/// A position in the `created` index: creation time (ms, order-preserving) then session id.
+pub type CreatedKey = [u8; 24];
+
+/// A page of stored sessions and where the next one starts (None: nothing older).
+pub type StoredPage = (Vec<([u8; 16], SessionRecord)>, Option<CreatedKey>);
+
+/// The `created` index key of a record.
+pub fn created_key(id: &[u8; 16], record: &SessionRecord) -> CreatedKey {
+    let mut k = [0u8; 24];
+    // Flipping the sign bit makes big-endian bytes sort like the signed time.
+    let t = (record.created_at_ms.unwrap_or(0) as u64) ^ (1 << 63);
+    k[..8].copy_from_slice(&t.to_be_bytes());
+    k[8..].copy_from_slice(id);
+    k
+}
 
 /// A persisted ban.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +104,22 @@ pub struct SessionRecord {
     /// in records written before this field existed, which are never pruned).
     #[serde(default)]
     pub finished_at_ms: Option<i64>,
+    /// When the session was created, ms (the `created` index; None in records written before
+    /// this field existed, which list as the oldest).
+    #[serde(default)]
+    pub created_at_ms: Option<i64>,
+    /// The request that created the session here (see `Session::request_id`).
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Result<([u8; 16], SessionRecord), StoreError> {
+    let id: [u8; 16] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(hex::encode(key), "key".into()))?;
+    let rec = serde_json::from_slice(value)
+        .map_err(|e| StoreError::Corrupt(hex::encode(id), e.to_string()))?;
+    Ok((id, rec))
 }
 
 /// The database.
@@ -121,6 +155,19 @@ impl Store {
         txn.open_table(SESSIONS).map_err(dberr)?;
         txn.open_table(BANS).map_err(dberr)?;
         txn.open_table(FINISHED).map_err(dberr)?;
+        {
+            // Databases written before the index existed get it once.
+            let mut c = txn.open_table(CREATED).map_err(dberr)?;
+            if redb::ReadableTableMetadata::len(&c).map_err(dberr)? == 0 {
+                let t = txn.open_table(SESSIONS).map_err(dberr)?;
+                for entry in t.iter().map_err(dberr)? {
+                    let (k, v) = entry.map_err(dberr)?;
+                    let (id, rec) = decode(k.value(), v.value())?;
+                    c.insert(created_key(&id, &rec).as_slice(), ())
+                        .map_err(dberr)?;
+                }
+            }
+        }
         txn.commit().map_err(dberr)?;
         Ok(Store { db })
     }
@@ -134,7 +181,16 @@ impl Store {
         let txn = self.db.begin_write().map_err(dberr)?;
         {
             let mut t = txn.open_table(SESSIONS).map_err(dberr)?;
-            t.insert(id.as_slice(), bytes.as_slice()).map_err(dberr)?;
+            let new = t
+                .insert(id.as_slice(), bytes.as_slice())
+                .map_err(dberr)?
+                .is_none();
+            if new {
+                txn.open_table(CREATED)
+                    .map_err(dberr)?
+                    .insert(created_key(id, record).as_slice(), ())
+                    .map_err(dberr)?;
+            }
             // The index follows the record (a record rewritten without a finish time leaves
             // it: found by the power-cut test, where a stale entry made `prune` delete a live
             // session).
@@ -191,15 +247,52 @@ impl Store {
             {
                 continue;
             }
-            let id: [u8; 16] = k
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(hex::encode(k.value()), "key".into()))?;
-            let rec = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(hex::encode(id), e.to_string()))?;
-            out.push((id, rec));
+            out.push(decode(k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    /// A page of sessions, newest first: those created before `before` (None: from the
+    /// newest) for which `keep` holds, at most `limit`, looking at no more than `max_scan`
+    /// records. Returns the page and where the next one starts (None: nothing older).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn page(
+        &self,
+        before: Option<CreatedKey>,
+        limit: usize,
+        max_scan: usize,
+        mut keep: impl FnMut(&[u8; 16], &SessionRecord) -> bool,
+    ) -> Result<StoredPage, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let c = txn.open_table(CREATED).map_err(dberr)?;
+        let t = txn.open_table(SESSIONS).map_err(dberr)?;
+        let range = match &before {
+            Some(b) => c.range::<&[u8]>(..b.as_slice()).map_err(dberr)?,
+            None => c.range::<&[u8]>(..).map_err(dberr)?,
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for (scanned, entry) in range.rev().enumerate() {
+            let (k, _) = entry.map_err(dberr)?;
+            let key: CreatedKey = k
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(hex::encode(k.value()), "index key".into()))?;
+            if out.len() >= limit || scanned >= max_scan {
+                return Ok((out, last));
+            }
+            last = Some(key);
+            let Some(v) = t.get(&key[8..]).map_err(dberr)? else {
+                continue;
+            };
+            let (id, rec) = decode(&key[8..], v.value())?;
+            if keep(&id, &rec) {
+                out.push((id, rec));
+            }
+        }
+        Ok((out, None))
     }
 
     /// Delete one session durably.
@@ -209,10 +302,19 @@ impl Store {
     pub fn delete(&self, id: &[u8; 16]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(dberr)?;
         {
-            txn.open_table(SESSIONS)
+            let old = txn
+                .open_table(SESSIONS)
                 .map_err(dberr)?
                 .remove(id.as_slice())
-                .map_err(dberr)?;
+                .map_err(dberr)?
+                .map(|v| decode(id, v.value()));
+            if let Some(old) = old {
+                let (_, rec) = old?;
+                txn.open_table(CREATED)
+                    .map_err(dberr)?
+                    .remove(created_key(id, &rec).as_slice())
+                    .map_err(dberr)?;
+            }
             txn.open_table(FINISHED)
                 .map_err(dberr)?
                 .remove(id.as_slice())
@@ -243,9 +345,17 @@ impl Store {
                 }
             }
             n = old.len();
+            let mut c = txn.open_table(CREATED).map_err(dberr)?;
             for k in old {
                 f.remove(k.as_slice()).map_err(dberr)?;
-                t.remove(k.as_slice()).map_err(dberr)?;
+                let rec = t
+                    .remove(k.as_slice())
+                    .map_err(dberr)?
+                    .map(|v| decode(&k, v.value()));
+                if let Some(rec) = rec {
+                    let (id, rec) = rec?;
+                    c.remove(created_key(&id, &rec).as_slice()).map_err(dberr)?;
+                }
             }
         }
         txn.commit().map_err(dberr)?;
@@ -321,6 +431,8 @@ mod tests {
             sent: Vec::new(),
             failover: FailoverRecord::default(),
             finished_at_ms,
+            created_at_ms: None,
+            request_id: None,
         }
     }
 
@@ -364,5 +476,68 @@ mod tests {
             let kept = store.get(id).unwrap_or_else(|e| panic!("{e}")).is_some();
             assert_eq!(kept, i == 0 || i == 3, "session {i}");
         }
+    }
+
+    fn ids_of(page: &[([u8; 16], SessionRecord)]) -> Vec<u8> {
+        page.iter().map(|(id, _)| id[0]).collect()
+    }
+
+    #[test]
+    fn pages_run_newest_first_and_the_index_follows_deletes_prunes_and_old_databases() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        // Sessions 0..6 created at 10, 20, .. (5 twice: same time, ordered by id), the even
+        // ones finished long ago.
+        for b in 0..7u8 {
+            let mut r = record((b % 2 == 0).then_some(1_000));
+            r.created_at_ms = Some(10 * i64::from(b.min(5)));
+            store.put(&[b; 16], &r).unwrap_or_else(|e| panic!("{e}"));
+            // A rewrite keeps one index entry.
+            store.put(&[b; 16], &r).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let all = |store: &Store| {
+            let mut out = Vec::new();
+            let mut before = None;
+            loop {
+                let (page, next) = store
+                    .page(before, 2, 100, |_, _| true)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(page.len() <= 2);
+                out.extend(ids_of(&page));
+                match next {
+                    Some(n) => before = Some(n),
+                    None => return out,
+                }
+            }
+        };
+        assert_eq!(all(&store), vec![6, 5, 4, 3, 2, 1, 0]);
+        // A filter; and a scan limit ends a page early with a token to go on.
+        let (page, next) = store
+            .page(None, 10, 100, |_, r| r.finished_at_ms.is_none())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((ids_of(&page), next), (vec![5, 3, 1], None));
+        let (page, next) = store
+            .page(None, 10, 2, |_, r| r.finished_at_ms.is_none())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ids_of(&page), vec![5]);
+        let (page, _) = store
+            .page(next, 10, 100, |_, r| r.finished_at_ms.is_none())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ids_of(&page), vec![3, 1]);
+        // Deleted and pruned sessions leave the index.
+        store.delete(&[3; 16]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.prune(2_000, 2).unwrap_or_else(|e| panic!("{e}")), 2);
+        assert_eq!(all(&store).len(), 4);
+        // A database written before the index: the index is built when it is opened.
+        let before = all(&store);
+        {
+            let txn = store.db.begin_write().unwrap_or_else(|e| panic!("{e}"));
+            txn.delete_table(CREATED).unwrap_or_else(|e| panic!("{e}"));
+            txn.commit().unwrap_or_else(|e| panic!("{e}"));
+        }
+        drop(store);
+        let store = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all(&store), before);
     }
 }

@@ -43,7 +43,7 @@ async fn three_coordinators_through_the_api_in_both_formats() {
             .await;
             c.sign(pb::SignRequest {
                 session_id: id,
-                timeout_ms: 30_000,
+                timeout_ms: Some(30_000),
                 ..Default::default()
             })
             .await
@@ -56,7 +56,7 @@ async fn three_coordinators_through_the_api_in_both_formats() {
             signer_keys: keys(&ps),
             message: vec![3; 32],
             format: pb::SignatureFormat::Lotus as i32,
-            timeout_ms: 30_000,
+            timeout_ms: Some(30_000),
             ..Default::default()
         })
         .await
@@ -106,7 +106,7 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
                 ..good.clone()
             },
             Code::InvalidArgument,
-            "signer_keys[0] must be 33 bytes",
+            "signer_keys[0]: must be 33 bytes",
         ),
         (
             pb::CreateSessionRequest {
@@ -142,7 +142,7 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
         ),
         (
             pb::CreateSessionRequest {
-                timeout_ms: -1,
+                timeout_ms: Some(-1),
                 ..good.clone()
             },
             Code::InvalidArgument,
@@ -189,6 +189,17 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
             "case {i}: {:?} lacks {text:?}",
             e.message()
         );
+        // Machine-readable: a reason, and the field for a bad argument.
+        let (reason, meta) = procs::error_info(&e);
+        if code == Code::InvalidArgument {
+            assert_eq!(reason, "INVALID_FIELD", "case {i}");
+            use tonic_types::StatusExt as _;
+            let bad = e.get_error_details();
+            let v = &bad.bad_request().expect("BadRequest").field_violations[0];
+            assert_eq!(Some(&v.field), meta.get("field"), "case {i}");
+        } else {
+            assert_eq!(reason, "NO_LOCAL_KEY", "case {i}");
+        }
     }
     for bad in ["", "zz", "00112233445566778899aabbccddeeff00"] {
         let e = c
@@ -200,15 +211,16 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
         assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}");
     }
     let unknown = "00112233445566778899aabbccddeeff".to_string();
-    assert_eq!(
-        c.get_session(pb::GetSessionRequest {
-            session_id: unknown.clone()
+    let e = c
+        .get_session(pb::GetSessionRequest {
+            session_id: unknown.clone(),
         })
         .await
-        .unwrap_err()
-        .code(),
-        Code::NotFound
-    );
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let (reason, meta) = procs::error_info(&e);
+    assert_eq!(reason, "SESSION_NOT_FOUND");
+    assert_eq!(meta.get("session_id"), Some(&unknown));
     assert_eq!(
         c.get_final_signature(pb::GetFinalSignatureRequest {
             session_id: unknown.clone()
@@ -231,7 +243,7 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
     assert_eq!(
         c.list_sessions(pb::ListSessionsRequest {
             phase: 99,
-            limit: 0
+            ..Default::default()
         })
         .await
         .unwrap_err()
@@ -265,25 +277,31 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
         .session
         .unwrap();
     let id = s.session_id;
-    // Round 1 waits for the missing signer: bounded by the caller's deadline.
-    let mut early = tonic::Request::new(pb::StartRound1Request {
-        session_id: id.clone(),
-    });
-    early.set_timeout(Duration::from_millis(300));
-    let e = c.start_round1(early).await.unwrap_err();
-    assert!(
-        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{e}"
-    );
-    assert_eq!(
-        c.start_round2(pb::StartRound2Request {
-            session_id: id.clone()
+    // Round 1 cannot start while a signer is missing: at once without a wait, after the
+    // stated wait with one, saying what is missing.
+    for wait_ms in [0, 300] {
+        let e = c
+            .start_round1(pb::StartRound1Request {
+                session_id: id.clone(),
+                wait_ms,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+        assert!(e.message().contains("1 of 2 signers joined"), "{e}");
+        let (reason, meta) = procs::error_info(&e);
+        assert_eq!(reason, "ROUND_NOT_READY");
+        assert_eq!(meta.get("session_id"), Some(&id));
+    }
+    let e = c
+        .start_round2(pb::StartRound2Request {
+            session_id: id.clone(),
+            wait_ms: 0,
         })
         .await
-        .unwrap_err()
-        .code(),
-        Code::FailedPrecondition
-    );
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(procs::error_info(&e).0, "WRONG_PHASE");
     assert_eq!(
         c.get_final_signature(pb::GetFinalSignatureRequest {
             session_id: id.clone()
@@ -305,7 +323,7 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
     );
     // Nothing else was stored: exactly the one valid session exists.
     let all = c
-        .list_sessions(pb::ListSessionsRequest { phase: 0, limit: 0 })
+        .list_sessions(pb::ListSessionsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -345,7 +363,7 @@ async fn metrics_health_and_overload() {
     let mut a = ps[0].client().await;
     let mut b = ps[1].client().await;
     let peers = admin
-        .list_peers(pb::ListPeersRequest {})
+        .list_peers(pb::ListPeersRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -389,6 +407,15 @@ async fn metrics_health_and_overload() {
             multiaddr: ps[0].listen[0].clone(),
         })
         .await;
+    // Dialling a banned peer is refused as such.
+    let e = a
+        .connect_peer(pb::ConnectPeerRequest {
+            multiaddr: ps[1].listen[0].clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert_eq!(procs::error_info(&e).0, "PEER_BANNED");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         a.get_node_info(pb::GetNodeInfoRequest {})
@@ -492,8 +519,8 @@ async fn advertise_and_discover_through_the_api() {
                 pb::TransactionType::Custody as i32,
             ],
             min_amount: 100,
-            max_amount: 10_000,
-            ttl_ms: 60_000,
+            max_amount: Some(10_000),
+            ttl_ms: Some(60_000),
             description: "treasury desk".into(),
         })
         .await
@@ -509,8 +536,8 @@ async fn advertise_and_discover_through_the_api() {
     assert_eq!(found.peer_id, ps[0].peer_id);
     let discover = |t: pb::TransactionType, amount: u64| pb::DiscoverSignersRequest {
         transaction_type: t as i32,
-        amount,
-        limit: 0,
+        amount: (amount != 0).then_some(amount),
+        ..Default::default()
     };
     let n = |r: pb::DiscoverSignersResponse| r.signers.len();
     assert_eq!(
@@ -564,6 +591,21 @@ async fn advertise_and_discover_through_the_api() {
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::ResourceExhausted);
+    // When to retry: the rest of the minute, in a RetryInfo.
+    assert_eq!(procs::error_info(&again).0, "RATE_LIMITED");
+    {
+        use tonic_types::StatusExt as _;
+        let delay = again
+            .get_error_details()
+            .retry_info()
+            .and_then(|r| r.retry_delay)
+            .expect("RetryInfo");
+        assert!(
+            delay > std::time::Duration::from_secs(50)
+                && delay <= std::time::Duration::from_secs(60),
+            "{delay:?}"
+        );
+    }
     let bad = a
         .advertise_signer(pb::AdvertiseSignerRequest {
             signer_keys: vec![ps[0].key.to_vec()],

@@ -192,6 +192,8 @@ fn record(rng: &mut StdRng, finished_at_ms: Option<i64>) -> SessionRecord {
             .collect(),
         failover: FailoverRecord::default(),
         finished_at_ms,
+        created_at_ms: Some(rng.random_range(0..1_000_000)),
+        request_id: None,
     }
 }
 

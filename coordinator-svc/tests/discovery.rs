@@ -81,7 +81,7 @@ async fn an_advertised_signer_is_discovered_through_gossipsub() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, NodeError::ResourceExhausted(_)), "{e}");
+    assert!(matches!(e, NodeError::ResourceExhausted(..)), "{e}");
     // Keys the node does not hold cannot be advertised.
     let other = shared::musig::SecretKey::from_bytes(&[0x7f; 32])
         .unwrap()
@@ -93,7 +93,7 @@ async fn an_advertised_signer_is_discovered_through_gossipsub() {
                 advert(vec![pb::TransactionType::Spend], 0, 0, 1000, "")
             )
             .await,
-        Err(NodeError::InvalidArgument(_))
+        Err(NodeError::InvalidArgument(..))
     ));
 }
 
@@ -239,7 +239,7 @@ async fn a_signing_request_accepted_ends_in_a_completed_session() {
     assert!(ctx.signer_keys.contains(&key));
     let request = b
         .node
-        .send_signing_request(ctx.clone(), pb::TransactionType::Custody, 2500)
+        .send_signing_request(ctx.clone(), pb::TransactionType::Custody, 2500, None)
         .await
         .unwrap();
     let (rid, amount) = wait_event(&mut a.events, |e| match e {
@@ -269,11 +269,11 @@ async fn a_signing_request_accepted_ends_in_a_completed_session() {
     // Answering twice, or an unknown request, is refused.
     assert!(matches!(
         a.node.respond_signing_request(rid, true).await,
-        Err(NodeError::NotFound(_))
+        Err(NodeError::NotFound(..))
     ));
     // A second request within 30 s is rate limited at A.
     b.node
-        .send_signing_request(ctx, pb::TransactionType::Custody, 1)
+        .send_signing_request(ctx, pb::TransactionType::Custody, 1, None)
         .await
         .unwrap();
     let pb_ = b.node.peer_id();

@@ -203,7 +203,7 @@ async fn completed_signatures_survive_sigkill() {
     }
     // Unfinished sessions after a crash are listed with a phase; aborted ones carry a reason.
     let all = c
-        .list_sessions(pb::ListSessionsRequest { phase: 0, limit: 0 })
+        .list_sessions(pb::ListSessionsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -211,7 +211,7 @@ async fn completed_signatures_survive_sigkill() {
     assert!(all.len() >= done.len());
     for s in all {
         if s.phase == pb::SessionPhase::Aborted as i32 {
-            assert!(!s.abort_reason.is_empty());
+            assert!(s.abort_reason.as_deref().is_some_and(|r| !r.is_empty()));
         }
     }
     // The node still signs after all that.
@@ -360,7 +360,10 @@ async fn wait_for_phase(p: &ProcParty, id: &str, phase: pb::SessionPhase) {
         match &s {
             Some(s) if s.phase == phase as i32 => return,
             Some(s) if s.phase == pb::SessionPhase::Aborted as i32 => {
-                panic!("{id} aborted: {}", s.abort_reason)
+                panic!(
+                    "{id} aborted: {}",
+                    s.abort_reason.clone().unwrap_or_default()
+                )
             }
             _ => {}
         }

@@ -65,7 +65,7 @@ async fn attestations_living_twenty_seconds_are_renewed_and_sessions_go_on_for_t
             "party {i}: {m:?}"
         );
         let peers = c
-            .list_peers(pb::ListPeersRequest {})
+            .list_peers(pb::ListPeersRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -75,7 +75,7 @@ async fn attestations_living_twenty_seconds_are_renewed_and_sessions_go_on_for_t
             assert!(peer.connected, "party {i}: {peer:?}");
             assert_eq!(peer.rejected_messages, 0, "party {i}: {peer:?}");
             assert!(
-                !peer.blacklisted && peer.graylisted_until_ms == 0,
+                !peer.blacklisted && peer.graylisted_until_ms.is_none(),
                 "{peer:?}"
             );
         }

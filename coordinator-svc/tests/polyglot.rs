@@ -72,6 +72,8 @@ fn check(out: std::process::Output, format: SignatureFormat, msg: [u8; 32]) {
             .unwrap(),
     );
     verify(format, &key, &msg, &sig).unwrap();
+    // The client read the reason of a failed call from its machine-readable details.
+    assert_eq!(v["error_reason"], "SESSION_NOT_FOUND");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,6 +90,7 @@ async fn python_client_completes_a_session() {
         .arg(format!("--grpc_python_out={}", stubs_dir.display()))
         .args([
             "musig2/v1/types.proto",
+            "musig2/v1/p2p.proto",
             "musig2/v1/coordinator.proto",
             "musig2/v1/signer.proto",
         ])

@@ -36,7 +36,9 @@ async fn run(ps: &mut [Party], format: SignatureFormat, taproot: bool, msg: [u8;
     let mut sigs = Vec::new();
     for p in ps.iter_mut() {
         let sig = wait_event(&mut p.events, |e| match e {
-            NodeEvent::Complete { id: i, signature } if *i == id => Some(*signature),
+            NodeEvent::Complete {
+                id: i, signature, ..
+            } if *i == id => Some(*signature),
             NodeEvent::Aborted { id: i, info } if *i == id => panic!("aborted: {}", info.reason),
             _ => None,
         })
@@ -101,7 +103,9 @@ async fn a_session_found_only_through_the_dht_completes() {
     b.node.join_session(id).await.unwrap();
     for p in [&mut a, &mut b, &mut d] {
         let sig = wait_event(&mut p.events, |e| match e {
-            NodeEvent::Complete { id: i, signature } if *i == id => Some(*signature),
+            NodeEvent::Complete {
+                id: i, signature, ..
+            } if *i == id => Some(*signature),
             NodeEvent::Aborted { id: i, info } if *i == id => panic!("aborted: {}", info.reason),
             _ => None,
         })
@@ -115,7 +119,7 @@ async fn a_session_found_only_through_the_dht_completes() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, coordinator_svc::node::NodeError::NotFound(_)),
+        matches!(e, coordinator_svc::node::NodeError::NotFound(..)),
         "{e}"
     );
 }
@@ -152,7 +156,7 @@ async fn close_tells_the_others_and_expiry_aborts() {
     // Joining an aborted session is refused.
     let e = ps[1].node.join_session(id).await.unwrap_err();
     assert!(
-        matches!(e, coordinator_svc::node::NodeError::FailedPrecondition(_)),
+        matches!(e, coordinator_svc::node::NodeError::FailedPrecondition(..)),
         "{e}"
     );
 

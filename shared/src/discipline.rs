@@ -143,6 +143,9 @@ pub fn request_hash<B: AsRef<[u8]>>(
     h.finalize().into()
 }
 
+/// The request hash a released slot is burned with (no signing request hashes to it).
+pub const RELEASED: [u8; 32] = [0xff; 32];
+
 /// What a slot holds.
 pub enum SlotState {
     /// Issued, not used. The secret nonce lives only here.
@@ -379,6 +382,15 @@ impl MemorySigner {
             SlotState::pending(sec, context_hash, public.to_bytes()),
         );
         Ok(public)
+    }
+
+    /// Destroy the unused secret nonce of (session, key) (`ReleaseNonce`): it can never sign.
+    /// True when one was destroyed.
+    pub fn release(&mut self, session_id: &[u8; 16], key: &[u8; 33]) -> bool {
+        match self.slots.get_mut(&(*session_id, *key)) {
+            Some(s @ SlotState::Pending { .. }) => s.burn(RELEASED).is_some(),
+            _ => false,
+        }
     }
 
     /// A partial signature with the (session, key) nonce, given every signer's public nonce.

@@ -436,6 +436,19 @@ pub enum AbortCode {
     SignerRefused,
 }
 
+impl AbortCode {
+    /// Its protobuf value.
+    pub fn to_pb(self) -> pb::AbortCode {
+        match self {
+            AbortCode::Closed => pb::AbortCode::Closed,
+            AbortCode::InvalidPartialSignature => pb::AbortCode::InvalidPartialSignature,
+            AbortCode::InvalidNonce => pb::AbortCode::InvalidNonce,
+            AbortCode::Timeout => pb::AbortCode::Timeout,
+            AbortCode::SignerRefused => pb::AbortCode::SignerRefused,
+        }
+    }
+}
+
 /// SESSION_ABORT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Abort {
@@ -772,13 +785,7 @@ impl Message {
                 partial_signature: p.to_bytes().to_vec(),
             }),
             Body::Abort(a) => B::Abort(pb::SessionAbort {
-                code: match a.code {
-                    AbortCode::Closed => pb::AbortCode::Closed,
-                    AbortCode::InvalidPartialSignature => pb::AbortCode::InvalidPartialSignature,
-                    AbortCode::InvalidNonce => pb::AbortCode::InvalidNonce,
-                    AbortCode::Timeout => pb::AbortCode::Timeout,
-                    AbortCode::SignerRefused => pb::AbortCode::SignerRefused,
-                } as i32,
+                code: a.code.to_pb() as i32,
                 reason: a.reason.clone(),
                 culprits: a.culprits.iter().map(|k| k.to_vec()).collect(),
             }),

@@ -31,6 +31,8 @@ pub enum RecordKind {
     PartialSignature,
     /// A peer attestation was signed.
     Attestation,
+    /// An unused secret nonce was destroyed on request (`ReleaseNonce`).
+    NonceReleased,
     /// A torn final line was cut off at start.
     RecoveredTornTail,
 }

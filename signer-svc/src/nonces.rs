@@ -22,6 +22,8 @@ pub use shared::discipline::SlotState;
 pub struct Slot {
     /// When it is discarded.
     pub expires: Instant,
+    /// The same, ms since the epoch (what callers are told).
+    pub expires_at_ms: i64,
     /// State; held across signing and journaling of this one nonce.
     pub state: tokio::sync::Mutex<SlotState>,
 }
@@ -115,8 +117,13 @@ impl NonceStore {
             return Err(InsertError::Full(self.capacity));
         }
         let expires = now + self.ttl;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(self.ttl);
         let slot = Arc::new(Slot {
             expires,
+            expires_at_ms: i64::try_from(wall.as_millis()).unwrap_or(i64::MAX),
             state: tokio::sync::Mutex::new(make()),
         });
         map.slots.insert(key, slot.clone());

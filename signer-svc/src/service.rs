@@ -10,6 +10,7 @@ use musig2_proto::v1::signer_service_server::SignerService;
 use musig2_proto::v1::{
     AttestPeerRequest, AttestPeerResponse, GenerateNonceRequest, GenerateNonceResponse, KeyInfo,
     ListKeysRequest, ListKeysResponse, PartialSignRequest, PartialSignResponse,
+    ReleaseNonceRequest, ReleaseNonceResponse,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -238,8 +239,6 @@ impl Inner {
     ) -> Result<GenerateNonceResponse, Status> {
         let c = self.check(&req.public_key, &req.session_id, req.context.as_ref())?;
         drop(self.policy(Stage::Nonce, &c)?);
-        let expires_at_ms = now_ms()
-            .saturating_add(i64::try_from(self.nonces.ttl().as_millis()).unwrap_or(i64::MAX));
         // Made before taking the store lock; dropped (zeroized) if the slot already exists.
         let (secnonce, public) =
             nonce_gen(&mut rand::rng(), c.secret, &c.key_agg, &c.context.message)
@@ -254,6 +253,7 @@ impl Inner {
             .map_err(|InsertError::Full(n)| {
                 Status::resource_exhausted(format!("nonce store is full ({n} nonces); retry later"))
             })?;
+        let expires_at_ms = slot.expires_at_ms;
         let state = slot.state.lock().await;
         let existing = state
             .check_nonce_request(&c.context_hash)
@@ -376,6 +376,40 @@ impl Inner {
         })
     }
 
+    async fn release_nonce_inner(
+        &self,
+        req: ReleaseNonceRequest,
+    ) -> Result<ReleaseNonceResponse, Status> {
+        let key = key33("public_key", &req.public_key)?;
+        let session_id = session16(&req.session_id)?;
+        if self.keys.get(&key).is_none() {
+            return Err(Status::not_found(format!(
+                "this signer holds no key {}",
+                hex::encode(key)
+            )));
+        }
+        let Some(slot) = self.nonces.get(&(session_id, key)) else {
+            return Ok(ReleaseNonceResponse { released: false });
+        };
+        let mut state = slot.state.lock().await;
+        let public_nonce = match &*state {
+            SlotState::Pending { public_nonce, .. } => *public_nonce,
+            _ => return Ok(ReleaseNonceResponse { released: false }),
+        };
+        // Destroyed (zeroized on drop) before anything else: releasing can only make the signer
+        // safer, so it does not wait for the journal.
+        drop(state.burn(shared::discipline::RELEASED));
+        drop(state);
+        let event = Event {
+            session_id: Some(hex::encode(session_id)),
+            key: Some(hex::encode(key)),
+            public_nonce: Some(hex::encode(public_nonce)),
+            ..Event::default()
+        };
+        self.journal(RecordKind::NonceReleased, event).await?;
+        Ok(ReleaseNonceResponse { released: true })
+    }
+
     async fn attest_inner(&self, req: AttestPeerRequest) -> Result<AttestPeerResponse, Status> {
         let key = key33("public_key", &req.public_key)?;
         if req.peer_id.is_empty() || req.peer_id.len() > shared::wire::MAX_PEER_ID_BYTES {
@@ -489,6 +523,23 @@ impl SignerService for Signer {
             .detached(|inner| async move {
                 let r = inner.partial_sign_inner(req).await;
                 inner.observe("PartialSign", started, &r);
+                r
+            })
+            .await;
+        r.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn release_nonce(
+        &self,
+        req: Request<ReleaseNonceRequest>,
+    ) -> Result<Response<ReleaseNonceResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let r = self
+            .detached(|inner| async move {
+                let r = inner.release_nonce_inner(req).await;
+                inner.observe("ReleaseNonce", started, &r);
                 r
             })
             .await;

@@ -526,6 +526,100 @@ async fn nonce_ttl_and_capacity() {
 }
 
 #[tokio::test]
+async fn a_retry_reports_the_same_expiry_and_a_released_nonce_never_signs() {
+    use musig2_proto::v1::ReleaseNonceRequest;
+    let h = Harness::start(2, "").await;
+    let ctx = context(&h.keys, SignatureFormat::Bip340, false, b"release");
+    let mut client = h.client().await;
+    let first = client
+        .generate_nonce(nonce_req(&h.keys[0], [7; 16], &ctx))
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = client
+        .generate_nonce(nonce_req(&h.keys[0], [7; 16], &ctx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.public_nonce, first.public_nonce);
+    assert_eq!(retry.expires_at_ms, first.expires_at_ms, "the real expiry");
+    let other = client
+        .generate_nonce(nonce_req(&h.keys[1], [7; 16], &ctx))
+        .await
+        .unwrap()
+        .into_inner()
+        .public_nonce;
+    let release = |key: &[u8; 33], session: [u8; 16]| ReleaseNonceRequest {
+        public_key: key.to_vec(),
+        session_id: session.to_vec(),
+    };
+    let r = client
+        .release_nonce(release(&h.keys[0].public_key(), [7; 16]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.released);
+    // Idempotent, and nothing to release where nothing was issued.
+    let mine = h.keys[0].public_key();
+    for session in [[7; 16], [8; 16]] {
+        assert!(
+            !client
+                .release_nonce(release(&mine, session))
+                .await
+                .unwrap()
+                .into_inner()
+                .released
+        );
+    }
+    // The released nonce signs nothing, and no new nonce replaces it.
+    let nonces = vec![first.public_nonce.clone(), other];
+    let e = client
+        .partial_sign(sign_req(&h.keys[0], [7; 16], &ctx, &nonces))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    let e = client
+        .generate_nonce(nonce_req(&h.keys[0], [7; 16], &ctx))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    // The other key's nonce of the same session still signs.
+    client
+        .partial_sign(sign_req(&h.keys[1], [7; 16], &ctx, &nonces))
+        .await
+        .unwrap();
+    // Bad input and unknown keys are refused.
+    let e = client
+        .release_nonce(ReleaseNonceRequest {
+            public_key: vec![2; 32],
+            session_id: vec![7; 16],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let stranger = shared::musig::SecretKey::from_bytes(&[0x55; 32])
+        .unwrap()
+        .public_key();
+    let e = client
+        .release_nonce(release(&stranger, [7; 16]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // Journaled, with no secret.
+    let (_, records) = journal::records("j", &std::fs::read(h.journal()).unwrap()).unwrap();
+    let released: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == journal::RecordKind::NonceReleased)
+        .collect();
+    assert_eq!(released.len(), 1);
+    assert_eq!(
+        released[0].event.public_nonce.as_deref(),
+        Some(hex::encode(&first.public_nonce).as_str())
+    );
+    journal::verify_file(&h.journal()).unwrap();
+}
+
+#[tokio::test]
 async fn attestation_is_domain_separated_and_verifies() {
     let h = Harness::start(1, "").await;
     let mut client = h.client().await;

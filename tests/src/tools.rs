@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// PyPI packages the tests use, pinned.
-pub const PY_GRPC: &[&str] = &["grpcio==1.85.1", "grpcio-tools==1.85.1"];
+pub const PY_GRPC: &[&str] = &[
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
+    "googleapis-common-protos==1.76.0",
+];
 /// PyPI packages the deployment test uses, pinned.
 pub const PY_KUBE: &[&str] = &["kubernetes-validate==1.37.0", "PyYAML==6.0.2"];
 /// npm packages the Node client uses, pinned (the same as `tests/clients/node/package.json`).
@@ -17,6 +21,9 @@ pub const NPM_GRPC: &[(&str, &str)] = &[
     ("@grpc/grpc-js", "1.14.7"),
     ("@grpc/proto-loader", "0.7.15"),
 ];
+
+/// npm package of the protobuf contract checks (`buf lint`, `buf breaking`), pinned.
+pub const NPM_BUF: &[(&str, &str)] = &[("@bufbuild/buf", "1.75.0")];
 
 /// The build cache's tool directory: `$CARGO_TARGET_DIR/tools`, found from the running test
 /// executable (`<target>/<profile>/deps/<test>`) when the variable is not set.

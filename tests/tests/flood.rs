@@ -45,6 +45,7 @@ fn settings() -> Settings {
         attestation_ttl_ms: 7 * 24 * HOUR,
         attestation_renew_before_ms: 24 * HOUR,
         retention_ms: 90 * 24 * HOUR,
+        finished_in_memory_ms: HOUR,
     }
 }
 

@@ -13,6 +13,36 @@ pub(super) fn phase_pb(p: Phase) -> pb::SessionPhase {
     }
 }
 
+/// The phase a protobuf phase names (not UNSPECIFIED).
+pub(super) fn phase_of(p: pb::SessionPhase) -> Phase {
+    match p {
+        pb::SessionPhase::Init | pb::SessionPhase::Unspecified => Phase::Init,
+        pb::SessionPhase::NonceExchange => Phase::NonceExchange,
+        pb::SessionPhase::PartialSigExchange => Phase::PartialSigExchange,
+        pb::SessionPhase::Complete => Phase::Complete,
+        pb::SessionPhase::Closed => Phase::Closed,
+        pb::SessionPhase::Aborted => Phase::Aborted,
+    }
+}
+
+/// The protobuf form of an open signing request.
+pub(super) fn open_request_pb(
+    r: &crate::protocol::matchmaking::OpenRequest,
+) -> pb::OpenSigningRequest {
+    pb::OpenSigningRequest {
+        signing_request_id: hex::encode(r.id),
+        direction: if r.from.is_some() {
+            pb::SigningRequestDirection::Received
+        } else {
+            pb::SigningRequestDirection::Sent
+        } as i32,
+        from_peer_id: r.from.map(|p| p.to_string()).unwrap_or_default(),
+        context: Some(r.context.to_pb()),
+        expires_at_ms: r.expires_at_ms,
+        accepted_keys: r.accepted.iter().map(|k| k.to_vec()).collect(),
+    }
+}
+
 pub(super) fn u32s(v: &[usize]) -> Vec<u32> {
     v.iter()
         .map(|i| u32::try_from(*i).unwrap_or(u32::MAX))
@@ -36,12 +66,10 @@ pub fn session_pb(v: &SessionView) -> pb::Session {
         joined_keys: list(&v.joined),
         nonce_keys: list(&v.nonce_keys),
         partial_signature_keys: list(&v.psig_keys),
-        final_signature: v.signature.map(|s| s.0.to_vec()).unwrap_or_default(),
-        abort_reason: v
-            .abort
-            .as_ref()
-            .map(|a| a.reason.clone())
-            .unwrap_or_default(),
+        final_signature: v.signature.map(|s| s.0.to_vec()),
+        abort_reason: v.abort.as_ref().map(|a| a.reason.clone()),
+        abort_code: v.abort.as_ref().map_or(0, |a| a.code.to_pb() as i32),
+        request_id: v.request_id.clone().unwrap_or_default(),
         culprits: v
             .abort
             .as_ref()
@@ -66,7 +94,7 @@ pub fn discovered_pb(
         peer_id: peer.to_string(),
         transaction_types: a.transaction_types.iter().map(|t| *t as i32).collect(),
         min_amount: a.min_amount,
-        max_amount: a.max_amount,
+        max_amount: (a.max_amount != 0).then_some(a.max_amount),
         expires_at_ms: a.expires_at_ms,
         description: a.description.clone(),
     }
@@ -84,13 +112,17 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
         }),
         NodeEvent::PhaseChanged { id, from, to } => Ev::PhaseChanged(pb::PhaseChanged {
             session_id: id.to_string(),
-            from: phase_pb(*from) as i32,
-            to: phase_pb(*to) as i32,
+            from_phase: phase_pb(*from) as i32,
+            to_phase: phase_pb(*to) as i32,
         }),
-        NodeEvent::Complete { id, signature } => Ev::SessionComplete(pb::SessionComplete {
+        NodeEvent::Complete {
+            id,
+            signature,
+            output_key,
+        } => Ev::SessionComplete(pb::SessionComplete {
             session_id: id.to_string(),
             signature: signature.0.to_vec(),
-            output_key: Vec::new(),
+            output_key: output_key.to_vec(),
         }),
         NodeEvent::Closed { id } => Ev::SessionClosed(pb::SessionClosed {
             session_id: id.to_string(),
@@ -99,6 +131,7 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
             session_id: id.to_string(),
             reason: info.reason.clone(),
             culprits: info.culprits.iter().map(|k| k.to_vec()).collect(),
+            code: info.code.to_pb() as i32,
         }),
         NodeEvent::ShouldBroadcast {
             id,
@@ -166,7 +199,7 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
             transaction_type,
             amount,
         } => Ev::SigningRequestReceived(pb::SigningRequestReceived {
-            request_id: hex::encode(request_id),
+            signing_request_id: hex::encode(request_id),
             from_peer_id: peer.to_string(),
             context: Some(context.to_pb()),
             transaction_type: *transaction_type as i32,
@@ -176,8 +209,16 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
         | NodeEvent::PeerIdentified { .. }
         | NodeEvent::Contributed { .. }
         | NodeEvent::AttestationsRenewed { .. }
-        | NodeEvent::AttestationRenewalFailed { .. }
-        | NodeEvent::SigningResponseReceived { .. } => return None,
+        | NodeEvent::AttestationRenewalFailed { .. } => return None,
+        NodeEvent::SigningResponseReceived {
+            request_id,
+            key,
+            accept,
+        } => Ev::SigningRequestAnswered(pb::SigningRequestAnswered {
+            signing_request_id: hex::encode(request_id),
+            signer_key: key.to_vec(),
+            accepted: *accept,
+        }),
     })
 }
 

@@ -333,7 +333,7 @@ async fn run(args: Args, procs: &mut Vec<Proc>) -> anyhow::Result<serde_json::Va
                                 let _ = c
                                     .sign(pb::SignRequest {
                                         session_id: s.session_id,
-                                        timeout_ms: 60_000,
+                                        timeout_ms: Some(60_000),
                                         ..Default::default()
                                     })
                                     .await;
@@ -350,7 +350,11 @@ async fn run(args: Args, procs: &mut Vec<Proc>) -> anyhow::Result<serde_json::Va
                                 })
                                 .unwrap_or_default()
                         };
-                        eprintln!("  party {i}: {} -> {}", name(x.from), name(x.to));
+                        eprintln!(
+                            "  party {i}: {} -> {}",
+                            name(x.from_phase),
+                            name(x.to_phase)
+                        );
                     }
                     Some(Ev::ShouldBroadcast(x)) => {
                         eprintln!(
@@ -401,7 +405,7 @@ async fn run(args: Args, procs: &mut Vec<Proc>) -> anyhow::Result<serde_json::Va
             message: message.clone(),
             format: shared::wire::format_to_pb(format) as i32,
             tweaks,
-            timeout_ms: 60_000,
+            timeout_ms: Some(60_000),
             ..Default::default()
         })
         .await

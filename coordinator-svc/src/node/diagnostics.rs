@@ -10,7 +10,7 @@ use libp2p::kad::{self, Record};
 use tokio::sync::oneshot;
 
 use super::handle::Command;
-use super::{Node, NodeError, NodeHandle};
+use super::{ErrorReason, Node, NodeError, NodeHandle};
 use crate::net::DirectRequest;
 
 impl NodeHandle {
@@ -76,9 +76,10 @@ impl Node {
         reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
     ) {
         if !self.swarm.is_connected(&peer) {
-            let _ = reply.send(Err(NodeError::Unavailable(format!(
-                "not connected to {peer}"
-            ))));
+            let _ = reply.send(Err(NodeError::Unavailable(
+                ErrorReason::NetworkUnavailable,
+                format!("not connected to {peer}"),
+            )));
             return;
         }
         let id = self
@@ -101,7 +102,7 @@ impl Node {
             .gossipsub
             .publish(libp2p::gossipsub::IdentTopic::new(topic), bytes)
             .map(|_| ())
-            .map_err(|e| NodeError::Unavailable(e.to_string()));
+            .map_err(|e| NodeError::Unavailable(ErrorReason::NetworkUnavailable, e.to_string()));
         let _ = reply.send(r);
     }
 
@@ -112,11 +113,16 @@ impl Node {
         reply: oneshot::Sender<Result<(), NodeError>>,
     ) {
         let r = match self.swarm.behaviour_mut().kad.as_mut() {
-            None => Err(NodeError::FailedPrecondition("the DHT is disabled".into())),
+            None => Err(NodeError::FailedPrecondition(
+                ErrorReason::DhtDisabled,
+                "the DHT is disabled".into(),
+            )),
             Some(kad) => kad
                 .put_record(Record::new(key, value), kad::Quorum::One)
                 .map(|_| ())
-                .map_err(|e| NodeError::Unavailable(e.to_string())),
+                .map_err(|e| {
+                    NodeError::Unavailable(ErrorReason::NetworkUnavailable, e.to_string())
+                }),
         };
         let _ = reply.send(r);
     }

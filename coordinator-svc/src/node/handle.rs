@@ -9,15 +9,31 @@ use shared::election::{ElectionMethod, SessionId};
 use shared::wire::{self, SessionContext, pb};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{NodeError, NodeEvent, PeerStatus, SessionView};
+use super::events::{EventLog, Subscription};
+use super::{ErrorReason, NodeError, NodeEvent, PeerStatus, SessionView};
+use crate::protocol::matchmaking::OpenRequest;
 use crate::protocol::session::Phase;
+use crate::store::CreatedKey;
+
+/// A page of sessions, newest first, and where the next one starts (None: the last page).
+pub type SessionPage = (Vec<SessionView>, Option<CreatedKey>);
 
 pub(super) enum Command {
     Create {
         context: SessionContext,
         election: Option<ElectionMethod>,
         timeout: Option<Duration>,
+        request_id: Option<String>,
         reply: oneshot::Sender<Result<SessionView, NodeError>>,
+    },
+    Page {
+        phase: Option<Phase>,
+        before: Option<CreatedKey>,
+        limit: usize,
+        reply: oneshot::Sender<Result<SessionPage, NodeError>>,
+    },
+    SigningRequests {
+        reply: oneshot::Sender<Vec<OpenRequest>>,
     },
     Join {
         id: SessionId,
@@ -83,6 +99,7 @@ pub(super) enum Command {
         context: SessionContext,
         transaction_type: pb::TransactionType,
         amount: u64,
+        request_id: Option<String>,
         reply: oneshot::Sender<Result<[u8; 16], NodeError>>,
     },
     Respond {
@@ -134,6 +151,7 @@ pub struct NodeHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(super) events: broadcast::Sender<NodeEvent>,
+    pub(super) log: std::sync::Arc<EventLog>,
     pub(super) peer_id: PeerId,
     pub(super) keys: Vec<[u8; 33]>,
 }
@@ -171,6 +189,11 @@ impl NodeHandle {
         self.events.subscribe()
     }
 
+    /// Subscribe to the numbered events applications see, resuming after `after`.
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        self.log.subscribe(after)
+    }
+
     /// Create and announce a session (the local signer must hold one of the keys).
     ///
     /// # Errors
@@ -181,13 +204,58 @@ impl NodeHandle {
         election: Option<ElectionMethod>,
         timeout: Option<Duration>,
     ) -> Result<SessionView, NodeError> {
+        self.create_session_for(context, election, timeout, None)
+            .await
+    }
+
+    /// [`NodeHandle::create_session`] for a client request id: a retry returns the session the
+    /// first call created.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn create_session_for(
+        &self,
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout: Option<Duration>,
+        request_id: Option<String>,
+    ) -> Result<SessionView, NodeError> {
         self.call(|reply| Command::Create {
             context,
             election,
             timeout,
+            request_id,
             reply,
         })
         .await?
+    }
+
+    /// A page of sessions from the store (current state from memory where present), newest
+    /// first, optionally of one phase.
+    ///
+    /// # Errors
+    /// [`NodeError::Unavailable`] when the store fails.
+    pub async fn session_page(
+        &self,
+        phase: Option<Phase>,
+        before: Option<CreatedKey>,
+        limit: usize,
+    ) -> Result<SessionPage, NodeError> {
+        self.call(|reply| Command::Page {
+            phase,
+            before,
+            limit,
+            reply,
+        })
+        .await?
+    }
+
+    /// Open signing requests, received and sent.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`].
+    pub async fn signing_requests(&self) -> Result<Vec<OpenRequest>, NodeError> {
+        self.call(|reply| Command::SigningRequests { reply }).await
     }
 
     /// Join a session (fetched from the DHT when not known yet).
@@ -324,11 +392,13 @@ impl NodeHandle {
         context: SessionContext,
         transaction_type: pb::TransactionType,
         amount: u64,
+        request_id: Option<String>,
     ) -> Result<[u8; 16], NodeError> {
         self.call(|reply| Command::SendRequest {
             context,
             transaction_type,
             amount,
+            request_id,
             reply,
         })
         .await?
@@ -384,6 +454,8 @@ impl NodeHandle {
     pub async fn announcement(&self, id: SessionId) -> Result<Vec<u8>, NodeError> {
         self.call(|reply| Command::Announcement { id, reply })
             .await?
-            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))
+            .ok_or_else(|| {
+                NodeError::NotFound(ErrorReason::SessionNotFound, format!("session {id}"))
+            })
     }
 }

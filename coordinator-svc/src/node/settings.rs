@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub attestation_renew_before: Duration,
     /// Finished sessions and their final signatures stay in the store this long (90 days).
     pub retention: Duration,
+    /// Finished sessions stay in memory this long (1 hour).
+    pub finished_in_memory: Duration,
     /// enableCoordinatorElection (true here; the reference defaults to false).
     pub enable_election: bool,
     /// enableCoordinatorFailover (true).
@@ -68,6 +70,7 @@ impl Default for NodeConfig {
             attestation_ttl: Duration::from_secs(7 * 24 * 3600),
             attestation_renew_before: Duration::from_secs(24 * 3600),
             retention: Duration::from_secs(90 * 24 * 3600),
+            finished_in_memory: Duration::from_secs(3600),
             enable_election: true,
             enable_failover: true,
             broadcast_timeout: Duration::from_secs(300),
@@ -97,6 +100,7 @@ impl NodeConfig {
             attestation_ttl_ms: ms(self.attestation_ttl),
             attestation_renew_before_ms: ms(self.attestation_renew_before),
             retention_ms: ms(self.retention),
+            finished_in_memory_ms: ms(self.finished_in_memory),
         }
     }
 }

@@ -8,7 +8,7 @@ use libp2p_identity::PeerId;
 use shared::election::SessionId;
 use shared::wire::{self, Body, Header, MAX_KEYS_PER_PEER, Message};
 
-use super::{Core, Effect, NodeError, NodeEvent};
+use super::{Core, Effect, ErrorReason, NodeError, NodeEvent};
 use crate::envelope::Refusal;
 
 /// Minimum time between two advertisements of one peer, ms.
@@ -102,24 +102,30 @@ impl Core {
         fx: &mut Vec<Effect>,
     ) -> Result<i64, NodeError> {
         if keys.is_empty() || keys.len() > MAX_KEYS_PER_PEER {
-            return Err(NodeError::InvalidArgument(format!(
-                "signer_keys: 1 to {MAX_KEYS_PER_PEER} keys"
-            )));
+            return Err(NodeError::InvalidArgument(
+                ErrorReason::InvalidField,
+                format!("signer_keys: 1 to {MAX_KEYS_PER_PEER} keys"),
+            ));
         }
         if let Some(k) = keys.iter().find(|k| !self.keys.contains(k)) {
-            return Err(NodeError::InvalidArgument(format!(
-                "this node does not speak for {}",
-                hex::encode(k)
-            )));
+            return Err(NodeError::InvalidArgument(
+                ErrorReason::InvalidField,
+                format!("this node does not speak for {}", hex::encode(k)),
+            ));
         }
         if let Some(a) = &self.discovery.own
             && now - a.last_ms < ADVERTISEMENT_INTERVAL_MS
         {
-            return Err(NodeError::ResourceExhausted(format!(
-                "one advertisement per {} s; retry in {} s",
-                ADVERTISEMENT_INTERVAL_MS / 1000,
-                (ADVERTISEMENT_INTERVAL_MS - (now - a.last_ms)) / 1000 + 1
-            )));
+            return Err(NodeError::ResourceExhausted(
+                ErrorReason::RateLimited {
+                    retry_after_ms: ADVERTISEMENT_INTERVAL_MS - (now - a.last_ms),
+                },
+                format!(
+                    "one advertisement per {} s; retry in {} s",
+                    ADVERTISEMENT_INTERVAL_MS / 1000,
+                    (ADVERTISEMENT_INTERVAL_MS - (now - a.last_ms)) / 1000 + 1
+                ),
+            ));
         }
         let topics = body
             .transaction_types

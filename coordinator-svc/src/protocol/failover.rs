@@ -7,7 +7,7 @@ use shared::election::SessionId;
 use shared::wire::{self, Body};
 
 use super::session::{Action, Phase, Session};
-use super::{Core, Effect, NodeError, NodeEvent};
+use super::{Core, Effect, ErrorReason, NodeError, NodeEvent};
 
 fn responsible_is_local(s: &Session, attempt: usize) -> Option<usize> {
     s.election
@@ -138,28 +138,32 @@ impl Core {
         fx: &mut Vec<Effect>,
     ) -> Result<(), NodeError> {
         if reference.len() > wire::MAX_REFERENCE_BYTES {
-            return Err(NodeError::InvalidArgument(format!(
-                "broadcast_reference exceeds {} bytes",
-                wire::MAX_REFERENCE_BYTES
-            )));
+            return Err(NodeError::InvalidArgument(
+                ErrorReason::InvalidField,
+                format!(
+                    "broadcast_reference exceeds {} bytes",
+                    wire::MAX_REFERENCE_BYTES
+                ),
+            ));
         }
-        let s = self
-            .sessions
-            .get_mut(&id)
-            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))?;
+        let s = self.sessions.get_mut(&id).ok_or_else(|| {
+            NodeError::NotFound(ErrorReason::SessionNotFound, format!("session {id}"))
+        })?;
         if !matches!(s.phase, Phase::Complete | Phase::Closed) {
-            return Err(NodeError::FailedPrecondition(format!(
-                "session {id} is {}, not COMPLETE",
-                s.phase.as_str()
-            )));
+            return Err(NodeError::FailedPrecondition(
+                ErrorReason::NotComplete,
+                format!("session {id} is {}, not COMPLETE", s.phase.as_str()),
+            ));
         }
         let Some(&local) = s.local.first() else {
             return Err(NodeError::FailedPrecondition(
+                ErrorReason::NoLocalKey,
                 "no local key in the session".into(),
             ));
         };
         let Some(&from) = s.context.signer_keys.get(local) else {
             return Err(NodeError::FailedPrecondition(
+                ErrorReason::NoLocalKey,
                 "no local key in the session".into(),
             ));
         };

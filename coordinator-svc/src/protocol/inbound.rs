@@ -9,7 +9,7 @@ use shared::security::Reason;
 use shared::security::Verdict;
 use shared::wire::{Attestation, Body, Header, MAX_DIRECT_MESSAGE_BYTES, Message};
 
-use super::{Core, Effect, NodeError, NodeEvent};
+use super::{Core, Effect, ErrorReason, NodeError, NodeEvent};
 use crate::envelope::Refusal;
 
 /// A frame from the direct protocol.
@@ -197,22 +197,26 @@ impl Core {
                 match outcome {
                     Ok(()) if self.sessions.contains_key(&sid) => self.join_known(now, sid, fx),
                     Ok(()) => Err(NodeError::FailedPrecondition(
+                        ErrorReason::NoLocalKey,
                         "the local signer holds none of the session's keys".into(),
                     )),
-                    Err(r) => Err(NodeError::NotFound(format!(
-                        "session {sid}: DHT record refused ({}: {})",
-                        r.0, r.1
-                    ))),
+                    Err(r) => Err(NodeError::NotFound(
+                        ErrorReason::SessionNotFound,
+                        format!("session {sid}: DHT record refused ({}: {})", r.0, r.1),
+                    )),
                 }
             }
-            Err(e) => Err(NodeError::NotFound(format!(
-                "session {sid} not found in the DHT{}",
-                if e.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {e}")
-                }
-            ))),
+            Err(e) => Err(NodeError::NotFound(
+                ErrorReason::SessionNotFound,
+                format!(
+                    "session {sid} not found in the DHT{}",
+                    if e.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {e}")
+                    }
+                ),
+            )),
         };
         fx.push(Effect::JoinAnswer {
             query,

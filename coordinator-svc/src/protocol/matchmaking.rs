@@ -8,7 +8,7 @@ use libp2p_identity::PeerId;
 use rand::RngCore as _;
 use shared::wire::{self, Body, Message, SessionContext, pb};
 
-use super::{Core, Effect, NodeError, NodeEvent};
+use super::{Core, Effect, ErrorReason, NodeError, NodeEvent};
 use crate::envelope::Refusal;
 
 /// Minimum time between two signing requests of one peer, ms.
@@ -31,6 +31,24 @@ pub struct Matchmaking {
     auto_join: Vec<(SessionContext, i64)>,
     /// Last signing request per peer (rate limit), ms.
     request_times: BTreeMap<PeerId, i64>,
+    /// Our requests by the client's request id (retries return the same request): signing
+    /// request id, context, expiry.
+    client_ids: BTreeMap<String, ([u8; 16], SessionContext, i64)>,
+}
+
+/// An open signing request, either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRequest {
+    /// Its id.
+    pub id: [u8; 16],
+    /// Requesting peer (None: ours).
+    pub from: Option<PeerId>,
+    /// The proposed context.
+    pub context: SessionContext,
+    /// Expiry, ms.
+    pub expires_at_ms: i64,
+    /// Keys that accepted so far (ours).
+    pub accepted: Vec<[u8; 33]>,
 }
 
 impl Matchmaking {
@@ -48,8 +66,36 @@ impl Matchmaking {
         self.in_requests.retain(|_, (_, _, e)| *e > now);
         self.out_requests.retain(|_, (_, _, e)| *e > now);
         self.auto_join.retain(|(_, e)| *e > now);
+        self.client_ids.retain(|_, (_, _, e)| *e > now);
         self.request_times
             .retain(|_, t| now - *t < SIGNING_REQUEST_INTERVAL_MS);
+    }
+
+    /// Open requests: received ones (by id), then ours (by id).
+    pub fn open(&self, now: i64) -> Vec<OpenRequest> {
+        let received = self
+            .in_requests
+            .iter()
+            .filter(|(_, (_, _, e))| *e > now)
+            .map(|(id, (peer, context, e))| OpenRequest {
+                id: *id,
+                from: Some(*peer),
+                context: context.clone(),
+                expires_at_ms: *e,
+                accepted: Vec::new(),
+            });
+        let sent = self
+            .out_requests
+            .iter()
+            .filter(|(_, (_, _, e))| *e > now)
+            .map(|(id, (context, accepted, e))| OpenRequest {
+                id: *id,
+                from: None,
+                context: context.clone(),
+                expires_at_ms: *e,
+                accepted: accepted.iter().copied().collect(),
+            });
+        received.chain(sent).collect()
     }
 
     /// Whether a session with this context was accepted through a request (consumed).
@@ -79,10 +125,44 @@ impl Core {
         amount: u64,
         fx: &mut Vec<Effect>,
     ) -> Result<[u8; 16], NodeError> {
+        self.send_signing_request_for(now, context, transaction_type, amount, None, fx)
+    }
+
+    /// [`Core::send_signing_request`] for a client's request: a request id seen before (in the
+    /// last [`SIGNING_REQUEST_TTL_MS`]) returns the signing request it sent.
+    ///
+    /// # Errors
+    /// [`NodeError`]; [`ErrorReason::RequestIdReused`] for the same request id with another
+    /// context.
+    pub fn send_signing_request_for(
+        &mut self,
+        now: i64,
+        context: SessionContext,
+        transaction_type: pb::TransactionType,
+        amount: u64,
+        client_id: Option<String>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<[u8; 16], NodeError> {
         let context = SessionContext::from_pb(&context.to_pb())
-            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| NodeError::InvalidArgument(ErrorReason::InvalidField, e.to_string()))?;
+        if let Some(cid) = &client_id
+            && let Some((id, c, e)) = self.matchmaking.client_ids.get(cid)
+            && *e > now
+        {
+            if *c == context {
+                return Ok(*id);
+            }
+            return Err(NodeError::InvalidArgument(
+                ErrorReason::RequestIdReused,
+                format!(
+                    "request_id {cid:?} sent signing request {} with another context",
+                    hex::encode(id)
+                ),
+            ));
+        }
         let Some(&from) = context.signer_keys.iter().find(|k| self.keys.contains(k)) else {
             return Err(NodeError::FailedPrecondition(
+                ErrorReason::NoLocalKey,
                 "the local signer holds none of the keys".into(),
             ));
         };
@@ -99,14 +179,20 @@ impl Core {
                 .find(|(p, keys)| keys.contains(k) && self.connected.contains(p))
                 .map(|(p, _)| *p)
                 .ok_or_else(|| {
-                    NodeError::NotFound(format!("no connected peer speaks for {}", hex::encode(k)))
+                    NodeError::NotFound(
+                        ErrorReason::PeerNotFound,
+                        format!("no connected peer speaks for {}", hex::encode(k)),
+                    )
                 })?;
             if !peers.contains(&peer) {
                 peers.push(peer);
             }
         }
-        if self.matchmaking.out_requests.len() >= MAX_REQUESTS {
+        if self.matchmaking.out_requests.len() >= MAX_REQUESTS
+            || self.matchmaking.client_ids.len() >= MAX_REQUESTS
+        {
             return Err(NodeError::ResourceExhausted(
+                ErrorReason::TooManyRequests,
                 "too many open signing requests".into(),
             ));
         }
@@ -127,6 +213,11 @@ impl Core {
             .filter(|k| self.keys.contains(k))
             .copied()
             .collect();
+        if let Some(cid) = client_id {
+            self.matchmaking
+                .client_ids
+                .insert(cid, (request_id, context.clone(), expires_at_ms));
+        }
         self.matchmaking
             .out_requests
             .insert(request_id, (context, mine, expires_at_ms));
@@ -137,6 +228,11 @@ impl Core {
             });
         }
         Ok(request_id)
+    }
+
+    /// Open signing requests, received and sent.
+    pub fn signing_requests(&self, now: i64) -> Vec<OpenRequest> {
+        self.matchmaking.open(now)
     }
 
     /// Answer a signing request received from another party.
@@ -155,17 +251,25 @@ impl Core {
             .in_requests
             .remove(&request_id)
             .ok_or_else(|| {
-                NodeError::NotFound(format!(
-                    "signing request {} is unknown or expired",
-                    hex::encode(request_id)
-                ))
+                NodeError::NotFound(
+                    ErrorReason::SigningRequestNotFound,
+                    format!(
+                        "signing request {} is unknown or expired",
+                        hex::encode(request_id)
+                    ),
+                )
             })?;
         let from = context
             .signer_keys
             .iter()
             .find(|k| self.keys.contains(k))
             .copied()
-            .ok_or_else(|| NodeError::FailedPrecondition("no local key in the request".into()))?;
+            .ok_or_else(|| {
+                NodeError::FailedPrecondition(
+                    ErrorReason::NoLocalKey,
+                    "no local key in the request".into(),
+                )
+            })?;
         if accept {
             self.matchmaking.auto_join.push((context, expires));
         }
@@ -262,7 +366,8 @@ impl Core {
                 Self::emit(fx, response);
                 if complete {
                     self.matchmaking.out_requests.remove(&request_id);
-                    if let Err(e) = self.create(now, context, None, None, fx) {
+                    let rid = Some(hex::encode(request_id));
+                    if let Err(e) = self.create_for(now, context, None, None, rid, fx) {
                         tracing::warn!(error = %e, "session from an accepted signing request not created");
                     }
                 }

@@ -40,7 +40,7 @@ pub mod sessions;
 mod tests;
 pub mod types;
 
-pub use types::{NodeError, NodeEvent, PeerStatus, SessionView};
+pub use types::{ErrorReason, NodeError, NodeEvent, PeerStatus, SessionView};
 
 use session::Session;
 
@@ -54,7 +54,8 @@ pub const ORPHAN_TTL_MS: i64 = 120_000;
 pub const MAX_UNJOINED_PER_PEER: usize = 64;
 /// Sessions announced by peers and not joined here yet, in total.
 pub const MAX_UNJOINED: usize = 1024;
-/// Finished sessions stay in memory this long, ms (then they are read from the store).
+/// How long finished sessions stay in memory by default, ms (then they are read from the
+/// store): [`Settings::finished_in_memory_ms`].
 pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
 /// The store is pruned of sessions past their retention at most this often, ms.
 pub const PRUNE_EVERY_MS: i64 = 3600 * 1000;
@@ -98,6 +99,8 @@ pub struct Settings {
     pub attestation_renew_before_ms: i64,
     /// Finished sessions (with their final signatures) stay in the store this long, ms.
     pub retention_ms: i64,
+    /// Finished sessions stay in memory this long, ms (then they are read from the store).
+    pub finished_in_memory_ms: i64,
 }
 
 /// Milliseconds of a duration, saturating.
@@ -190,6 +193,14 @@ pub enum Effect {
     /// Dial a peer (a participant of an unfinished session whose connection closed), at the
     /// addresses known for it.
     Dial(PeerId),
+    /// The session ended without this party's partial signatures: the signer destroys the
+    /// secret nonces it still holds for these local keys (`ReleaseNonce`).
+    ReleaseNonces {
+        /// Session.
+        id: SessionId,
+        /// Local keys whose nonce was issued and not used.
+        keys: Vec<[u8; 33]>,
+    },
     /// Delete a stored session (one announced by a peer, never joined here, that ended: it
     /// holds nothing worth keeping, and keeping it would let announcements fill the store).
     Forget(SessionId),
@@ -271,6 +282,8 @@ pub struct Core {
     hello_seq: u64,
     // Session registry.
     sessions: BTreeMap<SessionId, Session>,
+    /// Sessions in memory by the request that created them (retries return them).
+    requests: std::collections::HashMap<String, SessionId>,
     /// Our sent envelopes per session and the peers they reached, replayed to participants
     /// that connect later.
     sent: BTreeMap<SessionId, (Vec<Vec<u8>>, BTreeSet<PeerId>)>,
@@ -328,6 +341,7 @@ impl Core {
             next_query: 0,
             hello_seq: start,
             sessions: BTreeMap::new(),
+            requests: std::collections::HashMap::new(),
             sent: BTreeMap::new(),
             finished_at: BTreeMap::new(),
             finalized_to: BTreeSet::new(),
@@ -418,7 +432,8 @@ impl Core {
             .iter()
             .filter(|(id, t)| {
                 let s = self.sessions.get(id);
-                (now - **t > FINISHED_RETENTION_MS || s.is_some_and(|s| !s.locally_joined))
+                (now - **t > self.settings.finished_in_memory_ms
+                    || s.is_some_and(|s| !s.locally_joined))
                     && !s.is_some_and(failover::running)
             })
             .map(|(id, _)| *id)
@@ -431,7 +446,11 @@ impl Core {
         }
         for id in expired {
             self.finished_at.remove(&id);
-            if self.sessions.remove(&id).is_some_and(|s| !s.locally_joined) {
+            let gone = self.sessions.remove(&id);
+            if let Some(rid) = gone.as_ref().and_then(|s| s.request_id.as_ref()) {
+                self.requests.remove(rid);
+            }
+            if gone.is_some_and(|s| !s.locally_joined) {
                 fx.push(Effect::Forget(id));
             }
             self.sent.remove(&id);
@@ -483,13 +502,14 @@ impl Core {
     /// [`NodeError::InvalidArgument`] for a key this node does not speak for.
     pub fn envelope(&self, msg: &pb::WireMessage, from: &[u8; 33]) -> Result<Vec<u8>, NodeError> {
         let attestation = self.attestations.get(from).cloned().ok_or_else(|| {
-            NodeError::InvalidArgument(format!(
-                "this node does not speak for {}",
-                hex::encode(from)
-            ))
+            NodeError::InvalidArgument(
+                ErrorReason::InvalidField,
+                format!("this node does not speak for {}", hex::encode(from)),
+            )
         })?;
-        crate::envelope::seal(&self.keypair, msg, attestation)
-            .map_err(|e| NodeError::Unavailable(format!("signing: {e}")))
+        crate::envelope::seal(&self.keypair, msg, attestation).map_err(|e| {
+            NodeError::Unavailable(ErrorReason::NetworkUnavailable, format!("signing: {e}"))
+        })
     }
 
     // ---------------------------------------------------------------- bans
@@ -548,10 +568,10 @@ impl Core {
         fx: &mut Vec<Effect>,
     ) -> Result<(), NodeError> {
         if reason.len() > wire::MAX_REASON_BYTES {
-            return Err(NodeError::InvalidArgument(format!(
-                "reason exceeds {} bytes",
-                wire::MAX_REASON_BYTES
-            )));
+            return Err(NodeError::InvalidArgument(
+                ErrorReason::InvalidField,
+                format!("reason exceeds {} bytes", wire::MAX_REASON_BYTES),
+            ));
         }
         self.ban(peer, None, format!("manual: {reason}"), fx);
         Ok(())
@@ -563,7 +583,10 @@ impl Core {
     /// [`NodeError::NotFound`] when the peer is not banned.
     pub fn unblacklist(&mut self, peer: PeerId, fx: &mut Vec<Effect>) -> Result<(), NodeError> {
         if !self.guard.is_banned(&peer) {
-            return Err(NodeError::NotFound(format!("peer {peer} is not banned")));
+            return Err(NodeError::NotFound(
+                ErrorReason::PeerNotBanned,
+                format!("peer {peer} is not banned"),
+            ));
         }
         self.unban(peer, fx);
         Ok(())

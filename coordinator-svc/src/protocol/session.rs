@@ -202,6 +202,8 @@ pub struct Session {
     accepted: std::collections::HashSet<[u8; 32]>,
     /// Failover progress after completion.
     pub failover: FailoverRecord,
+    /// The request that created it here (a client's request id, or a signing request's id).
+    pub request_id: Option<String>,
     /// A planted bug (simulator tests): partial signatures are not verified.
     pub(crate) skip_partial_signature_check: bool,
     /// A broadcast confirmation that arrived before the session completed here: applied at
@@ -258,6 +260,7 @@ impl Session {
             next_seq,
             accepted: std::collections::HashSet::new(),
             failover: FailoverRecord::default(),
+            request_id: None,
             skip_partial_signature_check: false,
             held_confirmation: None,
         }

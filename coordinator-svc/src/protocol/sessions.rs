@@ -9,7 +9,7 @@ use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
 
 use super::session::{Action, Phase, Session};
 use super::{
-    Core, Effect, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED,
+    Core, Effect, ErrorReason, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED,
     MAX_UNJOINED_PER_PEER, NodeError, NodeEvent, Pending, SessionView,
 };
 use crate::envelope::Refusal;
@@ -75,6 +75,20 @@ impl Core {
         Session::from_record(id, rec, &self.keys, now)
             .ok()
             .map(|(s, _)| SessionView::of(&s))
+    }
+
+    /// A session ended without signing: the signer may destroy the nonces it issued for our
+    /// keys and that were not used for a partial signature.
+    fn release_nonces(s: &Session, out: &mut Vec<Effect>) {
+        let keys: Vec<[u8; 33]> = s
+            .local
+            .iter()
+            .filter(|i| s.nonces[**i].is_some() && s.psigs[**i].is_none())
+            .filter_map(|i| s.key(*i))
+            .collect();
+        if !keys.is_empty() && s.signature.is_none() {
+            out.push(Effect::ReleaseNonces { id: s.id, keys });
+        }
     }
 
     /// Persist a session now (first in what follows).
@@ -163,13 +177,25 @@ impl Core {
                     match to {
                         Phase::Complete => {
                             if let Some(signature) = s.signature {
-                                Self::emit(&mut out, NodeEvent::Complete { id, signature });
+                                let output_key = s.key_agg.output_key();
+                                Self::emit(
+                                    &mut out,
+                                    NodeEvent::Complete {
+                                        id,
+                                        signature,
+                                        output_key,
+                                    },
+                                );
                             }
                             self.finished_at.insert(id, now);
                             self.start_failover(now, id, &mut out);
                         }
-                        Phase::Closed => Self::emit(&mut out, NodeEvent::Closed { id }),
+                        Phase::Closed => {
+                            Self::release_nonces(s, &mut out);
+                            Self::emit(&mut out, NodeEvent::Closed { id });
+                        }
                         Phase::Aborted => {
+                            Self::release_nonces(s, &mut out);
                             if let Some(info) = s.abort.clone() {
                                 Self::emit(&mut out, NodeEvent::Aborted { id, info });
                             }
@@ -206,6 +232,40 @@ impl Core {
         timeout_ms: Option<i64>,
         fx: &mut Vec<Effect>,
     ) -> Result<SessionView, NodeError> {
+        self.create_for(now, context, election, timeout_ms, None, fx)
+    }
+
+    /// [`Core::create`] for a request: a request id seen before returns the session it created
+    /// (while that session is in memory: unfinished, or finished less than
+    /// [`Settings::finished_in_memory_ms`](super::Settings) ago, also after a restart) instead of a second one.
+    ///
+    /// # Errors
+    /// [`NodeError`]; [`ErrorReason::RequestIdReused`] when the request id created a session
+    /// with another context or election method.
+    pub fn create_for(
+        &mut self,
+        now: i64,
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout_ms: Option<i64>,
+        request_id: Option<String>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<SessionView, NodeError> {
+        if let Some(rid) = &request_id
+            && let Some(s) = self.requests.get(rid).and_then(|id| self.sessions.get(id))
+        {
+            let method = election.unwrap_or(self.settings.election_method);
+            if s.context == context && s.election.method == method {
+                return Ok(SessionView::of(s));
+            }
+            return Err(NodeError::InvalidArgument(
+                ErrorReason::RequestIdReused,
+                format!(
+                    "request_id {rid:?} created session {} with other parameters",
+                    s.id
+                ),
+            ));
+        }
         // Sessions this party takes part in; sessions peers announced and nobody here joined
         // have their own budget and cannot crowd out the party's own work.
         let active = self
@@ -214,28 +274,30 @@ impl Core {
             .filter(|s| !s.phase.is_terminal() && s.locally_joined)
             .count();
         if active >= self.settings.max_active_sessions {
-            return Err(NodeError::ResourceExhausted(format!(
-                "{active} unfinished sessions; retry later"
-            )));
+            return Err(NodeError::ResourceExhausted(
+                ErrorReason::TooManySessions,
+                format!("{active} unfinished sessions; retry later"),
+            ));
         }
         // Re-validate as a peer would (sorted distinct keys, lengths, tweaks).
         let context = SessionContext::from_pb(&context.to_pb())
-            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| NodeError::InvalidArgument(ErrorReason::InvalidField, e.to_string()))?;
         let local: Vec<usize> = (0..context.signer_keys.len())
             .filter(|i| self.keys.contains(&context.signer_keys[*i]))
             .collect();
         let Some(&first) = local.first() else {
             return Err(NodeError::FailedPrecondition(
+                ErrorReason::NoLocalKey,
                 "the local signer holds none of the session's keys".into(),
             ));
         };
         let creator = context.signer_keys[first];
         let key_agg = context
             .key_agg()
-            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| NodeError::InvalidArgument(ErrorReason::InvalidField, e.to_string()))?;
         let method = election.unwrap_or(self.settings.election_method);
         let election = elect(method, &context.signer_keys)
-            .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| NodeError::InvalidArgument(ErrorReason::InvalidField, e.to_string()))?;
         let timeout = timeout_ms.unwrap_or(self.settings.session_timeout_ms);
         let expires_at_ms = now.saturating_add(timeout);
         let mut entropy = [0u8; 16];
@@ -269,6 +331,11 @@ impl Core {
             local,
             now,
         );
+        let mut session = session;
+        if let Some(rid) = request_id {
+            self.requests.insert(rid.clone(), id);
+            session.request_id = Some(rid);
+        }
         self.sessions.insert(id, session);
         self.schedule_timeout(id);
         let mut out = Vec::new();
@@ -304,9 +371,10 @@ impl Core {
             return Pending::Ready(self.join_known(now, id, fx));
         }
         if !(self.settings.dht && self.settings.enable_session_discovery) {
-            return Pending::Ready(Err(NodeError::NotFound(format!(
-                "session {id} is unknown and the DHT is disabled"
-            ))));
+            return Pending::Ready(Err(NodeError::NotFound(
+                ErrorReason::SessionNotFound,
+                format!("session {id} is unknown and the DHT is disabled"),
+            )));
         }
         let query = self.query();
         self.dht_joins.insert(query, id);
@@ -323,20 +391,20 @@ impl Core {
         id: SessionId,
         fx: &mut Vec<Effect>,
     ) -> Result<SessionView, NodeError> {
-        let s = self
-            .sessions
-            .get_mut(&id)
-            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))?;
+        let s = self.sessions.get_mut(&id).ok_or_else(|| {
+            NodeError::NotFound(ErrorReason::SessionNotFound, format!("session {id}"))
+        })?;
         if s.local.is_empty() {
             return Err(NodeError::FailedPrecondition(
+                ErrorReason::NoLocalKey,
                 "the local signer holds none of the session's keys".into(),
             ));
         }
         if s.phase.is_terminal() {
-            return Err(NodeError::FailedPrecondition(format!(
-                "session {id} is {}",
-                s.phase.as_str()
-            )));
+            return Err(NodeError::FailedPrecondition(
+                ErrorReason::SessionEnded,
+                format!("session {id} is {}", s.phase.as_str()),
+            ));
         }
         let first = !s.locally_joined;
         let actions = s.join_local(now);
@@ -380,10 +448,9 @@ impl Core {
         reason: &str,
         fx: &mut Vec<Effect>,
     ) -> Result<Phase, NodeError> {
-        let s = self
-            .sessions
-            .get_mut(&id)
-            .ok_or_else(|| NodeError::NotFound(format!("session {id}")))?;
+        let s = self.sessions.get_mut(&id).ok_or_else(|| {
+            NodeError::NotFound(ErrorReason::SessionNotFound, format!("session {id}"))
+        })?;
         let actions = s.close(now, reason);
         let phase = s.phase;
         self.apply(now, id, actions, fx);
@@ -708,6 +775,9 @@ impl Core {
                         self.failover.schedule(d, id);
                     }
                     self.sent.insert(id, (sent, Default::default()));
+                    if let Some(rid) = &s.request_id {
+                        self.requests.insert(rid.clone(), id);
+                    }
                     self.sessions.insert(id, s);
                     self.schedule_timeout(id);
                 }

@@ -14,7 +14,7 @@ use shared::wire::{SessionContext, pb};
 
 use super::inbound::Frame;
 use super::session::Phase;
-use super::{Core, Effect, NodeEvent, Settings};
+use super::{Core, Effect, FINISHED_RETENTION_MS, NodeEvent, Settings};
 
 const T0: i64 = 1_800_000_000_000;
 const TIMEOUT: i64 = 30_000;
@@ -43,6 +43,7 @@ fn settings(failover: bool) -> Settings {
         attestation_ttl_ms: 7 * 24 * 3600 * 1000,
         attestation_renew_before_ms: 24 * 3600 * 1000,
         retention_ms: 90 * 24 * 3600 * 1000,
+        finished_in_memory_ms: FINISHED_RETENTION_MS,
     }
 }
 
@@ -719,4 +720,5 @@ fn sessions_announced_by_a_peer_have_their_own_budget() {
     );
 }
 
+mod requests;
 mod uptime;

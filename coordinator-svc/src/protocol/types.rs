@@ -48,6 +48,8 @@ pub struct SessionView {
     pub local_nonces: Vec<[u8; 66]>,
     /// This node's partial signatures (by local key order).
     pub local_psigs: Vec<[u8; 32]>,
+    /// The request that created it here.
+    pub request_id: Option<String>,
 }
 
 impl SessionView {
@@ -87,6 +89,7 @@ impl SessionView {
                 .filter_map(|i| s.psigs.get(*i).copied().flatten())
                 .map(|p| p.to_bytes())
                 .collect(),
+            request_id: s.request_id.clone(),
         }
     }
 }
@@ -118,6 +121,8 @@ pub enum NodeEvent {
         id: SessionId,
         /// Signature.
         signature: Signature,
+        /// The key it verifies under.
+        output_key: [u8; 33],
     },
     /// Our signer's nonce or partial signature for the session is in (API calls waiting for
     /// it look again).
@@ -275,30 +280,141 @@ impl NodeEvent {
             _ => None,
         }
     }
+
+    /// Whether applications see it (`WatchEvents`); the others are the node's own signals.
+    pub fn for_applications(&self) -> bool {
+        !matches!(
+            self,
+            NodeEvent::Rejected { .. }
+                | NodeEvent::PeerIdentified { .. }
+                | NodeEvent::Contributed { .. }
+                | NodeEvent::AttestationsRenewed { .. }
+                | NodeEvent::AttestationRenewalFailed { .. }
+        )
+    }
 }
 
-/// Errors of node commands.
+/// Errors of node commands: a gRPC-like kind, a machine-readable reason and a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
     /// Bad input.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// Unknown session.
-    #[error("not found: {0}")]
-    NotFound(String),
+    #[error("invalid argument: {1}")]
+    InvalidArgument(ErrorReason, String),
+    /// Unknown session, peer or request.
+    #[error("not found: {1}")]
+    NotFound(ErrorReason, String),
     /// Wrong state for the call.
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
-    /// The network or signer is unavailable.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    #[error("failed precondition: {1}")]
+    FailedPrecondition(ErrorReason, String),
+    /// The network, signer or store is unavailable.
+    #[error("unavailable: {1}")]
+    Unavailable(ErrorReason, String),
     /// Too much work in progress.
-    #[error("resource exhausted: {0}")]
-    ResourceExhausted(String),
+    #[error("resource exhausted: {1}")]
+    ResourceExhausted(ErrorReason, String),
+    /// Not allowed (a banned peer).
+    #[error("permission denied: {1}")]
+    PermissionDenied(ErrorReason, String),
     /// The node is shutting down.
     #[error("the node stopped")]
     Stopped,
+}
+
+impl NodeError {
+    /// The machine-readable reason.
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            NodeError::InvalidArgument(r, _)
+            | NodeError::NotFound(r, _)
+            | NodeError::FailedPrecondition(r, _)
+            | NodeError::Unavailable(r, _)
+            | NodeError::ResourceExhausted(r, _)
+            | NodeError::PermissionDenied(r, _) => *r,
+            NodeError::Stopped => ErrorReason::NodeStopping,
+        }
+    }
+}
+
+/// Why a command failed, as the API reports it (`google.rpc.ErrorInfo.reason`; the list is in
+/// `coordinator.proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorReason {
+    /// A malformed or out-of-range field.
+    InvalidField,
+    /// A request id used before with different parameters.
+    RequestIdReused,
+    /// Unknown session.
+    SessionNotFound,
+    /// Unknown or unreachable peer.
+    PeerNotFound,
+    /// Unknown, answered or expired signing request.
+    SigningRequestNotFound,
+    /// Unban of a peer that is not banned.
+    PeerNotBanned,
+    /// The local signer holds none of the keys.
+    NoLocalKey,
+    /// The session is not in the phase the call needs.
+    WrongPhase,
+    /// The session has ended (complete, closed or aborted).
+    SessionEnded,
+    /// The session is not complete.
+    NotComplete,
+    /// The DHT is disabled.
+    DhtDisabled,
+    /// Too many unfinished sessions.
+    TooManySessions,
+    /// Too many open signing requests.
+    TooManyRequests,
+    /// Called again too soon.
+    RateLimited {
+        /// When a retry can succeed, ms from now.
+        retry_after_ms: i64,
+    },
+    /// The network is unavailable (dial, send, DHT).
+    NetworkUnavailable,
+    /// A change could not be stored.
+    StoreFailed,
+    /// The node is stopping.
+    NodeStopping,
+    /// A round's result was not ready within the wait.
+    RoundNotReady,
+    /// A one-call `Sign` did not complete in its time (the session goes on).
+    SignTimeout,
+    /// The session aborted.
+    SessionAborted,
+    /// The peer is banned.
+    PeerBanned,
+}
+
+impl ErrorReason {
+    /// Its name in `google.rpc.ErrorInfo.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorReason::InvalidField => "INVALID_FIELD",
+            ErrorReason::RequestIdReused => "REQUEST_ID_REUSED",
+            ErrorReason::SessionNotFound => "SESSION_NOT_FOUND",
+            ErrorReason::PeerNotFound => "PEER_NOT_FOUND",
+            ErrorReason::SigningRequestNotFound => "SIGNING_REQUEST_NOT_FOUND",
+            ErrorReason::PeerNotBanned => "PEER_NOT_BANNED",
+            ErrorReason::NoLocalKey => "NO_LOCAL_KEY",
+            ErrorReason::WrongPhase => "WRONG_PHASE",
+            ErrorReason::SessionEnded => "SESSION_ENDED",
+            ErrorReason::NotComplete => "NOT_COMPLETE",
+            ErrorReason::DhtDisabled => "DHT_DISABLED",
+            ErrorReason::TooManySessions => "TOO_MANY_SESSIONS",
+            ErrorReason::TooManyRequests => "TOO_MANY_REQUESTS",
+            ErrorReason::RateLimited { .. } => "RATE_LIMITED",
+            ErrorReason::NetworkUnavailable => "NETWORK_UNAVAILABLE",
+            ErrorReason::StoreFailed => "STORE_FAILED",
+            ErrorReason::NodeStopping => "NODE_STOPPING",
+            ErrorReason::RoundNotReady => "ROUND_NOT_READY",
+            ErrorReason::SignTimeout => "SIGN_TIMEOUT",
+            ErrorReason::SessionAborted => "SESSION_ABORTED",
+            ErrorReason::PeerBanned => "PEER_BANNED",
+        }
+    }
 }
 
 /// What the security manager knows about a peer.

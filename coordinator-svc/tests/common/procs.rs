@@ -290,14 +290,22 @@ pub type Client = musig2_proto::v1::coordinator_service_client::CoordinatorServi
 >;
 pub type Events = tonic::Streaming<pb::WatchEventsResponse>;
 
+/// The ErrorInfo of a status: reason and metadata (panics without one: every error has it).
+pub fn error_info(e: &tonic::Status) -> (String, std::collections::HashMap<String, String>) {
+    use tonic_types::StatusExt as _;
+    let d = e.get_error_details();
+    let info = d
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {e:?}"));
+    assert_eq!(info.domain, "coordinator.musig2", "{e:?}");
+    (info.reason.clone(), info.metadata.clone())
+}
+
 pub async fn watch(c: &mut Client) -> Events {
-    c.watch_events(pb::WatchEventsRequest {
-        session_id: String::new(),
-        replay_completed: false,
-    })
-    .await
-    .unwrap()
-    .into_inner()
+    c.watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 pub async fn next_event<T>(s: &mut Events, mut f: impl FnMut(&Ev) -> Option<T>) -> T {
@@ -378,8 +386,7 @@ pub async fn session(
             message: msg.to_vec(),
             format: shared::wire::format_to_pb(format) as i32,
             tweaks,
-            election_method: 0,
-            timeout_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -407,6 +414,7 @@ pub async fn session(
         let n = c
             .start_round1(pb::StartRound1Request {
                 session_id: id.clone(),
+                wait_ms: 30_000,
             })
             .await
             .unwrap()
@@ -418,6 +426,7 @@ pub async fn session(
         let p = c
             .start_round2(pb::StartRound2Request {
                 session_id: id.clone(),
+                wait_ms: 30_000,
             })
             .await
             .unwrap()

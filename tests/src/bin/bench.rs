@@ -79,7 +79,7 @@ async fn session(
             signer_keys: keys.to_vec(),
             message: msg,
             format: shared::wire::format_to_pb(format) as i32,
-            timeout_ms: 30_000,
+            timeout_ms: Some(30_000),
             ..Default::default()
         })
         .await?
@@ -94,7 +94,7 @@ async fn session(
         calls.push(tokio::spawn(async move {
             c.sign(pb::SignRequest {
                 session_id: id,
-                timeout_ms: 30_000,
+                timeout_ms: Some(30_000),
                 ..Default::default()
             })
             .await

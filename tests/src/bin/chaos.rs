@@ -98,7 +98,7 @@ async fn sign_on(net: &Net, p: usize, id: &str, deadline: Instant) -> Option<(Ve
         match c
             .sign(pb::SignRequest {
                 session_id: id.to_string(),
-                timeout_ms: 20_000,
+                timeout_ms: Some(20_000),
                 ..Default::default()
             })
             .await
@@ -154,7 +154,7 @@ async fn run_session(
                 signer_keys: net.keys.clone(),
                 message: message.clone(),
                 format: shared::wire::format_to_pb(format) as i32,
-                timeout_ms: 30_000,
+                timeout_ms: Some(30_000),
                 ..Default::default()
             })
             .await
@@ -479,7 +479,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                         break;
                     }
                     pb::SessionPhase::Aborted | pb::SessionPhase::Closed => {
-                        if s.abort_reason.is_empty() {
+                        if s.abort_reason.as_deref().unwrap_or_default().is_empty() {
                             aborted_without_reason += 1;
                         }
                         break;

@@ -94,7 +94,7 @@ impl Checker {
                 t.message = view.context.message.clone();
                 t.format = Some(view.context.format);
             }
-            NodeEvent::Complete { id, signature } if honest => {
+            NodeEvent::Complete { id, signature, .. } if honest => {
                 let t = self.sessions.entry(*id).or_default();
                 t.complete.insert(node);
                 let sig = signature.0;

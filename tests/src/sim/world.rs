@@ -62,6 +62,7 @@ pub fn settings(cfg: &Config) -> Settings {
         attestation_ttl_ms: cfg.attestation_ttl_ms,
         attestation_renew_before_ms: cfg.attestation_ttl_ms / 7,
         retention_ms: 90 * 24 * 3600 * 1000,
+        finished_in_memory_ms: coordinator_svc::protocol::FINISHED_RETENTION_MS,
     }
 }
 
@@ -679,6 +680,11 @@ impl<'a> World<'a> {
                 }
                 Effect::Forget(id) => {
                     self.nodes[i].store.remove(&id.0);
+                }
+                Effect::ReleaseNonces { id, keys } => {
+                    for key in keys {
+                        self.nodes[i].signer.release(&id.0, &key);
+                    }
                 }
                 Effect::Prune { finished_before_ms } => {
                     self.nodes[i]

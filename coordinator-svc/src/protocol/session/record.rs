@@ -77,6 +77,8 @@ impl Session {
             sent: sent.iter().map(hex::encode).collect(),
             failover: self.failover.clone(),
             finished_at_ms: None,
+            created_at_ms: Some(self.created_at_ms),
+            request_id: self.request_id.clone(),
         }
     }
 
@@ -176,6 +178,7 @@ impl Session {
             .filter_map(|(k, v)| Some((key_of(k)?, *v)))
             .collect();
         s.failover = rec.failover.clone();
+        s.request_id = rec.request_id.clone();
         let sent = rec
             .sent
             .iter()

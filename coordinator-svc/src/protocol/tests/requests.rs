@@ -1,0 +1,142 @@
+//! Client request ids: a retry returns what the first call created, in memory and after a
+//! restore, until the session leaves memory; another request under the same id is refused.
+
+use super::*;
+use crate::protocol::ErrorReason;
+
+#[test]
+fn a_request_id_returns_its_session_until_it_leaves_memory_also_after_a_restart() {
+    let mut net = Net::new(2, false);
+    let ctx = net.context();
+    let now = net.now;
+    let mut fx = Vec::new();
+    let first = net.cores[0]
+        .create_for(
+            now,
+            ctx.clone(),
+            None,
+            None,
+            Some("order-1".into()),
+            &mut fx,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.run(0, fx);
+    assert_eq!(first.request_id.as_deref(), Some("order-1"));
+    // The retry: the same session, nothing sent or stored again.
+    let mut fx = Vec::new();
+    let again = net.cores[0]
+        .create_for(
+            now,
+            ctx.clone(),
+            None,
+            None,
+            Some("order-1".into()),
+            &mut fx,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.id, first.id);
+    assert!(fx.is_empty(), "{fx:?}");
+    // Another message (or election method) under the same id.
+    let mut other = ctx.clone();
+    other.message = vec![8; 32];
+    let e = net.cores[0]
+        .create_for(now, other, None, None, Some("order-1".into()), &mut fx)
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
+    assert_eq!(e.reason(), ErrorReason::RequestIdReused);
+    let e = net.cores[0]
+        .create_for(
+            now,
+            ctx.clone(),
+            Some(shared::election::ElectionMethod::HashBased),
+            None,
+            Some("order-1".into()),
+            &mut fx,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
+    assert_eq!(e.reason(), ErrorReason::RequestIdReused);
+    // Without an id, or under another, a second session.
+    let mut fx = Vec::new();
+    let second = net.cores[0]
+        .create_for(now, ctx.clone(), None, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(second.id, first.id);
+    // The stored record carries the id: a restarted core recognises the retry.
+    let record = net.cores[0]
+        .record(first.id)
+        .unwrap_or_else(|| panic!("stored"));
+    assert_eq!(record.request_id.as_deref(), Some("order-1"));
+    let mut fresh = Net::new(2, false);
+    let mut fx = Vec::new();
+    fresh.cores[0].restore(now, vec![(first.id.0, record)], Vec::new(), &mut fx);
+    let mut fx = Vec::new();
+    let after_restart = fresh.cores[0]
+        .create_for(
+            now,
+            ctx.clone(),
+            None,
+            None,
+            Some("order-1".into()),
+            &mut fx,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(after_restart.id, first.id);
+    // Once the finished session has left memory, the id is free again.
+    let later = now + FINISHED_RETENTION_MS + 10 * 60_000;
+    let mut fx = Vec::new();
+    net.cores[0]
+        .close(now, first.id, "done", &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.run(0, fx);
+    let mut fx = Vec::new();
+    net.cores[0].on_cleanup(later, &mut fx);
+    assert!(net.cores[0].session(first.id).is_none());
+    let mut fx = Vec::new();
+    let new = net.cores[0]
+        .create_for(later, ctx, None, None, Some("order-1".into()), &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(new.id, first.id);
+}
+
+#[test]
+fn a_session_ended_before_signing_releases_the_nonces_it_obtained_and_only_those() {
+    let mut net = Net::new(2, false);
+    // Node 0 never hears node 1's nonce: it holds its own and waits.
+    net.lose = Some((0, "NONCE_SHARE"));
+    let ctx = net.context();
+    let now = net.now;
+    let mut fx = Vec::new();
+    let v = net.cores[0]
+        .create(now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.run(0, fx);
+    assert_eq!(
+        net.cores[0].session(v.id).map(|s| s.local_nonces.len()),
+        Some(1)
+    );
+    let mut fx = Vec::new();
+    net.cores[0]
+        .close(now, v.id, "given up", &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let released: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ReleaseNonces { id, keys } => Some((*id, keys.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, vec![(v.id, vec![net.keys[0]])]);
+    // The signer destroys it: that nonce can no longer sign.
+    assert!(net.signers[0].release(&v.id.0, &net.keys[0]));
+    assert!(!net.signers[0].release(&v.id.0, &net.keys[0]));
+    // A completed session releases nothing.
+    net.lose = None;
+    let id = net.complete_a_session();
+    let mut fx = Vec::new();
+    let _ = net.cores[0].close(now, id, "done", &mut fx);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::ReleaseNonces { .. })),
+        "{fx:?}"
+    );
+}
