@@ -25,6 +25,8 @@ pub struct Metrics {
     sessions: Family<PhaseLabel, Gauge>,
     rejected: Family<ReasonLabel, Counter>,
     accepted: Gauge,
+    /// Store transactions committed, and session records written by them.
+    store: Family<NameLabel, Gauge>,
     rounds: Family<NameLabel, Histogram>,
     /// Signer call latency by call (observed by the signer client).
     pub signer_calls: Family<NameLabel, Histogram>,
@@ -45,6 +47,7 @@ impl Metrics {
         let sessions = Family::<PhaseLabel, Gauge>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
         let accepted = Gauge::default();
+        let store = Family::<NameLabel, Gauge>::default();
         let buckets = || {
             Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
@@ -64,6 +67,11 @@ impl Metrics {
             "messages_accepted",
             "Peer messages accepted",
             accepted.clone(),
+        );
+        registry.register(
+            "store_writes",
+            "Store writes: transactions committed (name=commits) and session records written (name=records); group commit puts several records in one transaction",
+            store.clone(),
         );
         registry.register(
             "round_duration_seconds",
@@ -90,6 +98,7 @@ impl Metrics {
             sessions,
             rejected,
             accepted,
+            store,
             rounds,
             signer_calls,
             failovers,
@@ -112,6 +121,12 @@ impl Metrics {
                 };
                 me.accepted
                     .set(i64::try_from(node.accepted_messages()).unwrap_or(i64::MAX));
+                let (commits, records) = node.store_writes();
+                for (name, v) in [("commits", commits), ("records", records)] {
+                    me.store
+                        .get_or_create(&NameLabel { name: name.into() })
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
                 match ev {
                     NodeEvent::SessionCreated(v) => {
                         me.sessions

@@ -12,12 +12,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, Record, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, identity};
+use shared::election::SessionId;
 use shared::musig::{PartialSignature, PubNonce};
 use shared::wire::{MAX_KEYS_PER_PEER, pb};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -80,7 +81,22 @@ struct ParkedDial {
     error: String,
 }
 
+/// What waits for the batch it belongs to be performed.
+enum Deferred {
+    /// An application's command: its answer.
+    Reply(Box<dyn FnOnce(bool) + Send>),
+    /// A peer's frame: accepted (once stored) or refused.
+    Frame {
+        channel: request_response::ResponseChannel<Vec<u8>>,
+        verdict: Result<(), crate::envelope::Refusal>,
+    },
+}
+
+/// Inputs handled together before their effects are performed (one commit for all).
+const MAX_BATCH: usize = 64;
+
 struct Node {
+    deferred: Vec<Deferred>,
     swarm: Swarm<Behaviour>,
     core: Core,
     signer: SignerClient,
@@ -105,6 +121,8 @@ struct Node {
     events: broadcast::Sender<NodeEvent>,
     log: std::sync::Arc<events::EventLog>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Store transactions committed, and session records they wrote.
+    writes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 /// Start a node: ask the signer for its keys and attestations, bind, dial bootstrap peers and
@@ -190,10 +208,15 @@ pub async fn start(
     core.restore(now, records, bans, &mut fx);
     let (tx, rx) = mpsc::channel(256);
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writes = std::sync::Arc::new([
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ]);
     let (events, _) = broadcast::channel(4096);
     let log = std::sync::Arc::new(events::EventLog::new(now, events::RETAINED_EVENTS));
     let (internal_tx, internal_rx) = mpsc::channel(1024);
     let mut node = Node {
+        deferred: Vec::new(),
         swarm,
         core,
         signer,
@@ -209,6 +232,7 @@ pub async fn start(
         events: events.clone(),
         log: log.clone(),
         accepted: accepted.clone(),
+        writes: writes.clone(),
     };
     node.execute(fx);
     let task = tokio::spawn(node.run(rx, internal_rx, cfg.cleanup_interval, shutdown));
@@ -216,6 +240,7 @@ pub async fn start(
         NodeHandle {
             tx,
             accepted,
+            writes,
             events,
             log,
             peer_id,
@@ -269,25 +294,111 @@ impl Node {
                     }
                 }
             }
-            self.execute(fx);
+            // Group commit: inputs that are already waiting join this batch.
+            for _ in 1..MAX_BATCH {
+                if let Ok(cmd) = commands.try_recv() {
+                    self.on_command(cmd, &mut fx);
+                } else if let Ok(i) = internal.try_recv() {
+                    self.on_internal(i, &mut fx);
+                } else if let Some(ev) = self.swarm.select_next_some().now_or_never() {
+                    self.on_swarm(ev, &mut fx);
+                } else {
+                    break;
+                }
+            }
+            let stored = self.execute(fx);
+            self.settle(stored);
         }
         tracing::info!("node stopped");
     }
 
     // ---------------------------------------------------------------- the executor
 
-    /// Perform a batch of effects in order. A write that fails ends the batch: what follows it
-    /// depends on it.
-    /// `false` when a write failed (and the rest of the batch was dropped).
+    /// Perform a batch of effects (of one input, or of several drained together). Group
+    /// commit: the session records of the batch are written in one transaction — one fsync —
+    /// keeping only each session's last record, before anything else of the batch happens;
+    /// the other store operations keep their order with those records. `false` when a write
+    /// failed: nothing that depends on it is sent or reported (the rest of the batch is
+    /// dropped).
     fn execute(&mut self, fx: Vec<Effect>) -> bool {
-        let mut fx = fx.into_iter();
-        while let Some(effect) = fx.next() {
+        let mut pending: Vec<(SessionId, Box<crate::store::SessionRecord>)> = Vec::new();
+        let mut slot: HashMap<SessionId, usize> = HashMap::new();
+        let mut rest = Vec::with_capacity(fx.len());
+        for effect in fx {
+            match effect {
+                Effect::Persist { id, record } => match slot.get(&id) {
+                    Some(&i) => pending[i].1 = record,
+                    None => {
+                        slot.insert(id, pending.len());
+                        pending.push((id, record));
+                    }
+                },
+                e @ (Effect::Forget(_)
+                | Effect::Prune { .. }
+                | Effect::PersistBan { .. }
+                | Effect::RemoveBan(_)) => {
+                    if !self.commit(&mut pending, rest.len()) {
+                        return false;
+                    }
+                    slot.clear();
+                    self.perform(e);
+                }
+                e => rest.push(e),
+            }
+        }
+        if !self.commit(&mut pending, rest.len()) {
+            return false;
+        }
+        for e in rest {
+            self.perform(e);
+        }
+        true
+    }
+
+    /// Write the pending records in one durable transaction (emptying the list).
+    fn commit(
+        &mut self,
+        pending: &mut Vec<(SessionId, Box<crate::store::SessionRecord>)>,
+        dependents: usize,
+    ) -> bool {
+        if pending.is_empty() {
+            return true;
+        }
+        let records: Vec<([u8; 16], &crate::store::SessionRecord)> =
+            pending.iter().map(|(id, r)| (id.0, r.as_ref())).collect();
+        let store = &self.store;
+        // The fsync blocks this thread: let the runtime move its other tasks elsewhere.
+        let result = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(|| store.put_many(&records))
+        } else {
+            store.put_many(&records)
+        };
+        drop(records);
+        let sessions = pending.len();
+        pending.clear();
+        match result {
+            Ok(()) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.writes[0].fetch_add(1, Relaxed);
+                self.writes[1].fetch_add(sessions as u64, Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::error!(sessions, dropped = dependents, error = %e, "session state not stored; what depends on it is not sent or reported");
+                false
+            }
+        }
+    }
+
+    /// Perform one effect (records are written by [`Node::execute`]).
+    fn perform(&mut self, effect: Effect) {
+        {
             match effect {
                 Effect::Persist { id, record } => {
                     if let Err(e) = self.store.put(&id.0, &record) {
-                        let dropped = fx.len();
-                        tracing::error!(session = %id, error = %e, dropped, "session state not stored; what depends on it is not sent or reported");
-                        return false;
+                        tracing::error!(session = %id, error = %e, "session state not stored");
                     }
                 }
                 Effect::PersistBan { peer, ban } => {
@@ -423,7 +534,6 @@ impl Node {
                 }
             }
         }
-        true
     }
 
     fn send_to(&mut self, peer: PeerId, bytes: Vec<u8>) {
@@ -489,23 +599,54 @@ impl Node {
         }
     }
 
-    /// Perform a command's effects, then answer: the caller never hears of a change that is
-    /// not stored (a failed write answers UNAVAILABLE, and what depended on it was not sent).
-    fn answer<T>(
+    /// Answer a command once its batch is performed: the caller never hears of a change that
+    /// is not stored (a failed write answers UNAVAILABLE, and what depended on it was not
+    /// sent).
+    fn answer<T: Send + 'static>(
         &mut self,
-        fx: &mut Vec<Effect>,
+        _fx: &mut Vec<Effect>,
         reply: oneshot::Sender<Result<T, NodeError>>,
         result: Result<T, NodeError>,
     ) {
-        let stored = self.execute(std::mem::take(fx));
-        let _ = reply.send(if stored {
-            result
-        } else {
-            Err(NodeError::Unavailable(
-                ErrorReason::StoreFailed,
-                "the change could not be stored; nothing depending on it was sent".into(),
-            ))
-        });
+        self.deferred.push(Deferred::Reply(Box::new(move |stored| {
+            let _ = reply.send(if stored {
+                result
+            } else {
+                Err(NodeError::Unavailable(
+                    ErrorReason::StoreFailed,
+                    "the change could not be stored; nothing depending on it was sent".into(),
+                ))
+            });
+        })));
+    }
+
+    /// The batch was performed (`stored`: its writes are on disk): answer what waited for it.
+    fn settle(&mut self, stored: bool) {
+        for d in std::mem::take(&mut self.deferred) {
+            match d {
+                Deferred::Reply(f) => f(stored),
+                Deferred::Frame { channel, verdict } => {
+                    let answer = match verdict {
+                        Ok(()) if !stored => b"unavailable: not stored; send again".to_vec(),
+                        Ok(()) => {
+                            self.accepted
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Vec::new()
+                        }
+                        Err(r) => format!("rejected: {}: {}", r.0, r.1)
+                            .into_bytes()
+                            .into_iter()
+                            .take(net::MAX_RESPONSE_BYTES)
+                            .collect(),
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_response(channel, answer);
+                }
+            }
+        }
     }
 
     fn dial(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, NodeError>>) {
@@ -629,29 +770,10 @@ impl Node {
                         DirectRequest::TooLarge(n) => Frame::TooLarge(*n),
                     };
                     // What the message changed is performed (stored) before the sender hears
-                    // that it was accepted.
-                    let mut effects = Vec::new();
-                    let verdict = self.core.on_direct(now, peer, frame, &mut effects);
+                    // that it was accepted: the answer waits for the batch.
+                    let verdict = self.core.on_direct(now, peer, frame, fx);
                     tracing::trace!(%peer, ok = verdict.is_ok(), "frame received");
-                    let stored = self.execute(effects);
-                    let answer = match verdict {
-                        Ok(()) if !stored => b"unavailable: not stored; send again".to_vec(),
-                        Ok(()) => {
-                            self.accepted
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            Vec::new()
-                        }
-                        Err(r) => format!("rejected: {}: {}", r.0, r.1)
-                            .into_bytes()
-                            .into_iter()
-                            .take(net::MAX_RESPONSE_BYTES)
-                            .collect(),
-                    };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .direct
-                        .send_response(channel, answer);
+                    self.deferred.push(Deferred::Frame { channel, verdict });
                 }
                 request_response::Message::Response {
                     request_id,

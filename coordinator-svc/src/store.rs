@@ -86,7 +86,7 @@ pub struct SessionRecord {
     pub joined: Vec<bool>,
     /// Public nonces by index, hex.
     pub nonces: Vec<Option<String>>,
-    /// Verified partial signatures by index, hex.
+    /// Partial signatures by index, hex (checked when all are in).
     pub psigs: Vec<Option<String>>,
     /// Final signature, hex.
     pub signature: Option<String>,
@@ -177,8 +177,29 @@ impl Store {
     /// # Errors
     /// [`StoreError`].
     pub fn put(&self, id: &[u8; 16], record: &SessionRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(dberr)?;
+        self.put_many(&[(*id, record)])
+    }
+
+    /// Write several session records in one durable transaction (group commit: one fsync for
+    /// all of them). All are on disk when this returns `Ok`, none when the transaction did not
+    /// commit.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn put_many(&self, records: &[([u8; 16], &SessionRecord)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(dberr)?;
+        for (id, record) in records {
+            Self::write(&txn, id, record)?;
+        }
+        txn.commit().map_err(dberr)
+    }
+
+    fn write(
+        txn: &redb::WriteTransaction,
+        id: &[u8; 16],
+        record: &SessionRecord,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(dberr)?;
         {
             let mut t = txn.open_table(SESSIONS).map_err(dberr)?;
             let new = t
@@ -200,7 +221,7 @@ impl Store {
                 None => f.remove(id.as_slice()).map_err(dberr)?,
             };
         }
-        txn.commit().map_err(dberr)
+        Ok(())
     }
 
     /// One record.

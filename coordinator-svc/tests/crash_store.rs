@@ -3,8 +3,9 @@
 //! keeps only what was fsynced. At a crash, every write since the last `sync_data` is either lost,
 //! or — to model a disk that reorders and tears writes — a random subset of them, in any order,
 //! reaches the platter. After each crash the store must open without repair errors, every write
-//! the store acknowledged (a `put`, `put_ban`, `delete` or `prune` that returned) must be there,
-//! and every record must decode. `MUSIG2_CRASH_ROUNDS` sets the number of crashes (default 300).
+//! the store acknowledged (a `put`, a group commit `put_many`, `put_ban`, `delete` or `prune`
+//! that returned) must be there, every record must decode, and a group commit cut in progress
+//! lands whole or not at all. `MUSIG2_CRASH_ROUNDS` sets the number of crashes (default 300).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -214,6 +215,7 @@ fn acknowledged_writes_survive_losing_everything_not_fsynced() {
     let mut clock = 1_000i64;
     let mut writes = 0u64;
     let mut landed = 0u64;
+    let mut groups = 0u64;
     for round in 0..rounds {
         let store = Store::with_backend(disk.clone()).unwrap_or_else(|e| {
             panic!("round {round}: the store does not open after a crash: {e}")
@@ -243,18 +245,38 @@ fn acknowledged_writes_survive_losing_everything_not_fsynced() {
             let mut ban_change: Option<(String, Option<BanRecord>)> = None;
             match rng.random_range(0..10) {
                 0..=5 => {
-                    let id: [u8; 16] = if sessions.is_empty() || rng.random_bool(0.6) {
-                        rng.random()
+                    // One record, or a group commit of several sessions in one transaction
+                    // (what the node does with the records of a batch of inputs).
+                    let k = if rng.random_bool(0.5) {
+                        1
                     } else {
-                        *sessions
-                            .keys()
-                            .nth(rng.random_range(0..sessions.len()))
-                            .unwrap()
+                        rng.random_range(2..9)
                     };
-                    let finished = rng.random_bool(0.4).then_some(clock);
-                    let r = record(&mut rng, finished);
-                    store.put(&id, &r).unwrap();
-                    changes.push((id, Some(r)));
+                    let mut batch: Vec<([u8; 16], SessionRecord)> = Vec::new();
+                    while batch.len() < k {
+                        let id: [u8; 16] = if sessions.is_empty() || rng.random_bool(0.6) {
+                            rng.random()
+                        } else {
+                            *sessions
+                                .keys()
+                                .nth(rng.random_range(0..sessions.len()))
+                                .unwrap()
+                        };
+                        if batch.iter().any(|(b, _)| *b == id) {
+                            continue;
+                        }
+                        let finished = rng.random_bool(0.4).then_some(clock);
+                        batch.push((id, record(&mut rng, finished)));
+                    }
+                    if k == 1 {
+                        store.put(&batch[0].0, &batch[0].1).unwrap();
+                    } else {
+                        let refs: Vec<([u8; 16], &SessionRecord)> =
+                            batch.iter().map(|(id, r)| (*id, r)).collect();
+                        store.put_many(&refs).unwrap();
+                        groups += 1;
+                    }
+                    changes.extend(batch.into_iter().map(|(id, r)| (id, Some(r))));
                 }
                 6 => {
                     let peer = format!("peer-{}", rng.random_range(0..20));
@@ -369,6 +391,6 @@ fn acknowledged_writes_survive_losing_everything_not_fsynced() {
         }
     }
     eprintln!(
-        "{rounds} power cuts (half keeping a random, reordered part of the unsynced writes), {writes} acknowledged writes, {landed} cut inside a write; nothing acknowledged was lost, nothing torn"
+        "{rounds} power cuts (half keeping a random, reordered part of the unsynced writes), {writes} acknowledged writes ({groups} group commits of 2 to 8 sessions), {landed} cut inside a write; nothing acknowledged was lost, nothing torn"
     );
 }

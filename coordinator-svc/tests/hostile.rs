@@ -306,7 +306,17 @@ async fn a_dead_participant_ends_the_session_by_timeout_and_no_nonce_signs_twice
             info.reason
         );
     }
-    // A's nonce for this session can produce at most one partial signature, ever.
+    // Whether A got to round 1 depends on when C died. If it had its nonce, the abort released
+    // it at the signer (ReleaseNonce): no partial signature, ever, and no new nonce replaces
+    // it. If not, the nonce made now can produce at most one partial signature.
+    let issued = a.node.session(id).await.unwrap().unwrap().local_nonces;
+    let (a_nonce, most) = match issued.first() {
+        Some(n) => {
+            wait_until(|| async { a.signer.nonce(&a.key, &id, &ctx).await.is_err() }).await;
+            (shared::musig::PubNonce::from_slice(n).unwrap(), 0)
+        }
+        None => (a.signer.nonce(&a.key, &id, &ctx).await.unwrap(), 1),
+    };
     let mut fake = shared::musig::nonce_gen(
         &mut rand::rng(),
         &c.secret,
@@ -315,7 +325,6 @@ async fn a_dead_participant_ends_the_session_by_timeout_and_no_nonce_signs_twice
     )
     .unwrap()
     .1;
-    let a_nonce = a.signer.nonce(&a.key, &id, &ctx).await.unwrap(); // idempotent: the same nonce
     let b_nonce = shared::musig::nonce_gen(
         &mut rand::rng(),
         &b.secret,
@@ -352,7 +361,10 @@ async fn a_dead_participant_ends_the_session_by_timeout_and_no_nonce_signs_twice
         .unwrap()
         .1;
     }
-    assert!(ok <= 1, "a nonce signed twice");
+    assert!(
+        ok <= most,
+        "{ok} partial signatures from one nonce (at most {most})"
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 

@@ -150,6 +150,7 @@ pub struct NodeInfo {
 pub struct NodeHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub(super) writes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
     pub(super) events: broadcast::Sender<NodeEvent>,
     pub(super) log: std::sync::Arc<EventLog>,
     pub(super) peer_id: PeerId,
@@ -167,6 +168,13 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Store transactions committed so far, and the session records they wrote (group commit:
+    /// several records per transaction).
+    pub fn store_writes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.writes[0].load(Relaxed), self.writes[1].load(Relaxed))
     }
 
     /// Messages from peers accepted so far.

@@ -584,64 +584,81 @@ impl Session {
         }
     }
 
-    /// Verify and record a partial signature; an invalid one aborts naming its signer.
+    /// Record a partial signature. It is checked with the others once all are in: the common
+    /// path costs one verification of the final signature, not one per signer (issue 15).
     fn accept_psig(&mut self, index: usize, psig: PartialSignature, actions: &mut Vec<Action>) {
-        let (Some(agg), Some(nonce)) = (self.aggnonce, self.nonces.get(index).copied().flatten())
-        else {
+        if self.aggnonce.is_none() || self.nonces.get(index).is_none_or(Option::is_none) {
             return;
-        };
-        let verdict = if self.skip_partial_signature_check {
-            Ok(())
-        } else {
-            SigningSession::new(&self.key_agg, &agg, &self.context.message)
-                .and_then(|s| s.verify_partial(&psig, &nonce, index))
-        };
-        match verdict {
-            Ok(()) => {
-                self.psigs[index] = Some(psig);
-                self.after_psig(actions);
-            }
-            Err(_) => {
-                let culprit = self.key(index).map(|k| vec![k]).unwrap_or_default();
-                let who = self.key(index).map(hex::encode).unwrap_or_default();
-                self.fail(
-                    self.now,
-                    AbortCode::InvalidPartialSignature,
-                    format!("invalid partial signature from signer {index} ({who})"),
-                    culprit,
-                    actions,
-                );
-            }
         }
+        self.psigs[index] = Some(psig);
+        self.after_psig(actions);
     }
 
+    /// Every partial signature is in: aggregate and verify the final signature; when it fails,
+    /// verify each partial signature to name every signer whose one is invalid.
     fn after_psig(&mut self, actions: &mut Vec<Action>) {
         if self.phase != Phase::PartialSigExchange || self.psigs.iter().any(Option::is_none) {
             return;
         }
         let Some(agg) = self.aggnonce else { return };
         let psigs: Vec<PartialSignature> = self.psigs.iter().flatten().copied().collect();
-        let result = SigningSession::new(&self.key_agg, &agg, &self.context.message)
-            .and_then(|s| s.aggregate(&psigs))
-            .and_then(|sig| {
-                shared::musig::verify(
-                    self.context.format,
-                    &self.key_agg.output_key(),
-                    &self.context.message,
-                    &sig,
-                )
-                .map(|()| sig)
-            });
-        match result {
-            Ok(sig) => self.complete(sig, actions),
-            Err(e) => self.fail(
-                self.now,
-                AbortCode::InvalidPartialSignature,
-                format!("final signature failed: {e}"),
-                Vec::new(),
-                actions,
-            ),
-        }
+        let session = match SigningSession::new(&self.key_agg, &agg, &self.context.message) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.fail(
+                    self.now,
+                    AbortCode::InvalidNonce,
+                    format!("signing session: {e}"),
+                    Vec::new(),
+                    actions,
+                );
+            }
+        };
+        let result = session.aggregate(&psigs).and_then(|sig| {
+            shared::musig::verify(
+                self.context.format,
+                &self.key_agg.output_key(),
+                &self.context.message,
+                &sig,
+            )
+            .map(|()| sig)
+        });
+        let e = match result {
+            Ok(sig) => return self.complete(sig, actions),
+            Err(e) => e,
+        };
+        let invalid: Vec<usize> = if self.skip_partial_signature_check {
+            Vec::new()
+        } else {
+            (0..self.n())
+                .filter(|i| match (self.psigs[*i], self.nonces[*i]) {
+                    (Some(p), Some(n)) => session.verify_partial(&p, &n, *i).is_err(),
+                    _ => false,
+                })
+                .collect()
+        };
+        let culprits: Vec<[u8; 33]> = invalid.iter().filter_map(|i| self.key(*i)).collect();
+        let reason = if invalid.is_empty() {
+            format!("final signature failed: {e}")
+        } else {
+            let who: Vec<String> = invalid
+                .iter()
+                .map(|i| {
+                    format!(
+                        "signer {i} ({})",
+                        self.key(*i).map(hex::encode).unwrap_or_default()
+                    )
+                })
+                .collect();
+            format!("invalid partial signature from {}", who.join(", "))
+        };
+        self.fail(
+            self.now,
+            AbortCode::InvalidPartialSignature,
+            reason,
+            culprits,
+            actions,
+        );
     }
 
     /// The final signature verified: COMPLETE, and a confirmation that came first applies now.
