@@ -117,11 +117,7 @@ impl CoordinatorAdminService for Admin {
         r: Request<pb::ListPeersRequest>,
     ) -> Result<Response<pb::ListPeersResponse>, Status> {
         let r = r.into_inner();
-        let size = match r.page_size {
-            0 => 100,
-            n if n <= crate::api::MAX_PAGE_SIZE => n as usize,
-            _ => return Err(invalid("page_size", "at most 1000")),
-        };
+        let size = crate::api::page_size(r.page_size)?;
         if !r.page_token.is_empty() {
             peer_id(&r.page_token).map_err(|_| invalid("page_token", "not a token of this API"))?;
         }

@@ -78,7 +78,7 @@ fn request_id(s: &str) -> Result<Option<String>, Status> {
 }
 
 /// A page size: 0 = 100, at most [`MAX_PAGE_SIZE`].
-fn page_size(n: u32) -> Result<usize, Status> {
+pub(crate) fn page_size(n: u32) -> Result<usize, Status> {
     match n {
         0 => Ok(100),
         n if n <= MAX_PAGE_SIZE => Ok(n as usize),

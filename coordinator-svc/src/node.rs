@@ -394,143 +394,139 @@ impl Node {
 
     /// Perform one effect (records are written by [`Node::execute`]).
     fn perform(&mut self, effect: Effect) {
-        {
-            match effect {
-                Effect::Persist { id, record } => {
-                    if let Err(e) = self.store.put(&id.0, &record) {
-                        tracing::error!(session = %id, error = %e, "session state not stored");
+        match effect {
+            Effect::Persist { id, record } => {
+                self.commit(&mut vec![(id, record)], 0);
+            }
+            Effect::PersistBan { peer, ban } => {
+                if let Err(e) = self.store.put_ban(&peer.to_string(), &ban) {
+                    tracing::error!(%peer, error = %e, "ban not stored");
+                }
+            }
+            Effect::RemoveBan(peer) => {
+                if let Err(e) = self.store.remove_ban(&peer.to_string()) {
+                    tracing::error!(%peer, error = %e, "unban not stored");
+                }
+            }
+            Effect::Send { peer, bytes } => self.send_to(peer, bytes),
+            Effect::Publish { topic, bytes } => {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(libp2p::gossipsub::IdentTopic::new(topic), bytes)
+                {
+                    tracing::debug!(error = %e, "not published (no subscriber yet)");
+                }
+            }
+            Effect::PutRecord {
+                key,
+                value,
+                expires_at_ms,
+            } => {
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    let mut record = Record::new(RecordKey::new(&key), value);
+                    record.expires =
+                        Some(std::time::Instant::now() + until_duration(expires_at_ms));
+                    if let Err(e) = kad.put_record(record, kad::Quorum::One) {
+                        tracing::warn!(error = %e, "DHT put failed");
                     }
                 }
-                Effect::PersistBan { peer, ban } => {
-                    if let Err(e) = self.store.put_ban(&peer.to_string(), &ban) {
-                        tracing::error!(%peer, error = %e, "ban not stored");
-                    }
+            }
+            Effect::GetRecord { query, key } => {
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    let q = kad.get_record(RecordKey::new(&key));
+                    self.queries.insert(q, query);
                 }
-                Effect::RemoveBan(peer) => {
-                    if let Err(e) = self.store.remove_ban(&peer.to_string()) {
-                        tracing::error!(%peer, error = %e, "unban not stored");
-                    }
-                }
-                Effect::Send { peer, bytes } => self.send_to(peer, bytes),
-                Effect::Publish { topic, bytes } => {
-                    if let Err(e) = self
-                        .swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .publish(libp2p::gossipsub::IdentTopic::new(topic), bytes)
-                    {
-                        tracing::debug!(error = %e, "not published (no subscriber yet)");
-                    }
-                }
-                Effect::PutRecord {
-                    key,
-                    value,
-                    expires_at_ms,
-                } => {
-                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-                        let mut record = Record::new(RecordKey::new(&key), value);
-                        record.expires =
-                            Some(std::time::Instant::now() + until_duration(expires_at_ms));
-                        if let Err(e) = kad.put_record(record, kad::Quorum::One) {
-                            tracing::warn!(error = %e, "DHT put failed");
-                        }
-                    }
-                }
-                Effect::GetRecord { query, key } => {
-                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-                        let q = kad.get_record(RecordKey::new(&key));
-                        self.queries.insert(q, query);
-                    }
-                }
-                Effect::Nonce {
-                    id,
-                    index,
-                    key,
-                    context,
-                } => {
-                    let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
-                    tokio::spawn(async move {
-                        let result = signer.nonce(&key, &id, &context).await;
-                        let _ = tx.send(Internal::Nonce { id, index, result }).await;
-                    });
-                }
-                Effect::PartialSign {
-                    id,
-                    index,
-                    key,
-                    context,
-                    nonces,
-                } => {
-                    let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
-                    tokio::spawn(async move {
-                        let result = signer.partial_sign(&key, &id, &context, &nonces).await;
-                        let _ = tx.send(Internal::Psig { id, index, result }).await;
-                    });
-                }
-                Effect::Attest {
-                    keys,
-                    expires_at_ms,
-                } => {
-                    let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
-                    let peer_id = self.swarm.local_peer_id().to_bytes();
-                    tokio::spawn(async move {
-                        let result = signer.attestations(&keys, &peer_id, expires_at_ms).await;
-                        let _ = tx.send(Internal::Attested(result)).await;
-                    });
-                }
-                Effect::Dial(peer) => self.redial(peer),
-                Effect::ReleaseNonces { id, keys } => {
-                    let signer = self.signer.clone();
-                    tokio::spawn(async move {
-                        for key in keys {
-                            match signer.release_nonce(&key, &id).await {
-                                Ok(released) => {
-                                    tracing::debug!(session = %id, released, "nonce release")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(session = %id, error = %e, "the signer did not release a nonce; it expires with its TTL")
-                                }
+            }
+            Effect::Nonce {
+                id,
+                index,
+                key,
+                context,
+            } => {
+                let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
+                tokio::spawn(async move {
+                    let result = signer.nonce(&key, &id, &context).await;
+                    let _ = tx.send(Internal::Nonce { id, index, result }).await;
+                });
+            }
+            Effect::PartialSign {
+                id,
+                index,
+                key,
+                context,
+                nonces,
+            } => {
+                let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
+                tokio::spawn(async move {
+                    let result = signer.partial_sign(&key, &id, &context, &nonces).await;
+                    let _ = tx.send(Internal::Psig { id, index, result }).await;
+                });
+            }
+            Effect::Attest {
+                keys,
+                expires_at_ms,
+            } => {
+                let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
+                let peer_id = self.swarm.local_peer_id().to_bytes();
+                tokio::spawn(async move {
+                    let result = signer.attestations(&keys, &peer_id, expires_at_ms).await;
+                    let _ = tx.send(Internal::Attested(result)).await;
+                });
+            }
+            Effect::Dial(peer) => self.redial(peer),
+            Effect::ReleaseNonces { id, keys } => {
+                let signer = self.signer.clone();
+                tokio::spawn(async move {
+                    for key in keys {
+                        match signer.release_nonce(&key, &id).await {
+                            Ok(released) => {
+                                tracing::debug!(session = %id, released, "nonce release")
+                            }
+                            Err(e) => {
+                                tracing::warn!(session = %id, error = %e, "the signer did not release a nonce; it expires with its TTL")
                             }
                         }
-                    });
+                    }
+                });
+            }
+            Effect::Forget(id) => {
+                if let Err(e) = self.store.delete(&id.0) {
+                    tracing::warn!(session = %id, error = %e, "could not delete an ended, unjoined session");
                 }
-                Effect::Forget(id) => {
-                    if let Err(e) = self.store.delete(&id.0) {
-                        tracing::warn!(session = %id, error = %e, "could not delete an ended, unjoined session");
+            }
+            Effect::Prune { finished_before_ms } => {
+                match self
+                    .store
+                    .prune(finished_before_ms, crate::protocol::PRUNE_BATCH)
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        sessions = n,
+                        "store pruned of sessions past their retention"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store pruning failed; retried at the next cleanup")
                     }
                 }
-                Effect::Prune { finished_before_ms } => {
-                    match self
-                        .store
-                        .prune(finished_before_ms, crate::protocol::PRUNE_BATCH)
-                    {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(
-                            sessions = n,
-                            "store pruned of sessions past their retention"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "store pruning failed; retried at the next cleanup")
-                        }
-                    }
+            }
+            Effect::Block(peer) => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.outbox.remove(&peer);
+            }
+            Effect::Unblock(peer) => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
+            Effect::Emit(e) => {
+                if e.for_applications() {
+                    self.log.push(now_ms(), e.clone());
                 }
-                Effect::Block(peer) => {
-                    self.swarm.behaviour_mut().blocked.block_peer(peer);
-                    self.outbox.remove(&peer);
-                }
-                Effect::Unblock(peer) => {
-                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-                }
-                Effect::Emit(e) => {
-                    if e.for_applications() {
-                        self.log.push(now_ms(), e.clone());
-                    }
-                    let _ = self.events.send(e);
-                }
-                Effect::JoinAnswer { query, result } => {
-                    if let Some(reply) = self.joins.remove(&query) {
-                        let _ = reply.send(*result);
-                    }
+                let _ = self.events.send(e);
+            }
+            Effect::JoinAnswer { query, result } => {
+                if let Some(reply) = self.joins.remove(&query) {
+                    let _ = reply.send(*result);
                 }
             }
         }

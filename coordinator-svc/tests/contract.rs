@@ -39,6 +39,15 @@ fn create(ps: &[ProcParty], msg: u8, request_id: &str) -> pb::CreateSessionReque
     }
 }
 
+async fn created(c: &mut Client, r: pb::CreateSessionRequest) -> pb::Session {
+    c.create_session(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+}
+
 async fn watch_from(c: &mut Client, after: Option<u64>) -> procs::Events {
     c.watch_events(pb::WatchEventsRequest {
         start_after_sequence: after,
@@ -129,20 +138,8 @@ async fn retries_errors_cursors_pages_and_key_aggregation_through_the_api() {
     let mut lost = tonic::Request::new(create(&ps, 1, "order-1"));
     lost.set_timeout(Duration::from_millis(1));
     let _ = a.create_session(lost).await;
-    let s1 = a
-        .create_session(create(&ps, 1, "order-1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
-    let again = a
-        .create_session(create(&ps, 1, "order-1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let s1 = created(&mut a, create(&ps, 1, "order-1")).await;
+    let again = created(&mut a, create(&ps, 1, "order-1")).await;
     assert_eq!(again.session_id, s1.session_id);
     assert_eq!(s1.request_id, "order-1");
     assert_eq!(s1.aggregate_key, combined.aggregate_key);
@@ -239,25 +236,13 @@ async fn retries_errors_cursors_pages_and_key_aggregation_through_the_api() {
 
     // An unfinished session created with a request id, then a restart of the coordinator: the
     // retry still finds it.
-    let s3 = a
-        .create_session(create(&ps, 3, "order-3"))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let s3 = created(&mut a, create(&ps, 3, "order-3")).await;
     // Long enough for the finished sessions to leave memory (1 s here, cleanup every 200 ms).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ps[0].kill_coordinator();
     ps[0].start_coordinator();
     let mut a = ps[0].client().await;
-    let again = a
-        .create_session(create(&ps, 3, "order-3"))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let again = created(&mut a, create(&ps, 3, "order-3")).await;
     assert_eq!(again.session_id, s3.session_id);
     // The signature of a session no longer in memory is read from the store.
     let f = a

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Party, context, wait_event, wait_until};
+use common::{Party, context, msg, now_ms, wait_event, wait_until};
 use coordinator_svc::node::NodeEvent;
 use coordinator_svc::session::Phase;
 use libp2p::PeerId;
@@ -20,29 +20,6 @@ use prost::Message as _;
 use shared::election::SessionId;
 use shared::musig::SignatureFormat;
 use shared::wire::pb;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn msg(
-    id: SessionId,
-    sender: [u8; 33],
-    seq: u64,
-    ts: i64,
-    body: pb::wire_message::Body,
-) -> pb::WireMessage {
-    pb::WireMessage {
-        session_id: id.0.to_vec(),
-        sender_key: sender.to_vec(),
-        sequence: seq,
-        timestamp_ms: ts,
-        body: Some(body),
-    }
-}
 
 fn join() -> pb::wire_message::Body {
     pb::wire_message::Body::Join(pb::SessionJoin {})

@@ -15,19 +15,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Party, context, fast_config, wait_until};
+use common::{Party, context, fast_config, msg, now_ms, wait_until};
 use coordinator_svc::node::{NodeEvent, NodeHandle};
 use libp2p::PeerId;
 use shared::election::SessionId;
 use shared::musig::SignatureFormat;
 use shared::wire::pb;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// Node by node, each dials all the ones before it at once (so a node has one handshake
 /// pending from each wave, well under its limit of pending inbound connections); then waits
@@ -175,13 +168,7 @@ async fn a_hundred_party_session_completes_and_a_wrong_partial_signature_is_name
         let m = (m.node.clone(), m.key);
         let peers = peers.clone();
         async move {
-            let wire = pb::WireMessage {
-                session_id: id.0.to_vec(),
-                sender_key: m.1.to_vec(),
-                sequence: seq,
-                timestamp_ms: now_ms(),
-                body: Some(body),
-            };
+            let wire = msg(id, m.1, seq, now_ms(), body);
             let env = m.0.envelope(wire, m.1).await.unwrap();
             for p in peers {
                 let _ = m.0.send_raw(p, env.clone()).await;

@@ -206,6 +206,30 @@ pub async fn wait_event<T>(
     }
 }
 
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A wire message of session `id` from `sender` (for tests that speak as a peer by hand).
+pub fn msg(
+    id: shared::election::SessionId,
+    sender: [u8; 33],
+    seq: u64,
+    ts: i64,
+    body: shared::wire::pb::wire_message::Body,
+) -> shared::wire::pb::WireMessage {
+    shared::wire::pb::WireMessage {
+        session_id: id.0.to_vec(),
+        sender_key: sender.to_vec(),
+        sequence: seq,
+        timestamp_ms: ts,
+        body: Some(body),
+    }
+}
+
 pub fn context(
     parties: &[&Party],
     format: SignatureFormat,
