@@ -36,6 +36,21 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Soak: run for this many seconds instead of `--sessions`, sampling every `--sample-s`
+    /// each process's memory (RSS) and open descriptors, the stores' and journals' sizes and the
+    /// window's latency percentiles (one JSON line per sample on stderr; all samples in the
+    /// `--json` object).
+    #[arg(long)]
+    duration_s: Option<u64>,
+    /// Seconds between soak samples.
+    #[arg(long, default_value_t = 60)]
+    sample_s: u64,
+    /// Start at most this many sessions per second (steady load); unlimited when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// TOML added to every coordinator's configuration (e.g. `finished_in_memory_ms = 300000`).
+    #[arg(long, default_value = "")]
+    coordinator_toml: String,
 }
 
 type Client = pb::coordinator_service_client::CoordinatorServiceClient<tonic::transport::Channel>;
@@ -60,6 +75,73 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory of a process in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of a process, from /proc.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Bytes of every file under `path` (a file or a directory).
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| disk_bytes(&e.path()))
+            .sum()
+    })
+}
+
+/// What one soak sample records.
+struct Watched {
+    pids: Vec<(String, u32)>,
+    stores: Vec<std::path::PathBuf>,
+    journals: Vec<std::path::PathBuf>,
+}
+
+impl Watched {
+    fn sample(&self, at_s: f64, window: &[Outcome], total_done: usize) -> serde_json::Value {
+        let mut lat: Vec<f64> = window
+            .iter()
+            .filter_map(|o| o.result.as_ref().ok().map(|r| r.1))
+            .collect();
+        let errors = window.iter().filter(|o| o.result.is_err()).count();
+        serde_json::json!({
+            "t_s": at_s.round(),
+            "completed_total": total_done,
+            "window_completed": lat.len(),
+            "window_errors": errors,
+            "p50_ms": pct(&mut lat, 0.50),
+            "p99_ms": pct(&mut lat, 0.99),
+            "rss_kib": self.pids.iter().map(|(k, pid)| (k.clone(), serde_json::json!(rss_kib(*pid)))).collect::<serde_json::Map<_, _>>(),
+            "fds": self.pids.iter().map(|(k, pid)| (k.clone(), serde_json::json!(fd_count(*pid)))).collect::<serde_json::Map<_, _>>(),
+            "store_bytes": self.stores.iter().map(|p| disk_bytes(p)).sum::<u64>(),
+            "journal_bytes": self.journals.iter().map(|p| disk_bytes(p)).sum::<u64>(),
+        })
+    }
+}
+
+/// One finished session: when, and its latencies or error.
+struct Outcome {
+    result: Result<(f64, f64), String>,
 }
 
 /// One session through the API: create on `creator`, `Sign` on every party. Returns (create
@@ -163,6 +245,45 @@ fn crypto_limit(n: usize, format: SignatureFormat, for_secs: f64) -> f64 {
     done as f64 / started.elapsed().as_secs_f64()
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Growth between the sample at a quarter of the run (after caches and in-memory retention
+/// have filled) and the last sample, per process, plus what each retained session costs on
+/// disk per party over the same span.
+fn soak_summary(samples: &[serde_json::Value], parties: usize) -> serde_json::Value {
+    let (Some(first), Some(last)) = (samples.get(samples.len() / 4), samples.last()) else {
+        return serde_json::Value::Null;
+    };
+    let delta = |field: &str| -> serde_json::Map<String, serde_json::Value> {
+        last[field]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let a = first[field][k].as_i64().unwrap_or(0);
+                (k.clone(), serde_json::json!(v.as_i64().unwrap_or(0) - a))
+            })
+            .collect()
+    };
+    let grew = |field: &str| {
+        let d = last[field].as_f64().unwrap_or(0.0) - first[field].as_f64().unwrap_or(0.0);
+        let sessions = last["completed_total"].as_f64().unwrap_or(0.0)
+            - first["completed_total"].as_f64().unwrap_or(0.0);
+        d / sessions.max(1.0) / parties.max(1) as f64
+    };
+    serde_json::json!({
+        "from_t_s": first["t_s"],
+        "to_t_s": last["t_s"],
+        "rss_growth_kib": delta("rss_kib"),
+        "fd_growth": delta("fds"),
+        "max_window_p99_ms": samples.iter().filter_map(|s| s["p99_ms"].as_f64()).fold(0.0, f64::max),
+        "store_bytes_per_session_per_party": grew("store_bytes"),
+        "journal_bytes_per_session_per_party": grew("journal_bytes"),
+    })
+}
+
 async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let format: SignatureFormat = args
         .format
@@ -180,7 +301,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     eprintln!("bench: starting {n} signers and {n} coordinators …");
     let mut parties = Vec::new();
     for i in 0..n {
-        let mut p = LocalParty::prepare(i, dir.path(), &bins, "")?;
+        let mut p = LocalParty::prepare(i, dir.path(), &bins, &args.coordinator_toml)?;
         p.start_signer(&bins)?;
         p.start_coordinator(&bins)?;
         parties.push(p);
@@ -239,34 +360,73 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         })
         .collect();
     let cpu_before: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let watched = Watched {
+        pids: pids.clone(),
+        stores: parties.iter().map(|p| p.dir.join("data")).collect(),
+        journals: parties.iter().map(|p| p.dir.join("journal.log")).collect(),
+    };
+    let duration = args.duration_s.map(Duration::from_secs);
+    let total = if duration.is_some() {
+        usize::MAX
+    } else {
+        args.sessions
+    };
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let results = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let results: Arc<std::sync::Mutex<Vec<Outcome>>> = Arc::default();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
         let (clients, keys, next, results) =
             (clients.clone(), keys.clone(), next.clone(), results.clone());
-        let total = args.sessions;
+        let rate = args.rate;
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
+                if i >= total || duration.is_some_and(|d| started.elapsed() >= d) {
                     return;
                 }
+                if let Some(rate) = rate {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let r = session(&clients, &keys, i % n, i, format).await;
-                results.lock().await.push(r.map_err(|e| e.to_string()));
+                lock(&results).push(Outcome {
+                    result: r.map_err(|e| e.to_string()),
+                });
             }
         }));
     }
+    let samples: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
     let progress = {
-        let results = results.clone();
-        let total = args.sessions;
+        let (results, samples) = (results.clone(), samples.clone());
+        let sample_every = Duration::from_secs(args.sample_s.max(1));
         tokio::spawn(async move {
+            let mut seen = 0;
+            let mut next_sample = started + sample_every;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let done = results.lock().await.len();
-                let bar = "#".repeat(done * 40 / total.max(1));
-                eprint!("\rbench: [{bar:<40}] {done}/{total}");
+                let done = lock(&results).len();
+                if let Some(d) = duration {
+                    let el = started.elapsed();
+                    if el.as_secs_f64() > 0.0 {
+                        let pct = (el.as_secs_f64() / d.as_secs_f64() * 100.0).min(100.0);
+                        eprint!("\rbench: soak {pct:5.1}% {done} sessions");
+                    }
+                    if Instant::now() >= next_sample {
+                        next_sample += sample_every;
+                        let sample = {
+                            let r = lock(&results);
+                            let s = watched.sample(el.as_secs_f64(), &r[seen..], r.len());
+                            seen = r.len();
+                            s
+                        };
+                        eprintln!("\n{sample}");
+                        lock(&samples).push(sample);
+                    }
+                } else {
+                    let bar = "#".repeat(done * 40 / total.max(1));
+                    eprint!("\rbench: [{bar:<40}] {done}/{total}");
+                }
             }
         })
     };
@@ -281,11 +441,14 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         .zip(&cpu_before)
         .map(|((name, pid), before)| (name.clone(), cpu_seconds(*pid) - before))
         .collect();
-    let results = results.lock().await;
-    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let results = std::mem::take(&mut *lock(&results));
+    let errors: Vec<&String> = results
+        .iter()
+        .filter_map(|r| r.result.as_ref().err())
+        .collect();
     let (mut create, mut total): (Vec<f64>, Vec<f64>) = results
         .iter()
-        .filter_map(|r| r.as_ref().ok().copied())
+        .filter_map(|r| r.result.as_ref().ok().copied())
         .unzip();
     let completed = total.len();
     let sessions_per_s = completed as f64 / elapsed;
@@ -293,7 +456,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let limit = tokio::task::spawn_blocking(move || crypto_limit(n, format, 3.0)).await?;
     let out = serde_json::json!({
         "parties": n,
-        "sessions": args.sessions,
+        "sessions": results.len(),
         "concurrency": args.concurrency,
         "format": format.as_str(),
         "completed": completed,
@@ -312,6 +475,12 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "limit_sessions_per_s": limit,
         "ratio_to_limit": sessions_per_s / limit,
     });
+    let mut out = out;
+    let samples = std::mem::take(&mut *lock(&samples));
+    if !samples.is_empty() {
+        out["soak"] = soak_summary(&samples, n);
+        out["samples"] = serde_json::Value::Array(samples);
+    }
     drop(parties);
     Ok(out)
 }
