@@ -281,10 +281,13 @@ impl CoordinatorService for Api {
         let election = method(r.election_method)?;
         let timeout = timeout(r.timeout_ms, "timeout_ms", 1000)?;
         let rid = request_id(&r.request_id)?;
-        let v = self
-            .node
-            .create_session_for(ctx, election, timeout, rid)
-            .await?;
+        let v = if r.one_round {
+            self.node.create_one_round(ctx, timeout, rid).await?
+        } else {
+            self.node
+                .create_session_for(ctx, election, timeout, rid)
+                .await?
+        };
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(session_pb(&v)),
         }))
@@ -795,6 +798,30 @@ impl CoordinatorService for Api {
             .map(convert::open_request_pb)
             .collect();
         Ok(Response::new(pb::ListSigningRequestsResponse { requests }))
+    }
+
+    async fn set_nonce_pool(
+        &self,
+        r: Request<pb::SetNoncePoolRequest>,
+    ) -> Result<Response<pb::SetNoncePoolResponse>, Status> {
+        let r = r.into_inner();
+        let mut k = keys(&r.signer_keys, "signer_keys")?;
+        k.sort_unstable();
+        let ctx = SessionContext::from_pb_pool(&pb::SessionContext {
+            signer_keys: k.iter().map(|k| k.to_vec()).collect(),
+            message: Vec::new(),
+            format: r.format,
+            tweaks: r.tweaks,
+        })
+        .map_err(|e| invalid("context", e.to_string()))?;
+        let size = usize::try_from(r.size).unwrap_or(usize::MAX);
+        let st = self.node.set_nonce_pool(ctx, size).await?;
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::SetNoncePoolResponse {
+            size: n(st.size),
+            ready: n(st.ready),
+            filling: n(st.filling),
+        }))
     }
 
     async fn combine_keys(

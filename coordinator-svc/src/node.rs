@@ -444,10 +444,11 @@ impl Node {
                 index,
                 key,
                 context,
+                pooled,
             } => {
                 let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
                 tokio::spawn(async move {
-                    let result = signer.nonce(&key, &id, &context).await;
+                    let result = signer.nonce(&key, &id, &context, pooled).await;
                     let _ = tx.send(Internal::Nonce { id, index, result }).await;
                 });
             }
@@ -457,10 +458,13 @@ impl Node {
                 key,
                 context,
                 nonces,
+                nonce_session,
             } => {
                 let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
                 tokio::spawn(async move {
-                    let result = signer.partial_sign(&key, &id, &context, &nonces).await;
+                    let result = signer
+                        .partial_sign(&key, &nonce_session, &context, &nonces)
+                        .await;
                     let _ = tx.send(Internal::Psig { id, index, result }).await;
                 });
             }

@@ -208,7 +208,7 @@ impl SignerClient {
         Ok(out)
     }
 
-    /// A nonce for (session, key, context).
+    /// A nonce for (session, key, context); `pooled`: a nonce-pool slot's (no message).
     ///
     /// # Errors
     /// [`SignerError`].
@@ -217,6 +217,7 @@ impl SignerClient {
         key: &[u8; 33],
         session: &SessionId,
         ctx: &SessionContext,
+        pooled: bool,
     ) -> Result<PubNonce, SignerError> {
         let started = std::time::Instant::now();
         let r = self
@@ -226,6 +227,7 @@ impl SignerClient {
                 public_key: key.to_vec(),
                 session_id: session.0.to_vec(),
                 context: Some(ctx.to_pb()),
+                pooled,
             })
             .await?
             .into_inner();

@@ -144,6 +144,7 @@ async fn bad_messages_are_refused_and_counted() {
         created_at_ms: now_ms(),
         entropy: vec![1; 16],
         expires_at_ms: now_ms() + 60_000,
+        ..Default::default()
     });
     let fake_id = SessionId::derive(&ctx.signer_keys, &ctx.message, now_ms(), &[1; 16]);
     let r = send(&x, pa, msg(fake_id, x.key, 1, now_ms(), ann)).await;
@@ -202,7 +203,7 @@ async fn a_wrong_partial_signature_is_blamed_on_every_honest_node() {
     for to in [pa, pb_] {
         assert_eq!(send(&m, to, msg(id, m.key, 1, now_ms(), join())).await, "");
     }
-    let nonce = m.signer.nonce(&m.key, &id, &ctx).await.unwrap();
+    let nonce = m.signer.nonce(&m.key, &id, &ctx, false).await.unwrap();
     for to in [pa, pb_] {
         let body = pb::wire_message::Body::NonceShare(pb::NonceShare {
             public_nonce: nonce.to_bytes().to_vec(),
@@ -289,10 +290,10 @@ async fn a_dead_participant_ends_the_session_by_timeout_and_no_nonce_signs_twice
     let issued = a.node.session(id).await.unwrap().unwrap().local_nonces;
     let (a_nonce, most) = match issued.first() {
         Some(n) => {
-            wait_until(|| async { a.signer.nonce(&a.key, &id, &ctx).await.is_err() }).await;
+            wait_until(|| async { a.signer.nonce(&a.key, &id, &ctx, false).await.is_err() }).await;
             (shared::musig::PubNonce::from_slice(n).unwrap(), 0)
         }
-        None => (a.signer.nonce(&a.key, &id, &ctx).await.unwrap(), 1),
+        None => (a.signer.nonce(&a.key, &id, &ctx, false).await.unwrap(), 1),
     };
     let mut fake = shared::musig::nonce_gen(
         &mut rand::rng(),

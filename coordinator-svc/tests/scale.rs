@@ -176,7 +176,7 @@ async fn a_hundred_party_session_completes_and_a_wrong_partial_signature_is_name
         }
     };
     send(1, pb::wire_message::Body::Join(pb::SessionJoin {})).await;
-    let nonce = m.signer.nonce(&m.key, &id, &ctx).await.unwrap();
+    let nonce = m.signer.nonce(&m.key, &id, &ctx, false).await.unwrap();
     send(
         2,
         pb::wire_message::Body::NonceShare(pb::NonceShare {

@@ -156,6 +156,9 @@ pub enum SlotState {
         context_hash: [u8; 32],
         /// Its public nonce.
         public_nonce: [u8; 66],
+        /// A nonce-pool slot: `context_hash` is [`SessionContext::pool_hash`], and any message
+        /// may be signed with it (once).
+        pooled: bool,
     },
     /// The secret nonce was taken for a request (being signed, or signing failed): never usable
     /// again.
@@ -198,6 +201,26 @@ impl SlotState {
             secnonce: Box::new(secnonce),
             context_hash,
             public_nonce,
+            pooled: false,
+        }
+    }
+
+    /// A new pending nonce-pool slot, bound to `context.pool_hash()` (no message).
+    pub fn pending_pooled(secnonce: SecNonce, pool_hash: [u8; 32], public_nonce: [u8; 66]) -> Self {
+        SlotState::Pending {
+            secnonce: Box::new(secnonce),
+            context_hash: pool_hash,
+            public_nonce,
+            pooled: true,
+        }
+    }
+
+    /// The hash a signing request's `context` must match for this slot: the context's hash, or
+    /// for a pooled slot its pool hash (the message is the one being signed).
+    pub fn binding_for(&self, context: &SessionContext) -> [u8; 32] {
+        match self {
+            SlotState::Pending { pooled: true, .. } => context.pool_hash(),
+            _ => context.hash(),
         }
     }
 
@@ -384,6 +407,60 @@ impl MemorySigner {
         Ok(public)
     }
 
+    /// A pooled public nonce for (slot, key), bound to the context's key set, format and tweaks
+    /// ([`SessionContext::pool_hash`]); `context.message` must be empty.
+    ///
+    /// # Errors
+    /// [`Refused`].
+    pub fn pool_nonce<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        rng: &mut R,
+        slot_id: &[u8; 16],
+        key: &[u8; 33],
+        context: &SessionContext,
+    ) -> Result<PubNonce, Refused> {
+        if !context.message.is_empty() {
+            return Err(Refused::Invalid(
+                "a pooled nonce's context carries no message".into(),
+            ));
+        }
+        // Any format: a Lotus pool context has no message either.
+        let (sk, _, key_agg) = self.check(key, context)?;
+        let pool_hash = context.pool_hash();
+        let slot = (*slot_id, *key);
+        if let Some(s) = self.slots.get(&slot) {
+            let existing = s.check_nonce_request(&pool_hash)?;
+            return PubNonce::from_bytes(&existing).map_err(|e| Refused::Invalid(e.to_string()));
+        }
+        let (sec, public) = crate::musig::nonce_gen_pooled(rng, sk, &key_agg)
+            .map_err(|e| Refused::Invalid(e.to_string()))?;
+        self.slots.insert(
+            slot,
+            SlotState::pending_pooled(sec, pool_hash, public.to_bytes()),
+        );
+        Ok(public)
+    }
+
+    /// [`MemorySigner::pool_nonce`] when `pooled`, else [`MemorySigner::nonce`] (what a
+    /// coordinator's nonce request asks).
+    ///
+    /// # Errors
+    /// [`Refused`].
+    pub fn nonce_as<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        rng: &mut R,
+        session_id: &[u8; 16],
+        key: &[u8; 33],
+        context: &SessionContext,
+        pooled: bool,
+    ) -> Result<PubNonce, Refused> {
+        if pooled {
+            self.pool_nonce(rng, session_id, key, context)
+        } else {
+            self.nonce(rng, session_id, key, context)
+        }
+    }
+
     /// Destroy the unused secret nonce of (session, key) (`ReleaseNonce`): it can never sign.
     /// True when one was destroyed.
     pub fn release(&mut self, session_id: &[u8; 16], key: &[u8; 33]) -> bool {
@@ -413,7 +490,8 @@ impl MemorySigner {
             .get_mut(&(*session_id, *key))
             .ok_or(Refused::NoNonce)?;
         let own = bytes.get(index).map(<[u8; 66]>::as_slice);
-        match state.check_sign_request(&request, &context_hash, index, own)? {
+        let bound = state.binding_for(context);
+        match state.check_sign_request(&request, &bound, index, own)? {
             SignCheck::Replay(p) => {
                 return PartialSignature::from_bytes(&p)
                     .map_err(|e| Refused::Invalid(e.to_string()));
@@ -543,6 +621,75 @@ mod tests {
             Ok(SignCheck::Replay([7; 32]))
         );
         assert_eq!(s.check_nonce_request(&[1; 32]), Err(Refused::NonceUsed));
+    }
+
+    #[test]
+    fn pooled_nonces_sign_any_message_once_and_only_for_their_key_set() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let a = SecretKey::from_bytes(&[1; 32]).unwrap();
+        let b = SecretKey::from_bytes(&[2; 32]).unwrap();
+        let c = SecretKey::from_bytes(&[4; 32]).unwrap();
+        let (pa, pb, pc) = (a.public_key(), b.public_key(), c.public_key());
+        let mut sa = MemorySigner::new(vec![a]);
+        let mut sb = MemorySigner::new(vec![b]);
+        let slot = [3u8; 16];
+        let pool = context(&[pa, pb], b"");
+        // A message in the pool context is refused.
+        assert!(matches!(
+            sa.pool_nonce(&mut rng, &slot, &pa, &context(&[pa, pb], b"m")),
+            Err(Refused::Invalid(_))
+        ));
+        let na = sa.pool_nonce(&mut rng, &slot, &pa, &pool).unwrap();
+        assert_eq!(sa.pool_nonce(&mut rng, &slot, &pa, &pool).unwrap(), na);
+        // The same slot id asked as an ordinary session nonce: another binding, refused.
+        assert_eq!(
+            sa.nonce(&mut rng, &slot, &pa, &pool),
+            Err(Refused::OtherContext)
+        );
+        let nb = sb.pool_nonce(&mut rng, &slot, &pb, &pool).unwrap();
+        let nonces: Vec<PubNonce> = pool
+            .signer_keys
+            .iter()
+            .map(|k| if *k == pa { na } else { nb })
+            .collect();
+        // Another key set or format cannot use the slot.
+        let other_set = context(&[pa, pc], b"m1");
+        assert!(sa.partial_sign(&slot, &pa, &other_set, &nonces).is_err());
+        let mut lotus = context(&[pa, pb], b"m1");
+        lotus.format = SignatureFormat::Lotus;
+        lotus.message = vec![1; 32];
+        assert_eq!(
+            sa.partial_sign(&slot, &pa, &lotus, &nonces),
+            Err(Refused::ContextDiffers)
+        );
+        // A message chosen after the nonces: signs, and the signature verifies.
+        let m1 = context(&[pa, pb], b"m1");
+        let p1 = sa.partial_sign(&slot, &pa, &m1, &nonces).unwrap();
+        let p2 = sb.partial_sign(&slot, &pb, &m1, &nonces).unwrap();
+        let ka = m1.key_agg().unwrap();
+        let agg = AggNonce::sum(m1.format, &nonces).unwrap();
+        let session = SigningSession::new(&ka, &agg, &m1.message).unwrap();
+        let ordered = if m1.signer_keys[0] == pa {
+            [p1, p2]
+        } else {
+            [p2, p1]
+        };
+        let sig = session.aggregate(&ordered).unwrap();
+        crate::musig::verify(m1.format, &ka.output_key(), &m1.message, &sig).unwrap();
+        // The retry replays; a second message never signs with the slot.
+        assert_eq!(sa.partial_sign(&slot, &pa, &m1, &nonces).unwrap(), p1);
+        let m2 = context(&[pa, pb], b"m2");
+        assert_eq!(
+            sa.partial_sign(&slot, &pa, &m2, &nonces),
+            Err(Refused::DifferentRequest)
+        );
+        assert_eq!(sa.max_signatures_per_nonce(), 1);
+        // Lost on restart.
+        sb.restart();
+        assert_eq!(
+            sb.partial_sign(&slot, &pb, &m2, &nonces),
+            Err(Refused::NoNonce)
+        );
     }
 
     use rand::SeedableRng as _;

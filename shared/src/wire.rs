@@ -232,6 +232,19 @@ impl SessionContext {
     /// # Errors
     /// The first problem found, naming the field.
     pub fn from_pb(pb: &pb::SessionContext) -> Result<Self, WireError> {
+        Self::parse(pb, false)
+    }
+
+    /// Validate the context of a nonce-pool slot: as [`SessionContext::from_pb`], but the
+    /// message must be empty, in either format (it is chosen when the slot is used).
+    ///
+    /// # Errors
+    /// The first problem found, naming the field.
+    pub fn from_pb_pool(pb: &pb::SessionContext) -> Result<Self, WireError> {
+        Self::parse(pb, true)
+    }
+
+    fn parse(pb: &pb::SessionContext, pool: bool) -> Result<Self, WireError> {
         if pb.signer_keys.is_empty() {
             return Err(WireError::Missing("signer_keys"));
         }
@@ -254,6 +267,14 @@ impl SessionContext {
         }
         let format = format_from_pb(pb.format)?;
         match format {
+            _ if pool && !pb.message.is_empty() => {
+                return Err(WireError::Length {
+                    field: "message",
+                    expected: 0,
+                    actual: pb.message.len(),
+                });
+            }
+            _ if pool => {}
             SignatureFormat::Lotus if pb.message.len() != 32 => {
                 return Err(WireError::Length {
                     field: "message",
@@ -311,6 +332,18 @@ impl SessionContext {
     /// SHA-256 of the canonical encoding: the value a signer binds its nonce to.
     pub fn hash(&self) -> [u8; 32] {
         Sha256::digest(self.to_pb().encode_to_vec()).into()
+    }
+
+    /// What a pooled nonce (one-round signing) is bound to: the key set, format and tweaks,
+    /// not the message. Domain-separated, so it never equals [`SessionContext::hash`] of any
+    /// context (a pooled nonce cannot pass for a session's nonce, nor the reverse).
+    pub fn pool_hash(&self) -> [u8; 32] {
+        let mut pb = self.to_pb();
+        pb.message.clear();
+        let mut h = Sha256::new();
+        h.update(b"musig2/v1/pool-slot");
+        h.update(Sha256::digest(pb.encode_to_vec()));
+        h.finalize().into()
     }
 }
 
@@ -419,6 +452,12 @@ pub struct Announce {
     pub entropy: [u8; 16],
     /// Expiry.
     pub expires_at_ms: i64,
+    /// A nonce-pool slot: no message, nonces only.
+    pub pool_slot: bool,
+    /// A one-round session using the creator's pool slot with this id.
+    pub uses_pool_slot: Option<SessionId>,
+    /// With `uses_pool_slot`: the slot's public nonces, in key order.
+    pub pool_nonces: Vec<PubNonce>,
 }
 
 /// Why a session was aborted.
@@ -596,11 +635,39 @@ impl Message {
         };
         let body = match m.body.as_ref().ok_or(WireError::Missing("body"))? {
             B::Announce(a) => {
-                let context = SessionContext::from_pb(
-                    a.context
-                        .as_ref()
-                        .ok_or(WireError::Missing("announce.context"))?,
-                )?;
+                let pb_context = a
+                    .context
+                    .as_ref()
+                    .ok_or(WireError::Missing("announce.context"))?;
+                let context = if a.pool_slot {
+                    SessionContext::from_pb_pool(pb_context)?
+                } else {
+                    SessionContext::from_pb(pb_context)?
+                };
+                let uses_pool_slot = match a.uses_pool_slot.as_slice() {
+                    [] => None,
+                    _ if a.pool_slot => {
+                        return Err(WireError::Decode(
+                            "announce: pool_slot and uses_pool_slot are exclusive".into(),
+                        ));
+                    }
+                    b => Some(SessionId(arr("uses_pool_slot", b)?)),
+                };
+                let pool_nonces = a
+                    .pool_nonces
+                    .iter()
+                    .map(|n| {
+                        PubNonce::from_slice(n).map_err(|_| WireError::InvalidPoint("pool_nonces"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if uses_pool_slot.is_some() == pool_nonces.is_empty()
+                    || (!pool_nonces.is_empty() && pool_nonces.len() != context.signer_keys.len())
+                {
+                    return Err(WireError::Decode(
+                        "announce: pool_nonces holds one nonce per signer, with uses_pool_slot only"
+                            .into(),
+                    ));
+                }
                 let entropy: [u8; 16] = arr("entropy", &a.entropy)?;
                 let expected = SessionId::derive(
                     &context.signer_keys,
@@ -625,6 +692,9 @@ impl Message {
                     )?,
                     created_at_ms: a.created_at_ms,
                     entropy,
+                    pool_slot: a.pool_slot,
+                    uses_pool_slot,
+                    pool_nonces,
                     expires_at_ms: a.expires_at_ms,
                 }))
             }
@@ -776,6 +846,13 @@ impl Message {
                 created_at_ms: a.created_at_ms,
                 entropy: a.entropy.to_vec(),
                 expires_at_ms: a.expires_at_ms,
+                pool_slot: a.pool_slot,
+                uses_pool_slot: a.uses_pool_slot.map(|s| s.0.to_vec()).unwrap_or_default(),
+                pool_nonces: a
+                    .pool_nonces
+                    .iter()
+                    .map(|n| n.to_bytes().to_vec())
+                    .collect(),
             }),
             Body::Join => B::Join(pb::SessionJoin {}),
             Body::NonceShare(n) => B::NonceShare(pb::NonceShare {

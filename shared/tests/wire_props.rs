@@ -55,6 +55,9 @@ fn announce(n: usize) -> Message {
             created_at_ms: NOW,
             entropy,
             expires_at_ms: NOW + 7_200_000,
+            pool_slot: false,
+            uses_pool_slot: None,
+            pool_nonces: Vec::new(),
         })),
     }
 }

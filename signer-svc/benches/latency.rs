@@ -127,6 +127,7 @@ async fn main() {
                     public_key: me.public_key().to_vec(),
                     session_id: sid.to_vec(),
                     context: Some(ctx.to_pb()),
+                    pooled: false,
                 })
                 .await
                 .unwrap()

@@ -79,6 +79,13 @@ pub struct NonceConfig {
     /// Most nonces held at once; past it GenerateNonce answers RESOURCE_EXHAUSTED.
     #[serde(default = "default_capacity")]
     pub capacity: usize,
+    /// Seconds a pooled nonce (one-round signing) lives unused.
+    #[serde(default = "default_pool_ttl_secs")]
+    pub pool_ttl_secs: u64,
+    /// Most pooled nonces held at once (they count within `capacity` too); 0 refuses every
+    /// pooled nonce.
+    #[serde(default = "default_pool_capacity")]
+    pub pool_capacity: usize,
 }
 
 fn default_ttl_secs() -> u64 {
@@ -87,12 +94,20 @@ fn default_ttl_secs() -> u64 {
 fn default_capacity() -> usize {
     10_000
 }
+fn default_pool_ttl_secs() -> u64 {
+    3600
+}
+fn default_pool_capacity() -> usize {
+    1024
+}
 
 impl Default for NonceConfig {
     fn default() -> Self {
         NonceConfig {
             ttl_secs: default_ttl_secs(),
             capacity: default_capacity(),
+            pool_ttl_secs: default_pool_ttl_secs(),
+            pool_capacity: default_pool_capacity(),
         }
     }
 }
@@ -257,6 +272,10 @@ impl Config {
         if self.nonces.capacity == 0 || self.nonces.capacity > 10_000_000 {
             errs.push("nonces.capacity: must be between 1 and 10000000".into());
         }
+        if self.nonces.pool_ttl_secs == 0 || self.nonces.pool_ttl_secs > 7 * 86_400 {
+            errs.push("nonces.pool_ttl_secs: must be between 1 and 604800 (7 days)".into());
+        }
+
         if let Some(dir) = self.audit.journal.parent()
             && dir.exists()
             && !dir.is_dir()

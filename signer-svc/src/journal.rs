@@ -81,6 +81,10 @@ pub struct Event {
     /// Output key after every tweak (hex): the key the final signature verifies under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+    /// A pooled nonce (one-round signing), issued without a message; on a partial signature:
+    /// it was made with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooled: Option<bool>,
     /// The message (hex), when at most [`INLINE_MESSAGE_BYTES`] long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

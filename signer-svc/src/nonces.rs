@@ -6,7 +6,9 @@
 //! out of the slot *before* the partial signature is computed, so at most one partial signature
 //! can ever exist per nonce. `Used` keeps the request hash and the partial signature so that a
 //! byte-identical retry gets the same answer. Slots expire after the TTL; the number of slots
-//! is capped.
+//! is capped, and when the cap is reached answered slots make room, oldest first, so only
+//! unused nonces can fill it. Nonce-pool slots (one-round signing) have their own, longer TTL and their own cap
+//! within the total.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -36,6 +38,10 @@ struct Map {
     slots: HashMap<SlotKey, SlotRef>,
     /// Insertion order with expiry (the TTL is constant, so this is expiry order).
     order: VecDeque<(Instant, SlotKey)>,
+    /// The same for pooled slots (their TTL is constant too).
+    pool_order: VecDeque<(Instant, SlotKey)>,
+    /// Live pooled slots.
+    pooled: std::collections::HashSet<SlotKey>,
 }
 
 /// Why a slot could not be created.
@@ -44,6 +50,11 @@ pub enum InsertError {
     /// The store is full.
     #[error("nonce store is full ({0} nonces); retry later")]
     Full(usize),
+    /// The pooled nonces reached their cap.
+    #[error(
+        "nonce pool is full ({0} pooled nonces, nonces.pool_capacity); use or release some first"
+    )]
+    PoolFull(usize),
 }
 
 /// The store.
@@ -51,6 +62,8 @@ pub enum InsertError {
 pub struct NonceStore {
     ttl: Duration,
     capacity: usize,
+    pool_ttl: Duration,
+    pool_capacity: usize,
     // Short critical sections only: map lookups and inserts, never I/O or signing.
     map: Mutex<Map>,
 }
@@ -61,8 +74,30 @@ impl NonceStore {
         NonceStore {
             ttl,
             capacity,
+            pool_ttl: ttl,
+            pool_capacity: 0,
             map: Mutex::new(Map::default()),
         }
+    }
+
+    /// Allow up to `capacity` pooled slots (within the total), each living `ttl`.
+    #[must_use]
+    pub fn with_pool(mut self, ttl: Duration, capacity: usize) -> Self {
+        self.pool_ttl = ttl;
+        self.pool_capacity = capacity;
+        self
+    }
+
+    /// The pooled slots' TTL.
+    pub fn pool_ttl(&self) -> Duration {
+        self.pool_ttl
+    }
+
+    /// Live pooled slots.
+    pub fn pooled_len(&self) -> usize {
+        let mut map = self.lock();
+        Self::purge(&mut map, Instant::now());
+        map.pooled.len()
     }
 
     /// The TTL.
@@ -78,15 +113,27 @@ impl NonceStore {
 
     /// Drop expired slots (their secret nonces are zeroized on drop).
     fn purge(map: &mut Map, now: Instant) {
-        while let Some((exp, key)) = map.order.front().copied() {
-            if exp > now {
-                break;
-            }
-            map.order.pop_front();
-            // The same key may have been removed and created again since: only drop the slot
-            // this queue entry describes. A request holding it keeps its Arc until it is done.
-            if map.slots.get(&key).is_some_and(|s| s.expires == exp) {
-                map.slots.remove(&key);
+        for pool in [false, true] {
+            loop {
+                let queue = if pool {
+                    &mut map.pool_order
+                } else {
+                    &mut map.order
+                };
+                let Some((exp, key)) = queue.front().copied() else {
+                    break;
+                };
+                if exp > now {
+                    break;
+                }
+                queue.pop_front();
+                // The same key may have been removed and created again since: only drop the
+                // slot this queue entry describes. A request holding it keeps its Arc until it
+                // is done.
+                if map.slots.get(&key).is_some_and(|s| s.expires == exp) {
+                    map.slots.remove(&key);
+                    map.pooled.remove(&key);
+                }
             }
         }
     }
@@ -107,6 +154,27 @@ impl NonceStore {
         key: SlotKey,
         make: impl FnOnce() -> SlotState,
     ) -> Result<(SlotRef, bool), InsertError> {
+        self.insert_inner(key, false, make)
+    }
+
+    /// [`NonceStore::get_or_insert`] for a pooled slot (pool TTL and cap).
+    ///
+    /// # Errors
+    /// [`InsertError::Full`] past the total or the pool capacity.
+    pub fn get_or_insert_pooled(
+        &self,
+        key: SlotKey,
+        make: impl FnOnce() -> SlotState,
+    ) -> Result<(SlotRef, bool), InsertError> {
+        self.insert_inner(key, true, make)
+    }
+
+    fn insert_inner(
+        &self,
+        key: SlotKey,
+        pooled: bool,
+        make: impl FnOnce() -> SlotState,
+    ) -> Result<(SlotRef, bool), InsertError> {
         let now = Instant::now();
         let mut map = self.lock();
         Self::purge(&mut map, now);
@@ -114,26 +182,74 @@ impl NonceStore {
             return Ok((s.clone(), false));
         }
         if map.slots.len() >= self.capacity {
+            Self::evict_answered(&mut map, (self.capacity / 16).max(1), false);
+        }
+        if map.slots.len() >= self.capacity {
             return Err(InsertError::Full(self.capacity));
         }
-        let expires = now + self.ttl;
+        if pooled && map.pooled.len() >= self.pool_capacity {
+            Self::evict_answered(&mut map, (self.pool_capacity / 16).max(1), true);
+        }
+        if pooled && map.pooled.len() >= self.pool_capacity {
+            return Err(InsertError::PoolFull(self.pool_capacity));
+        }
+        let ttl = if pooled { self.pool_ttl } else { self.ttl };
+        let expires = now + ttl;
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
-            .saturating_add(self.ttl);
+            .saturating_add(ttl);
         let slot = Arc::new(Slot {
             expires,
             expires_at_ms: i64::try_from(wall.as_millis()).unwrap_or(i64::MAX),
             state: tokio::sync::Mutex::new(make()),
         });
         map.slots.insert(key, slot.clone());
-        map.order.push_back((expires, key));
+        if pooled {
+            map.pooled.insert(key);
+            map.pool_order.push_back((expires, key));
+        } else {
+            map.order.push_back((expires, key));
+        }
         Ok((slot, true))
+    }
+
+    /// Make room: drop up to `n` answered slots (only pooled ones when `pool_only`) (used or burned: no secret left, kept only so
+    /// a retry gets the same answer), oldest first. Unused nonces and slots in use by a request
+    /// stay: only they count against the capacity then. (Found by the soak run: answered slots
+    /// held the capacity for their whole TTL, so the defaults refused every nonce past
+    /// capacity / TTL = 16.7 sessions/s.)
+    fn evict_answered(map: &mut Map, n: usize, pool_only: bool) {
+        let mut gone = Vec::new();
+        let ordinary = map
+            .order
+            .iter()
+            .take(if pool_only { 0 } else { usize::MAX });
+        for (exp, key) in ordinary.chain(map.pool_order.iter()) {
+            if gone.len() >= n {
+                break;
+            }
+            let answered = map.slots.get(key).is_some_and(|s| {
+                s.expires == *exp
+                    && s.state
+                        .try_lock()
+                        .is_ok_and(|st| !matches!(*st, SlotState::Pending { .. }))
+            });
+            if answered {
+                gone.push(*key);
+            }
+        }
+        for key in gone {
+            map.slots.remove(&key);
+            map.pooled.remove(&key);
+        }
     }
 
     /// Remove a slot (e.g. when journaling its issue failed).
     pub fn remove(&self, key: &SlotKey) {
-        self.lock().slots.remove(key);
+        let mut map = self.lock();
+        map.slots.remove(key);
+        map.pooled.remove(key);
     }
 
     /// Number of live slots.

@@ -36,7 +36,8 @@ pub struct PolicyConfig {
 /// `allowed_formats` (`formats`), `allowed_key_sets` (`key_sets` and/or `aggregate_keys`),
 /// `allowed_output_keys` (`output_keys`), `allowed_tweaks` (`tweaks`), `rate_limit`
 /// (`max_signatures`, `window_secs`), `max_message_length` (`max_bytes`), `attest_peer`
-/// (`max_attestations` with `window_secs`, and/or `max_ttl_secs`).
+/// (`max_attestations` with `window_secs`, and/or `max_ttl_secs`), `nonce_pool` (`key_sets`
+/// and/or `aggregate_keys`: the only key sets whose nonces may be pooled for one-round signing).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
@@ -154,6 +155,11 @@ enum Kind {
         window_ms: i64,
     },
     MaxMessage(usize),
+    /// Allows pooled nonces (one-round signing) for these key sets; restricts nothing else.
+    NoncePool {
+        sets: Vec<Vec<[u8; 33]>>,
+        aggregates: Vec<[u8; 33]>,
+    },
     Attest {
         rate: Option<(u32, i64)>,
         max_ttl_ms: Option<i64>,
@@ -192,6 +198,9 @@ pub enum Stage {
     Nonce,
     /// PartialSign: every session rule; passing rate limits reserve a slot.
     Sign,
+    /// GenerateNonce for a nonce pool: as `Nonce`, and a `nonce_pool` rule must allow the key
+    /// set.
+    PoolNonce,
 }
 
 /// What a released item was, for refilling rate windows from the journal.
@@ -370,7 +379,7 @@ impl Policy {
         let session_rules = || {
             self.rules
                 .iter()
-                .filter(|r| !matches!(r.kind, Kind::Attest { .. }))
+                .filter(|r| !matches!(r.kind, Kind::Attest { .. } | Kind::NoncePool { .. }))
         };
         if self.default_deny && !session_rules().any(|r| r.keys.contains(key)) {
             return Err(Refusal {
@@ -405,7 +414,7 @@ impl Policy {
                 }
                 Kind::MaxMessage(n) => ctx.message.len() <= *n,
                 Kind::RateLimit { max, window_ms } => {
-                    stage == Stage::Nonce || {
+                    stage != Stage::Sign || {
                         let mut c = self.lock();
                         Self::reserve(
                             &mut c,
@@ -418,11 +427,27 @@ impl Policy {
                         )
                     }
                 }
-                Kind::Attest { .. } => true,
+                Kind::Attest { .. } | Kind::NoncePool { .. } => true,
             };
             if !pass {
                 self.verdict(rule, key)?;
             }
+        }
+        // Pooled nonces are an opt-in, weaker mode: a nonce_pool rule must name the key set,
+        // and warn-only never stands in for it.
+        if stage == Stage::PoolNonce
+            && !self.rules.iter().any(|r| match &r.kind {
+                Kind::NoncePool { sets, aggregates } => {
+                    r.applies_to(key)
+                        && (sets.contains(&ctx.signer_keys) || aggregates.contains(&aggregate))
+                }
+                _ => false,
+            })
+        {
+            return Err(Refusal {
+                rule: "nonce_pool".into(),
+                message: "no nonce_pool policy rule allows pooled nonces (one-round signing) for this key set".into(),
+            });
         }
         Ok(adm)
     }

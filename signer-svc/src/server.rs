@@ -106,6 +106,10 @@ pub async fn start_with_faults(
     let nonces = NonceStore::new(
         Duration::from_secs(config.nonces.ttl_secs),
         config.nonces.capacity,
+    )
+    .with_pool(
+        Duration::from_secs(config.nonces.pool_ttl_secs),
+        config.nonces.pool_capacity,
     );
     let keys = Arc::new(keys);
     for k in keys.keys() {

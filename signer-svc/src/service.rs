@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::journal::{Event, INLINE_MESSAGE_BYTES, Journal, RecordKind};
 use crate::keystore::KeyStore;
 use crate::metrics::Metrics;
-use crate::nonces::{InsertError, NonceStore, SlotState};
+use crate::nonces::{NonceStore, SlotState};
 use crate::policy::{Admission, Policy, Stage};
 use shared::discipline::SignCheck;
 
@@ -171,11 +171,26 @@ impl Inner {
         session_id: &[u8],
         context: Option<&musig2_proto::v1::SessionContext>,
     ) -> Result<Checked<'a>, Status> {
+        self.check_as(public_key, session_id, context, false)
+    }
+
+    /// [`Inner::check`]; a pooled nonce's context must have an empty message (any format).
+    fn check_as<'a>(
+        &'a self,
+        public_key: &[u8],
+        session_id: &[u8],
+        context: Option<&musig2_proto::v1::SessionContext>,
+        pooled: bool,
+    ) -> Result<Checked<'a>, Status> {
         let key = key33("public_key", public_key)?;
         let session_id = session16(session_id)?;
         let context = context.ok_or_else(|| Status::invalid_argument("context is missing"))?;
-        let context = SessionContext::from_pb(context)
-            .map_err(|e| Status::invalid_argument(format!("context: {e}")))?;
+        let context = if pooled {
+            SessionContext::from_pb_pool(context)
+        } else {
+            SessionContext::from_pb(context)
+        }
+        .map_err(|e| Status::invalid_argument(format!("context: {e}")))?;
         let secret = self.keys.get(&key).ok_or_else(|| {
             Status::not_found(format!("this signer holds no key {}", hex::encode(key)))
         })?;
@@ -237,22 +252,40 @@ impl Inner {
         &self,
         req: GenerateNonceRequest,
     ) -> Result<GenerateNonceResponse, Status> {
-        let c = self.check(&req.public_key, &req.session_id, req.context.as_ref())?;
-        drop(self.policy(Stage::Nonce, &c)?);
+        let mut c = self.check_as(
+            &req.public_key,
+            &req.session_id,
+            req.context.as_ref(),
+            req.pooled,
+        )?;
+        if req.pooled {
+            c.context_hash = c.context.pool_hash();
+        }
+        let stage = if req.pooled {
+            Stage::PoolNonce
+        } else {
+            Stage::Nonce
+        };
+        drop(self.policy(stage, &c)?);
         // Made before taking the store lock; dropped (zeroized) if the slot already exists.
-        let (secnonce, public) =
+        let (secnonce, public) = if req.pooled {
+            shared::musig::nonce_gen_pooled(&mut rand::rng(), c.secret, &c.key_agg)
+        } else {
             nonce_gen(&mut rand::rng(), c.secret, &c.key_agg, &c.context.message)
-                .map_err(|e| Status::internal(format!("nonce generation failed: {e}")))?;
+        }
+        .map_err(|e| Status::internal(format!("nonce generation failed: {e}")))?;
         let public_nonce = public.to_bytes();
         let slot_key = (c.session_id, c.key);
-        let (slot, created) = self
-            .nonces
-            .get_or_insert(slot_key, || {
+        let inserted = if req.pooled {
+            self.nonces.get_or_insert_pooled(slot_key, || {
+                SlotState::pending_pooled(secnonce, c.context_hash, public_nonce)
+            })
+        } else {
+            self.nonces.get_or_insert(slot_key, || {
                 SlotState::pending(secnonce, c.context_hash, public_nonce)
             })
-            .map_err(|InsertError::Full(n)| {
-                Status::resource_exhausted(format!("nonce store is full ({n} nonces); retry later"))
-            })?;
+        };
+        let (slot, created) = inserted.map_err(|e| Status::resource_exhausted(e.to_string()))?;
         let expires_at_ms = slot.expires_at_ms;
         let state = slot.state.lock().await;
         let existing = state
@@ -268,6 +301,7 @@ impl Inner {
         }
         let event = Event {
             public_nonce: Some(hex::encode(public_nonce)),
+            pooled: req.pooled.then_some(true),
             ..c.event()
         };
         if let Err(e) = self.journal(RecordKind::Nonce, event).await {
@@ -325,8 +359,9 @@ impl Inner {
         })?;
         let mut state = slot.state.lock().await;
         let own = req.public_nonces.get(c.index).map(Vec::as_slice);
+        let pooled = matches!(&*state, SlotState::Pending { pooled: true, .. });
         match state
-            .check_sign_request(&request_hash, &c.context_hash, c.index, own)
+            .check_sign_request(&request_hash, &state.binding_for(&c.context), c.index, own)
             .map_err(|r| Status::failed_precondition(r.to_string()))?
         {
             SignCheck::Replay(partial_signature) => {
@@ -358,6 +393,7 @@ impl Inner {
         let event = Event {
             public_nonce: req.public_nonces.get(c.index).map(hex::encode),
             partial_signature: Some(hex::encode(psig)),
+            pooled: pooled.then_some(true),
             ..c.event()
         };
         #[cfg(not(feature = "chaos-broken-journal"))]

@@ -710,3 +710,44 @@ async fn health_reflection_and_metrics_without_secrets() {
         );
     }
 }
+
+/// Found by the soak run (issue 14): answered nonces (kept only so a retry gets the same
+/// partial signature) held capacity for their whole TTL, so with the defaults (10,000 nonces,
+/// 600 s) a signer refused every nonce past 16.7 sessions/s sustained. Now only unused nonces
+/// are capped; answered ones make room, oldest first.
+#[tokio::test]
+async fn answered_nonces_make_room_and_unused_ones_stay_capped() {
+    let h = Harness::start(1, "[nonces]\nttl_secs = 600\ncapacity = 2\n").await;
+    let ctx = context(&h.keys, SignatureFormat::Bip340, false, b"room");
+    let mut client = h.client().await;
+    for i in 0..10u8 {
+        let n = client
+            .generate_nonce(nonce_req(&h.keys[0], [i; 16], &ctx))
+            .await
+            .unwrap()
+            .into_inner()
+            .public_nonce;
+        client
+            .partial_sign(sign_req(&h.keys[0], [i; 16], &ctx, &[n]))
+            .await
+            .unwrap();
+    }
+    // The latest answer is still there for a retry.
+    let n9 = client
+        .generate_nonce(nonce_req(&h.keys[0], [9; 16], &ctx))
+        .await
+        .unwrap_err();
+    assert_eq!(n9.code(), Code::FailedPrecondition, "{n9}");
+    // Unused nonces are still capped.
+    for i in 20..22u8 {
+        client
+            .generate_nonce(nonce_req(&h.keys[0], [i; 16], &ctx))
+            .await
+            .unwrap();
+    }
+    let e = client
+        .generate_nonce(nonce_req(&h.keys[0], [22; 16], &ctx))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+}

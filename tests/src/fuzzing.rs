@@ -282,6 +282,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 created_at_ms: NOW,
                 entropy,
                 expires_at_ms: NOW + 3_600_000,
+                pool_slot: false,
+                uses_pool_slot: None,
+                pool_nonces: Vec::new(),
             })),
             Body::Join,
             Body::NonceShare(nonce),
@@ -320,6 +323,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             public_key: sk.public_key().to_vec(),
             session_id: vec![2; 16],
             context: Some(ctx.to_pb()),
+            pooled: false,
         };
         out.push((
             "signer_request",

@@ -129,6 +129,9 @@ fn announce(p: &Party, ctx: SessionContext, now: i64, entropy: [u8; 16]) -> (Ses
         created_at_ms: now,
         entropy,
         expires_at_ms: now + 10 * 60_000,
+        pool_slot: false,
+        uses_pool_slot: None,
+        pool_nonces: Vec::new(),
     }));
     (id, seal(p, id, 1, now, body))
 }
@@ -195,9 +198,10 @@ impl Pair {
                     index,
                     key,
                     context,
+                    pooled,
                 } => {
                     let r = self.signers[i]
-                        .nonce(&mut rng, &id.0, &key, &context)
+                        .nonce_as(&mut rng, &id.0, &key, &context, pooled)
                         .map_err(|e| e.to_string());
                     self.cores[i].on_nonce(now, id, index, r, &mut out);
                 }
@@ -207,9 +211,10 @@ impl Pair {
                     key,
                     context,
                     nonces,
+                    nonce_session,
                 } => {
                     let r = self.signers[i]
-                        .partial_sign(&id.0, &key, &context, &nonces)
+                        .partial_sign(&nonce_session.0, &key, &context, &nonces)
                         .map_err(|e| e.to_string());
                     self.cores[i].on_partial_signature(now, id, index, r, &mut out);
                 }

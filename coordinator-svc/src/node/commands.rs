@@ -13,12 +13,25 @@ impl Node {
                 election,
                 timeout,
                 request_id,
+                one_round,
                 reply,
             } => {
                 let timeout = timeout.map(ms);
-                let r = self
-                    .core
-                    .create_for(now, context, election, timeout, request_id, fx);
+                let r = if one_round {
+                    self.core
+                        .create_one_round(now, context, timeout, request_id, fx)
+                } else {
+                    self.core
+                        .create_for(now, context, election, timeout, request_id, fx)
+                };
+                self.answer(fx, reply, r);
+            }
+            Command::SetPool {
+                context,
+                size,
+                reply,
+            } => {
+                let r = self.core.set_pool(now, context, size, fx);
                 self.answer(fx, reply, r);
             }
             Command::Page {

@@ -24,7 +24,13 @@ pub(super) enum Command {
         election: Option<ElectionMethod>,
         timeout: Option<Duration>,
         request_id: Option<String>,
+        one_round: bool,
         reply: oneshot::Sender<Result<SessionView, NodeError>>,
+    },
+    SetPool {
+        context: SessionContext,
+        size: usize,
+        reply: oneshot::Sender<Result<crate::protocol::pools::PoolStatus, NodeError>>,
     },
     Page {
         phase: Option<Phase>,
@@ -233,6 +239,47 @@ impl NodeHandle {
             election,
             timeout,
             request_id,
+            one_round: false,
+            reply,
+        })
+        .await?
+    }
+
+    /// A one-round session signed with the next ready slot of this party's nonce pool for the
+    /// context's key set, format and tweaks.
+    ///
+    /// # Errors
+    /// [`NodeError`] ([`crate::protocol::ErrorReason::PoolExhausted`] when no slot is ready).
+    pub async fn create_one_round(
+        &self,
+        context: SessionContext,
+        timeout: Option<Duration>,
+        request_id: Option<String>,
+    ) -> Result<SessionView, NodeError> {
+        self.call(|reply| Command::Create {
+            context,
+            election: None,
+            timeout,
+            request_id,
+            one_round: true,
+            reply,
+        })
+        .await?
+    }
+
+    /// Enable, resize or (size 0) disable this party's nonce pool for `context`'s key set,
+    /// format and tweaks.
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub async fn set_nonce_pool(
+        &self,
+        context: SessionContext,
+        size: usize,
+    ) -> Result<crate::protocol::pools::PoolStatus, NodeError> {
+        self.call(|reply| Command::SetPool {
+            context,
+            size,
             reply,
         })
         .await?

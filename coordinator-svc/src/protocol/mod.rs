@@ -33,6 +33,7 @@ pub mod failover;
 pub mod guard;
 pub mod inbound;
 pub mod matchmaking;
+pub mod pools;
 pub mod redial;
 pub mod session;
 pub mod sessions;
@@ -167,6 +168,8 @@ pub enum Effect {
         key: [u8; 33],
         /// What will be signed.
         context: SessionContext,
+        /// A pooled nonce for a nonce-pool slot (the context has no message).
+        pooled: bool,
     },
     /// Ask the signer for a partial signature; the answer comes back through
     /// [`Core::on_partial_signature`].
@@ -181,6 +184,9 @@ pub enum Effect {
         context: SessionContext,
         /// Every signer's public nonce, by index.
         nonces: Vec<PubNonce>,
+        /// The session the signer's nonce is filed under: `id`, or for a one-round session
+        /// the pool slot it uses.
+        nonce_session: SessionId,
     },
     /// Ask the signer to attest our peer id for `keys` until `expires_at_ms`; the answer comes
     /// back through [`Core::on_attestations`].
@@ -304,6 +310,8 @@ pub struct Core {
     discovery: discovery::Discovery,
     matchmaking: matchmaking::Matchmaking,
     planted: PlantedBugs,
+    /// Nonce pools this node's application enabled, by pool hash.
+    pools: BTreeMap<[u8; 32], pools::PoolConf>,
 }
 
 impl std::fmt::Debug for Core {
@@ -355,6 +363,7 @@ impl Core {
             discovery: discovery::Discovery::new(start),
             matchmaking: matchmaking::Matchmaking::default(),
             planted: PlantedBugs::default(),
+            pools: BTreeMap::new(),
         }
     }
 
@@ -399,6 +408,7 @@ impl Core {
             self.failover.next(),
             self.renewal_deadline(),
             self.redial.next(),
+            self.pool_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -420,6 +430,7 @@ impl Core {
         self.on_failover_due(now, fx);
         self.on_renewal_due(now, fx);
         self.on_redial_due(now, fx);
+        self.refill(now, fx);
     }
 
     /// Periodic housekeeping (cleanupInterval): retention, expired bans and tables.
@@ -468,6 +479,7 @@ impl Core {
         self.discovery.cleanup(now);
         self.matchmaking.cleanup(now);
         self.guard.cleanup(now);
+        self.refill(now, fx);
     }
 
     /// A connection to `peer` opened (`first` = no other connection to it was open).

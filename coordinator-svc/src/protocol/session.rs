@@ -26,6 +26,9 @@ pub enum Phase {
     NonceExchange,
     /// Round 2.
     PartialSigExchange,
+    /// A nonce-pool slot holding every member's pooled nonce, waiting to be used by one
+    /// one-round session of its creator (then CLOSED) or to expire.
+    Pooled,
     /// Final signature verified.
     Complete,
     /// Closed after completion.
@@ -41,6 +44,7 @@ impl Phase {
             Phase::Init => "INIT",
             Phase::NonceExchange => "NONCE_EXCHANGE",
             Phase::PartialSigExchange => "PARTIAL_SIG_EXCHANGE",
+            Phase::Pooled => "POOLED",
             Phase::Complete => "COMPLETE",
             Phase::Closed => "CLOSED",
             Phase::Aborted => "ABORTED",
@@ -209,6 +213,10 @@ pub struct Session {
     /// A broadcast confirmation that arrived before the session completed here: applied at
     /// completion (the confirming party completed first), never held against its sender.
     held_confirmation: Option<([u8; 33], String)>,
+    /// A nonce-pool slot (no message; ends in POOLED, then CLOSED when used).
+    pub pool_slot: bool,
+    /// A one-round session: the pool slot whose nonces it uses (the signer's nonce session).
+    pub uses_slot: Option<SessionId>,
 }
 
 impl Session {
@@ -263,7 +271,49 @@ impl Session {
             request_id: None,
             skip_partial_signature_check: false,
             held_confirmation: None,
+            pool_slot: false,
+            uses_slot: None,
         }
+    }
+
+    /// Make this new session a one-round session using pool slot `slot`'s `nonces` (key
+    /// order): round 1 is done, and the local application's join asks the signer for partial
+    /// signatures at once.
+    ///
+    /// # Errors
+    /// Not one nonce per signer, or the nonces do not aggregate.
+    pub fn use_slot(&mut self, slot: SessionId, nonces: &[PubNonce]) -> Result<(), String> {
+        if nonces.len() != self.n() {
+            return Err("the pool slot does not hold every nonce".into());
+        }
+        self.aggnonce =
+            Some(AggNonce::sum(self.context.format, nonces).map_err(|e| e.to_string())?);
+        self.nonces = nonces.iter().copied().map(Some).collect();
+        self.uses_slot = Some(slot);
+        self.phase = Phase::PartialSigExchange;
+        Ok(())
+    }
+
+    /// The session id the signer's nonces of this session are filed under.
+    pub fn nonce_session(&self) -> SessionId {
+        self.uses_slot.unwrap_or(self.id)
+    }
+
+    /// A slot is used by a one-round session: CLOSED without a word to anyone (every member
+    /// closes it on the session's announcement, also one whose copy was still filling) and
+    /// without releasing its nonces, which the session signs with.
+    pub fn consume_slot(&mut self, now: i64) -> Vec<Action> {
+        self.now = now;
+        let mut actions = Vec::new();
+        if self.pool_slot
+            && matches!(
+                self.phase,
+                Phase::Init | Phase::NonceExchange | Phase::Pooled
+            )
+        {
+            self.set_phase(Phase::Closed, &mut actions);
+        }
+        actions
     }
 
     /// Whether a message with this digest was accepted before.
@@ -329,6 +379,21 @@ impl Session {
             return actions;
         }
         self.locally_joined = true;
+        if self.uses_slot.is_some() {
+            // One round: no joins on the wire, the partial signature says it all.
+            for i in self.local.clone() {
+                if let Some(key) = self.key(i)
+                    && let Some(j) = self.joined.get_mut(i)
+                {
+                    *j = true;
+                    actions.push(Action::Joined(key));
+                }
+            }
+            if self.phase == Phase::PartialSigExchange {
+                actions.push(Action::RequestPartialSignatures);
+            }
+            return actions;
+        }
         for i in self.local.clone() {
             if let (Some(false), Some(key)) = (self.joined.get(i).copied(), self.key(i)) {
                 self.joined[i] = true;
@@ -559,6 +624,10 @@ impl Session {
         if self.phase != Phase::NonceExchange || self.nonces.iter().any(Option::is_none) {
             return;
         }
+        if self.pool_slot {
+            // Nothing to sign yet: the slot waits for its one-round session.
+            return self.set_phase(Phase::Pooled, actions);
+        }
         let nonces: Vec<PubNonce> = self.nonces.iter().flatten().copied().collect();
         match AggNonce::sum(self.context.format, &nonces) {
             Ok(agg) => {
@@ -778,7 +847,9 @@ impl Session {
                 Vec::new(),
                 &mut actions,
             );
-        } else if now_ms.saturating_sub(self.last_progress_ms) >= stuck_ms {
+        } else if self.phase != Phase::Pooled
+            && now_ms.saturating_sub(self.last_progress_ms) >= stuck_ms
+        {
             let waiting = self.waiting_for();
             self.fail(
                 self.now,
@@ -803,6 +874,9 @@ impl Session {
     /// When [`Session::tick`] next has something to do (expiry, or no progress for `stuck_ms`).
     pub fn deadline(&self, stuck_ms: i64) -> Option<i64> {
         (!self.phase.is_terminal()).then(|| {
+            if self.phase == Phase::Pooled {
+                return self.expires_at_ms;
+            }
             self.expires_at_ms
                 .min(self.last_progress_ms.saturating_add(stuck_ms))
         })

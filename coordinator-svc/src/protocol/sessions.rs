@@ -7,6 +7,7 @@ use shared::musig::{PartialSignature, PubNonce};
 use shared::security::Reason;
 use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
 
+use super::pools::PoolRole;
 use super::session::{Action, Phase, Session};
 use super::{
     Core, Effect, ErrorReason, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED,
@@ -87,7 +88,10 @@ impl Core {
             .filter_map(|i| s.key(*i))
             .collect();
         if !keys.is_empty() && s.signature.is_none() {
-            out.push(Effect::ReleaseNonces { id: s.id, keys });
+            out.push(Effect::ReleaseNonces {
+                id: s.nonce_session(),
+                keys,
+            });
         }
     }
 
@@ -147,6 +151,7 @@ impl Core {
                                 index,
                                 key,
                                 context: s.context.clone(),
+                                pooled: s.pool_slot,
                             });
                         }
                     }
@@ -164,6 +169,7 @@ impl Core {
                                 key,
                                 context: s.context.clone(),
                                 nonces: nonces.clone(),
+                                nonce_session: s.nonce_session(),
                             });
                         }
                     }
@@ -190,6 +196,11 @@ impl Core {
                             self.finished_at.insert(id, now);
                             self.start_failover(now, id, &mut out);
                         }
+                        Phase::Closed if s.pool_slot => {
+                            // Used by a one-round session, which signs with its nonces.
+                            self.finished_at.insert(id, now);
+                            Self::emit(&mut out, NodeEvent::Closed { id });
+                        }
                         Phase::Closed => {
                             Self::release_nonces(s, &mut out);
                             Self::emit(&mut out, NodeEvent::Closed { id });
@@ -200,6 +211,9 @@ impl Core {
                                 Self::emit(&mut out, NodeEvent::Aborted { id, info });
                             }
                             self.finished_at.insert(id, now);
+                            if s.pool_slot {
+                                self.slot_aborted(now, id, &mut out);
+                            }
                         }
                         _ => {}
                     }
@@ -251,6 +265,30 @@ impl Core {
         request_id: Option<String>,
         fx: &mut Vec<Effect>,
     ) -> Result<SessionView, NodeError> {
+        self.create_inner(
+            now,
+            context,
+            election,
+            timeout_ms,
+            request_id,
+            PoolRole::None,
+            fx,
+        )
+    }
+
+    /// [`Core::create_for`] of an ordinary session, a nonce-pool slot, or a one-round session
+    /// using one of our POOLED slots.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_inner(
+        &mut self,
+        now: i64,
+        context: SessionContext,
+        election: Option<ElectionMethod>,
+        timeout_ms: Option<i64>,
+        request_id: Option<String>,
+        pool: PoolRole,
+        fx: &mut Vec<Effect>,
+    ) -> Result<SessionView, NodeError> {
         if let Some(rid) = &request_id
             && let Some(s) = self.requests.get(rid).and_then(|id| self.sessions.get(id))
         {
@@ -271,17 +309,21 @@ impl Core {
         let active = self
             .sessions
             .values()
-            .filter(|s| !s.phase.is_terminal() && s.locally_joined)
+            .filter(|s| !s.phase.is_terminal() && s.locally_joined && !s.pool_slot)
             .count();
-        if active >= self.settings.max_active_sessions {
+        if active >= self.settings.max_active_sessions && pool != PoolRole::Slot {
             return Err(NodeError::ResourceExhausted(
                 ErrorReason::TooManySessions,
                 format!("{active} unfinished sessions; retry later"),
             ));
         }
         // Re-validate as a peer would (sorted distinct keys, lengths, tweaks).
-        let context = SessionContext::from_pb(&context.to_pb())
-            .map_err(|e| NodeError::InvalidArgument(ErrorReason::InvalidField, e.to_string()))?;
+        let context = if pool == PoolRole::Slot {
+            SessionContext::from_pb_pool(&context.to_pb())
+        } else {
+            SessionContext::from_pb(&context.to_pb())
+        }
+        .map_err(|e| NodeError::InvalidArgument(ErrorReason::InvalidField, e.to_string()))?;
         let local: Vec<usize> = (0..context.signer_keys.len())
             .filter(|i| self.keys.contains(&context.signer_keys[*i]))
             .collect();
@@ -316,8 +358,27 @@ impl Core {
                 created_at_ms: now,
                 entropy,
                 expires_at_ms,
+                pool_slot: pool == PoolRole::Slot,
+                uses_pool_slot: match pool {
+                    PoolRole::Uses(slot) => Some(slot),
+                    _ => None,
+                },
+                pool_nonces: Vec::new(),
             })),
         };
+        let mut announce = announce;
+        let mut slot_nonces = Vec::new();
+        if let PoolRole::Uses(slot_id) = pool {
+            slot_nonces = self
+                .sessions
+                .get(&slot_id)
+                .filter(|s| s.phase == Phase::Pooled)
+                .map(|s| s.nonces.iter().flatten().copied().collect::<Vec<_>>())
+                .unwrap_or_default();
+            if let Body::Announce(a) = &mut announce.body {
+                a.pool_nonces.clone_from(&slot_nonces);
+            }
+        }
         let bytes = self.envelope(&announce.to_pb(), &creator)?;
         let session = Session::new(
             id,
@@ -332,12 +393,25 @@ impl Core {
             now,
         );
         let mut session = session;
+        session.pool_slot = pool == PoolRole::Slot;
+        if let PoolRole::Uses(slot_id) = pool {
+            session.use_slot(slot_id, &slot_nonces).map_err(|e| {
+                NodeError::FailedPrecondition(ErrorReason::PoolExhausted, format!("pool slot: {e}"))
+            })?;
+        }
         if let Some(rid) = request_id {
             self.requests.insert(rid.clone(), id);
             session.request_id = Some(rid);
         }
         self.sessions.insert(id, session);
         self.schedule_timeout(id);
+        if let PoolRole::Uses(slot_id) = pool
+            && let Some(slot) = self.sessions.get_mut(&slot_id)
+        {
+            // Used up in the same batch as the session is stored: never used twice.
+            let actions = slot.consume_slot(now);
+            self.apply(now, slot_id, actions, fx);
+        }
         let mut out = Vec::new();
         if self.settings.dht {
             out.push(Effect::PutRecord {
@@ -493,6 +567,12 @@ impl Core {
             return;
         };
         let contributed = result.is_ok();
+        let lost_pool = match &result {
+            Err(e) if s.uses_slot.is_some() && e.contains("no nonce for") => {
+                Some(s.context.pool_hash())
+            }
+            _ => None,
+        };
         let actions = match result {
             Ok(Ok(nonce)) => s.on_local_nonce(now, index, nonce),
             Ok(Err(psig)) => s.on_local_psig(now, index, psig),
@@ -511,6 +591,9 @@ impl Core {
         self.apply(now, id, actions, fx);
         if contributed {
             Self::emit(fx, NodeEvent::Contributed { id });
+        }
+        if let Some(hash) = lost_pool {
+            self.pool_nonces_lost(now, hash, fx);
         }
     }
 
@@ -685,7 +768,7 @@ impl Core {
             .map_err(|e| Refusal(Reason::Context, e.to_string()))?;
         let election = elect(a.election_method, &a.context.signer_keys)
             .map_err(|e| Refusal(Reason::Context, e.to_string()))?;
-        let session = Session::new(
+        let mut session = Session::new(
             id,
             a.context.clone(),
             key_agg,
@@ -697,18 +780,40 @@ impl Core {
             local,
             now,
         );
+        session.pool_slot = a.pool_slot;
+        let refused = self.check_pool_announce(&mut session, &a);
         let view = SessionView::of(&session);
         self.sessions.insert(id, session);
         self.announced_by.insert(id, from);
         self.schedule_timeout(id);
+        if let Some(slot_id) = a.uses_pool_slot
+            && refused.is_none()
+            && let Some(slot) = self.sessions.get_mut(&slot_id)
+        {
+            let actions = slot.consume_slot(now);
+            self.apply(now, slot_id, actions, fx);
+        }
         // Stored before the announcement is acknowledged (the acknowledgement is the reply
         // that depends on it) and before the application hears of it.
         self.persist(id, fx);
         Self::emit(fx, NodeEvent::SessionCreated(Box::new(view)));
-        if self.matchmaking.take_auto_join(now, &a.context)
+        if let Some(reason) = refused {
+            // Not ours to contribute to: the creator hears why at once.
+            if let Some(s) = self.sessions.get_mut(&id) {
+                let mut actions = Vec::new();
+                s.fail(
+                    now,
+                    wire::AbortCode::SignerRefused,
+                    reason,
+                    Vec::new(),
+                    &mut actions,
+                );
+                self.apply(now, id, actions, fx);
+            }
+        } else if (a.pool_slot || self.matchmaking.take_auto_join(now, &a.context))
             && let Err(e) = self.join_known(now, id, fx)
         {
-            tracing::warn!(session = %id, error = %e, "auto-join of an accepted request failed");
+            tracing::warn!(session = %id, error = %e, "auto-join failed");
         }
         if let Some((_, orphans)) = self.orphans.remove(&id) {
             for (p, m) in orphans {

@@ -154,9 +154,10 @@ impl Net {
                     index,
                     key,
                     context,
+                    pooled,
                 } => {
                     let r = self.signers[i]
-                        .nonce(&mut self.rng, &id.0, &key, &context)
+                        .nonce_as(&mut self.rng, &id.0, &key, &context, pooled)
                         .map_err(|e| e.to_string());
                     self.cores[i].on_nonce(now, id, index, r, &mut out);
                 }
@@ -166,9 +167,10 @@ impl Net {
                     key,
                     context,
                     nonces,
+                    nonce_session,
                 } => {
                     let r = self.signers[i]
-                        .partial_sign(&id.0, &key, &context, &nonces)
+                        .partial_sign(&nonce_session.0, &key, &context, &nonces)
                         .map_err(|e| e.to_string());
                     self.cores[i].on_partial_signature(now, id, index, r, &mut out);
                 }
@@ -720,5 +722,6 @@ fn sessions_announced_by_a_peer_have_their_own_budget() {
     );
 }
 
+mod pools;
 mod requests;
 mod uptime;

@@ -386,6 +386,8 @@ pub enum ErrorReason {
     SessionAborted,
     /// The peer is banned.
     PeerBanned,
+    /// No nonce-pool slot is ready (or no pool is enabled) for a one-round session.
+    PoolExhausted,
 }
 
 impl ErrorReason {
@@ -413,6 +415,7 @@ impl ErrorReason {
             ErrorReason::SignTimeout => "SIGN_TIMEOUT",
             ErrorReason::SessionAborted => "SESSION_ABORTED",
             ErrorReason::PeerBanned => "PEER_BANNED",
+            ErrorReason::PoolExhausted => "POOL_EXHAUSTED",
         }
     }
 }

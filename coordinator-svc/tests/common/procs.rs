@@ -94,6 +94,16 @@ pub struct ProcParty {
 impl ProcParty {
     /// Files and the signer process; then the coordinator.
     pub async fn start(base: &Path, seed: u8, extra: &str) -> ProcParty {
+        Self::start_with_signer(base, seed, extra, "").await
+    }
+
+    /// [`ProcParty::start`] with `signer_extra` TOML appended to the signer's configuration.
+    pub async fn start_with_signer(
+        base: &Path,
+        seed: u8,
+        extra: &str,
+        signer_extra: &str,
+    ) -> ProcParty {
         musig2_proto::transport::install_crypto_provider();
         let dir = base.join(format!("party-{seed}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -124,7 +134,7 @@ impl ProcParty {
         std::fs::write(
             dir.join("signer.toml"),
             format!(
-                "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nallowed_clients = [\"cn:coordinator\"]\n[keys]\nfile = \"keys.json\"\npassphrase_file = \"pass\"\n[audit]\njournal = \"journal.log\"\n[log]\nlevel = \"warn\"\n",
+                "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nallowed_clients = [\"cn:coordinator\"]\n[keys]\nfile = \"keys.json\"\npassphrase_file = \"pass\"\n[audit]\njournal = \"journal.log\"\n[log]\nlevel = \"warn\"\n{signer_extra}\n",
                 signer_tls.cert.display(),
                 signer_tls.key.display(),
                 ca_path.display()

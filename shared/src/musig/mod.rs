@@ -23,6 +23,7 @@ mod verify;
 pub use keyagg::{KeyAggContext, Tweak, key_sort};
 pub use nonce::{
     AggNonce, PubNonce, SecNonce, SecretKey, bip327_nonce_gen, lotus_nonce_gen, nonce_gen,
+    nonce_gen_pooled,
 };
 pub use session::{PartialSignature, Signature, SigningSession, deterministic_sign};
 pub use verify::{lotus_schnorr_verify, verify};

@@ -344,6 +344,36 @@ pub fn nonce_gen<R: RngCore + CryptoRng>(
     }
 }
 
+/// A nonce for a nonce pool (one-round signing): as [`nonce_gen`] but without a message, as
+/// BIP327 `NonceGen` allows (and for Lotus, its nonce derivation without a message). The nonce
+/// is bound to the key and the aggregate key only; its safety rests on `rng` and single use.
+///
+/// # Errors
+/// [`Error::ZeroNonce`] (negligible).
+pub fn nonce_gen_pooled<R: RngCore + CryptoRng>(
+    rng: &mut R,
+    sk: &SecretKey,
+    ctx: &KeyAggContext,
+) -> Result<(SecNonce, PubNonce), Error> {
+    let mut rand = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(rand.as_mut());
+    match ctx.format() {
+        SignatureFormat::Bip340 => {
+            let sk_bytes = sk.dangerous_to_bytes();
+            let aggpk = ctx.xonly_output_key();
+            bip327_nonce_gen(
+                &rand,
+                Some(&sk_bytes),
+                &sk.public_key(),
+                Some(&aggpk),
+                None,
+                None,
+            )
+        }
+        SignatureFormat::Lotus => lotus_nonce_gen(sk, &ctx.aggregate_key(), None, Some(&rand)),
+    }
+}
+
 /// BIP327 `NonceGen` with every optional input and the caller's `rand'` (the BIP's 32 random
 /// bytes). Deterministic given its inputs: production code calls [`nonce_gen`].
 ///

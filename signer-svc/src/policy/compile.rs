@@ -19,7 +19,7 @@ fn output_key_hex(s: &str) -> Option<OutputKey> {
     }
 }
 
-const KINDS: &str = "allowed_formats, allowed_key_sets, allowed_output_keys, allowed_tweaks, rate_limit, max_message_length, attest_peer";
+const KINDS: &str = "allowed_formats, allowed_key_sets, allowed_output_keys, allowed_tweaks, rate_limit, max_message_length, attest_peer, nonce_pool";
 
 impl PolicyConfig {
     /// Every problem, each naming the rule and field.
@@ -79,7 +79,7 @@ impl PolicyConfig {
             ];
             let allowed: &[&str] = match r.kind.as_str() {
                 "allowed_formats" => &["formats"],
-                "allowed_key_sets" => &["key_sets", "aggregate_keys"],
+                "allowed_key_sets" | "nonce_pool" => &["key_sets", "aggregate_keys"],
                 "allowed_output_keys" => &["output_keys"],
                 "allowed_tweaks" => &["tweaks"],
                 "rate_limit" => &["max_signatures", "window_secs"],
@@ -147,7 +147,7 @@ fn compile_kind(r: &RuleConfig, at: &str, errs: &mut Vec<String>) -> Option<Kind
                     .collect(),
             )
         }
-        "allowed_key_sets" => {
+        "allowed_key_sets" | "nonce_pool" => {
             let mut sets = Vec::new();
             for set in r.key_sets.clone().unwrap_or_default() {
                 let mut parsed: Vec<[u8; 33]> = Vec::new();
@@ -172,7 +172,11 @@ fn compile_kind(r: &RuleConfig, at: &str, errs: &mut Vec<String>) -> Option<Kind
             if sets.is_empty() && aggregates.is_empty() {
                 errs.push(format!("{at}: give key_sets and/or aggregate_keys"));
             }
-            Kind::KeySets { sets, aggregates }
+            if r.kind == "nonce_pool" {
+                Kind::NoncePool { sets, aggregates }
+            } else {
+                Kind::KeySets { sets, aggregates }
+            }
         }
         "allowed_output_keys" => {
             let list = r.output_keys.clone().unwrap_or_default();
@@ -270,6 +274,9 @@ fn default_message(kind: &Kind) -> String {
             join(f.iter().map(|f| f.as_str()).collect())
         ),
         Kind::KeySets { .. } => "co-signer set / aggregate key not allowed".into(),
+        Kind::NoncePool { .. } => {
+            "pooled nonces (one-round signing) are not allowed for this key set".into()
+        }
         Kind::OutputKeys(_) => "output key (after tweaks) not allowed".into(),
         Kind::Tweaks(t) => format!(
             "tweak not allowed (allowed: {})",

@@ -258,6 +258,19 @@ pub fn nonce_req(key: &SecretKey, session: [u8; 16], ctx: &SessionContext) -> Ge
         public_key: key.public_key().to_vec(),
         session_id: session.to_vec(),
         context: Some(ctx.to_pb()),
+        pooled: false,
+    }
+}
+
+/// A pooled nonce request (one-round signing): `ctx` without its message.
+pub fn pool_req(key: &SecretKey, slot: [u8; 16], ctx: &SessionContext) -> GenerateNonceRequest {
+    let mut pool = ctx.clone();
+    pool.message.clear();
+    GenerateNonceRequest {
+        public_key: key.public_key().to_vec(),
+        session_id: slot.to_vec(),
+        context: Some(pool.to_pb()),
+        pooled: true,
     }
 }
 

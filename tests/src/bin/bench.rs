@@ -51,6 +51,16 @@ struct Args {
     /// TOML added to every coordinator's configuration (e.g. `finished_in_memory_ms = 300000`).
     #[arg(long, default_value = "")]
     coordinator_toml: String,
+    /// One-round signing from nonce pools: every party's application enables a pool of
+    /// `--pool-size` slots (and every signer's policy allows it), the run waits until the pools
+    /// are full, then each session is `CreateSession` with `one_round` plus `Sign` on every
+    /// party. A call that finds the pool empty (POOL_EXHAUSTED) is retried after 1 ms and
+    /// counted in `pool_waits`; its latency counts from the first attempt.
+    #[arg(long)]
+    one_round: bool,
+    /// Slots per party for `--one-round`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pool_size: u32,
 }
 
 type Client = pb::coordinator_service_client::CoordinatorServiceClient<tonic::transport::Channel>;
@@ -144,30 +154,51 @@ struct Outcome {
     result: Result<(f64, f64), String>,
 }
 
-/// One session through the API: create on `creator`, `Sign` on every party. Returns (create
-/// latency, total latency) in ms.
+/// Whether a status is the pool's "no slot ready" (POOL_EXHAUSTED as RESOURCE_EXHAUSTED).
+fn pool_empty(e: &tonic::Status) -> bool {
+    use tonic_types::StatusExt as _;
+    e.code() == tonic::Code::ResourceExhausted
+        && e.get_error_details()
+            .error_info()
+            .is_some_and(|i| i.reason == "POOL_EXHAUSTED")
+}
+
+/// Pool retries (POOL_EXHAUSTED) over the run.
+static POOL_WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One session through the API: create on `creator` (one round from its nonce pool when
+/// `one_round`), `Sign` on every party. Returns (create latency, total latency) in ms.
 async fn session(
     clients: &[Client],
     keys: &[Vec<u8>],
     creator: usize,
     i: usize,
     format: SignatureFormat,
+    one_round: bool,
 ) -> anyhow::Result<(f64, f64)> {
     let t0 = Instant::now();
     let msg = <sha2::Sha256 as sha2::Digest>::digest(format!("bench {i}").as_bytes()).to_vec();
-    let s = clients[creator]
-        .clone()
-        .create_session(pb::CreateSessionRequest {
-            signer_keys: keys.to_vec(),
-            message: msg,
-            format: shared::wire::format_to_pb(format) as i32,
-            timeout_ms: Some(30_000),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?;
+    let s = loop {
+        let r = clients[creator]
+            .clone()
+            .create_session(pb::CreateSessionRequest {
+                signer_keys: keys.to_vec(),
+                message: msg.clone(),
+                format: shared::wire::format_to_pb(format) as i32,
+                timeout_ms: Some(30_000),
+                one_round,
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => break r.into_inner().session.context("no session")?,
+            Err(e) if one_round && pool_empty(&e) && t0.elapsed() < Duration::from_secs(30) => {
+                POOL_WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let created = t0.elapsed().as_secs_f64() * 1e3;
     let mut calls = Vec::new();
     for c in clients {
@@ -301,10 +332,30 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     eprintln!("bench: starting {n} signers and {n} coordinators …");
     let mut parties = Vec::new();
     for i in 0..n {
-        let mut p = LocalParty::prepare(i, dir.path(), &bins, &args.coordinator_toml)?;
+        parties.push(LocalParty::prepare(
+            i,
+            dir.path(),
+            &bins,
+            &args.coordinator_toml,
+        )?);
+    }
+    if args.one_round {
+        // Every signer's policy allows pooled nonces for exactly this key set.
+        let set: Vec<String> = parties.iter().map(|p| format!("\"{}\"", p.key)).collect();
+        for p in &parties {
+            let path = p.dir.join("signer.toml");
+            let mut toml = std::fs::read_to_string(&path)?;
+            toml.push_str(&format!(
+                "[nonces]\npool_capacity = {}\n[policy]\n[[policy.rules]]\nid = \"bench-pool\"\nkind = \"nonce_pool\"\nkey_sets = [[{}]]\n",
+                (args.pool_size as usize * n * 2).max(1024),
+                set.join(", ")
+            ));
+            std::fs::write(&path, toml)?;
+        }
+    }
+    for p in &mut parties {
         p.start_signer(&bins)?;
         p.start_coordinator(&bins)?;
-        parties.push(p);
     }
     let mut clients = Vec::new();
     for p in &parties {
@@ -338,11 +389,47 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         .map(|p| hex::decode(&p.key))
         .collect::<Result<_, _>>()?;
     keys.sort();
+    let pool_fill_ms = if args.one_round {
+        let started = Instant::now();
+        eprintln!(
+            "bench: filling {} nonce-pool slots per party …",
+            args.pool_size
+        );
+        let req = pb::SetNoncePoolRequest {
+            signer_keys: keys.clone(),
+            format: shared::wire::format_to_pb(format) as i32,
+            tweaks: Vec::new(),
+            size: args.pool_size,
+        };
+        for c in &mut clients {
+            c.set_nonce_pool(req.clone()).await?;
+        }
+        for c in &mut clients {
+            while c.set_nonce_pool(req.clone()).await?.into_inner().ready < args.pool_size {
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "the nonce pools did not fill in 120 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Some(started.elapsed().as_secs_f64() * 1e3)
+    } else {
+        None
+    };
     let clients = Arc::new(clients);
     let keys = Arc::new(keys);
     // Warm-up (connections, HTTP/2 streams, caches).
     for i in 0..10 {
-        session(&clients, &keys, i % n, usize::MAX - i, format).await?;
+        session(
+            &clients,
+            &keys,
+            i % n,
+            usize::MAX - i,
+            format,
+            args.one_round,
+        )
+        .await?;
     }
     let pids: Vec<(String, u32)> = parties
         .iter()
@@ -378,7 +465,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     for _ in 0..args.concurrency {
         let (clients, keys, next, results) =
             (clients.clone(), keys.clone(), next.clone(), results.clone());
-        let rate = args.rate;
+        let (rate, one_round) = (args.rate, args.one_round);
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -389,7 +476,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                     let due = started + Duration::from_secs_f64(i as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let r = session(&clients, &keys, i % n, i, format).await;
+                let r = session(&clients, &keys, i % n, i, format, one_round).await;
                 lock(&results).push(Outcome {
                     result: r.map_err(|e| e.to_string()),
                 });
@@ -470,6 +557,10 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "create_p50_ms": pct(&mut create, 0.50),
         "create_p99_ms": pct(&mut create, 0.99),
         "mesh_setup_ms": mesh_ms,
+        "one_round": args.one_round,
+        "pool_size": args.one_round.then_some(args.pool_size),
+        "pool_fill_ms": pool_fill_ms,
+        "pool_waits": POOL_WAITS.load(std::sync::atomic::Ordering::Relaxed),
         "cpu_seconds": cpu.iter().map(|(k, v)| (k.clone(), serde_json::json!((v * 1000.0).round() / 1000.0))).collect::<serde_json::Map<_, _>>(),
         "cpu_total_seconds": cpu.iter().map(|(_, v)| v).sum::<f64>(),
         "limit_sessions_per_s": limit,

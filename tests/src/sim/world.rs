@@ -81,6 +81,7 @@ enum Ev {
         index: usize,
         key: [u8; 33],
         context: SessionContext,
+        pooled: bool,
     },
     Sign {
         node: usize,
@@ -90,6 +91,7 @@ enum Ev {
         key: [u8; 33],
         context: SessionContext,
         nonces: Vec<shared::musig::PubNonce>,
+        nonce_session: SessionId,
     },
     Record {
         node: usize,
@@ -632,6 +634,7 @@ impl<'a> World<'a> {
                     index,
                     key,
                     context,
+                    pooled,
                 } => {
                     let (t, epoch) = (self.now + self.latency() / 4 + 1, self.nodes[i].epoch);
                     self.at(
@@ -643,6 +646,7 @@ impl<'a> World<'a> {
                             index,
                             key,
                             context,
+                            pooled,
                         },
                     );
                 }
@@ -652,6 +656,7 @@ impl<'a> World<'a> {
                     key,
                     context,
                     nonces,
+                    nonce_session,
                 } => {
                     let (t, epoch) = (self.now + self.latency() / 4 + 1, self.nodes[i].epoch);
                     self.at(
@@ -664,6 +669,7 @@ impl<'a> World<'a> {
                             key,
                             context,
                             nonces,
+                            nonce_session,
                         },
                     );
                 }

@@ -30,6 +30,7 @@ fn phase_of(s: &str) -> Option<Phase> {
         "INIT" => Phase::Init,
         "NONCE_EXCHANGE" => Phase::NonceExchange,
         "PARTIAL_SIG_EXCHANGE" => Phase::PartialSigExchange,
+        "POOLED" => Phase::Pooled,
         "COMPLETE" => Phase::Complete,
         "CLOSED" => Phase::Closed,
         "ABORTED" => Phase::Aborted,
@@ -124,6 +125,8 @@ impl Session {
             local,
             now_ms,
         );
+        s.pool_slot = a.pool_slot;
+        s.uses_slot = a.uses_pool_slot;
         let n = s.n();
         if rec.joined.len() != n || rec.nonces.len() != n || rec.psigs.len() != n {
             return Err("record lengths do not match the key list".into());

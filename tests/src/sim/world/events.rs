@@ -67,6 +67,7 @@ impl World<'_> {
                 index,
                 key,
                 context,
+                pooled,
             } => {
                 if epoch != self.nodes[node].epoch {
                     return;
@@ -74,7 +75,7 @@ impl World<'_> {
                 let mut rng = StdRng::from_seed(self.rng.random());
                 let result = self.nodes[node]
                     .signer
-                    .nonce(&mut rng, &id.0, &key, &context)
+                    .nonce_as(&mut rng, &id.0, &key, &context, pooled)
                     .map_err(|e| e.to_string());
                 self.note(&format!("nonce {node} {id} {}", result.is_ok()));
                 self.with_core(node, Some(epoch), |c, now, fx| {
@@ -104,13 +105,14 @@ impl World<'_> {
                 key,
                 context,
                 nonces,
+                nonce_session,
             } => {
                 if epoch != self.nodes[node].epoch {
                     return;
                 }
                 let mut result = self.nodes[node]
                     .signer
-                    .partial_sign(&id.0, &key, &context, &nonces)
+                    .partial_sign(&nonce_session.0, &key, &context, &nonces)
                     .map_err(|e| e.to_string());
                 self.check
                     .signer(self.now - T0, node, &self.nodes[node].signer);
