@@ -280,7 +280,10 @@ impl Node {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev, &mut fx),
                 Some(cmd) = commands.recv() => self.on_command(cmd, &mut fx),
                 Some(i) = internal.recv() => self.on_internal(i, &mut fx),
-                _ = cleanup.tick() => self.core.on_cleanup(now_ms(), &mut fx),
+                _ = cleanup.tick() => {
+                    self.core.on_cleanup(now_ms(), &mut fx);
+                    self.purge_expired_records();
+                }
                 () = sleep, if deadline.is_some() => self.core.on_deadline(now_ms(), &mut fx),
                 () = tokio::time::sleep_until(parked.unwrap_or_else(tokio::time::Instant::now)), if parked.is_some() => {
                     let now = tokio::time::Instant::now();
@@ -433,6 +436,11 @@ impl Node {
                     }
                 }
             }
+            Effect::RemoveRecord { key } => {
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    kad.remove_record(&RecordKey::new(&key));
+                }
+            }
             Effect::GetRecord { query, key } => {
                 if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                     let q = kad.get_record(RecordKey::new(&key));
@@ -536,6 +544,29 @@ impl Node {
         }
     }
 
+    /// Drop expired records from this node's DHT store. Kademlia drops them only when its
+    /// hourly republication runs, so at a steady 20 sessions/s the store (10,000 records)
+    /// filled with expired announcements and refused new ones (found by the soak run).
+    fn purge_expired_records(&mut self) {
+        use libp2p::kad::store::RecordStore as _;
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let store = kad.store_mut();
+        let expired: Vec<RecordKey> = store
+            .records()
+            .filter(|r| r.is_expired(now))
+            .map(|r| r.key.clone())
+            .collect();
+        for key in &expired {
+            store.remove(key);
+        }
+        if !expired.is_empty() {
+            tracing::debug!(records = expired.len(), "expired DHT records dropped");
+        }
+    }
+
     fn send_to(&mut self, peer: PeerId, bytes: Vec<u8>) {
         tracing::trace!(%peer, len = bytes.len(), connected = self.swarm.is_connected(&peer), "frame queued");
         if !self.outbox.push(peer, bytes) {
@@ -544,19 +575,20 @@ impl Node {
         self.pump(peer);
     }
 
-    /// One request in flight per peer keeps each sender's messages in order.
+    /// Send what the peer's outbox lets go now: one message per session in flight, several
+    /// sessions at once (each sender's messages of a session stay in order).
     fn pump(&mut self, peer: PeerId) {
         if !self.swarm.is_connected(&peer) {
             return;
         }
-        if let Some(bytes) = self.outbox.next(&peer, std::time::Instant::now()) {
+        while let Some(picked) = self.outbox.next(&peer, std::time::Instant::now()) {
             let id = self
                 .swarm
                 .behaviour_mut()
                 .direct
-                .send_request(&peer, DirectRequest::Frame(bytes));
+                .send_request(&peer, DirectRequest::Frame(picked.bytes.clone()));
             tracing::trace!(%peer, request = %id, "frame sent");
-            self.outbox.sent(peer, id);
+            self.outbox.sent(peer, picked, id);
         }
     }
 

@@ -176,6 +176,16 @@ impl Core {
         let Some(sid) = self.dht_joins.remove(&query) else {
             return;
         };
+        // Not found (yet): the join keeps waiting for the announcement until its deadline.
+        if found.is_err() && self.awaited.contains_key(&sid) {
+            return;
+        }
+        if let Some((_, queries)) = self.awaited.get_mut(&sid) {
+            queries.retain(|q| *q != query);
+            if queries.is_empty() {
+                self.awaited.remove(&sid);
+            }
+        }
         let result = match found {
             Ok((record_key, value)) => {
                 let outcome = crate::envelope::validate_record_in(

@@ -58,6 +58,10 @@ pub const MAX_UNJOINED: usize = 1024;
 /// How long finished sessions stay in memory by default, ms (then they are read from the
 /// store): [`Settings::finished_in_memory_ms`].
 pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
+/// How long a join of an unknown session waits for its announcement, ms.
+pub const JOIN_WAIT_MS: i64 = 2_000;
+/// Unknown sessions joins may wait for at once.
+pub const MAX_AWAITED_JOINS: usize = 1_024;
 /// The store is pruned of sessions past their retention at most this often, ms.
 pub const PRUNE_EVERY_MS: i64 = 3600 * 1000;
 /// Sessions deleted per prune (one transaction).
@@ -150,6 +154,13 @@ pub enum Effect {
         value: Vec<u8>,
         /// Expiry, ms.
         expires_at_ms: i64,
+    },
+    /// Drop a record from this node's own DHT store (its session ended here; nobody needs to
+    /// find it through us any more). Records of sessions this node is not part of are dropped
+    /// at their expiry.
+    RemoveRecord {
+        /// Key.
+        key: Vec<u8>,
     },
     /// Look a record up; the answer comes back through [`Core::on_record`] with `query`.
     GetRecord {
@@ -304,6 +315,10 @@ pub struct Core {
     announced_by: BTreeMap<SessionId, PeerId>,
     timeouts: deadlines::DeadlineQueue<SessionId>,
     dht_joins: BTreeMap<u64, SessionId>,
+    /// Ended sessions whose DHT record this node dropped from its store.
+    unlisted: BTreeSet<SessionId>,
+    /// Joins of sessions not known yet, waiting for the announcement: deadline, queries.
+    awaited: BTreeMap<SessionId, (i64, Vec<u64>)>,
     // The other parts.
     failover: deadlines::DeadlineQueue<SessionId>,
     guard: guard::Guard,
@@ -364,6 +379,8 @@ impl Core {
             matchmaking: matchmaking::Matchmaking::default(),
             planted: PlantedBugs::default(),
             pools: BTreeMap::new(),
+            awaited: BTreeMap::new(),
+            unlisted: BTreeSet::new(),
         }
     }
 
@@ -409,6 +426,7 @@ impl Core {
             self.renewal_deadline(),
             self.redial.next(),
             self.pool_deadline(),
+            self.awaited.values().map(|(d, _)| *d).min(),
         ]
         .into_iter()
         .flatten()
@@ -430,6 +448,7 @@ impl Core {
         self.on_failover_due(now, fx);
         self.on_renewal_due(now, fx);
         self.on_redial_due(now, fx);
+        self.expire_awaited(now, fx);
         self.refill(now, fx);
     }
 
@@ -471,6 +490,7 @@ impl Core {
         self.orphans
             .retain(|id, (since, _)| !sessions.contains_key(id) && now - *since < ORPHAN_TTL_MS);
         self.announced_by.retain(|id, _| sessions.contains_key(id));
+        self.unlisted.retain(|id| sessions.contains_key(id));
         self.finalized_to
             .retain(|(id, _)| sessions.contains_key(id));
         for p in self.guard.expired_bans(now) {

@@ -10,8 +10,9 @@ use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
 use super::pools::PoolRole;
 use super::session::{Action, Phase, Session};
 use super::{
-    Core, Effect, ErrorReason, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED,
-    MAX_UNJOINED_PER_PEER, NodeError, NodeEvent, Pending, SessionView,
+    Core, Effect, ErrorReason, JOIN_WAIT_MS, MAX_AWAITED_JOINS, MAX_ORPHAN_SESSIONS,
+    MAX_ORPHANS_PER_SESSION, MAX_UNJOINED, MAX_UNJOINED_PER_PEER, NodeError, NodeEvent, Pending,
+    SessionView,
 };
 use crate::envelope::Refusal;
 use crate::store::SessionRecord;
@@ -231,6 +232,18 @@ impl Core {
         self.schedule_timeout(id);
         // On disk before anyone hears of it.
         self.persist(id, fx);
+        if self.settings.dht
+            && self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.phase.is_terminal())
+            && !self.unlisted.contains(&id)
+        {
+            self.unlisted.insert(id);
+            out.push(Effect::RemoveRecord {
+                key: session_record_key(&self.settings.session_resource_type, &id),
+            });
+        }
         fx.extend(out);
     }
 
@@ -434,7 +447,11 @@ impl Core {
         self.join_known(now, id, fx)
     }
 
-    /// Join a session; an unknown one is looked up in the DHT when discovery is on.
+    /// Join a session. An unknown one may be announced in a moment (an application that
+    /// heard of it from another party can be faster than the announcement): the join waits up
+    /// to [`JOIN_WAIT_MS`] for it, and looks it up in the DHT meanwhile when discovery is on.
+    /// (Found by the soak run: a join that lost that race failed at once whenever the DHT had
+    /// no record.)
     pub fn join(
         &mut self,
         now: i64,
@@ -444,19 +461,72 @@ impl Core {
         if self.sessions.contains_key(&id) {
             return Pending::Ready(self.join_known(now, id, fx));
         }
-        if !(self.settings.dht && self.settings.enable_session_discovery) {
+        if self.awaited.len() >= MAX_AWAITED_JOINS && !self.awaited.contains_key(&id) {
             return Pending::Ready(Err(NodeError::NotFound(
                 ErrorReason::SessionNotFound,
-                format!("session {id} is unknown and the DHT is disabled"),
+                format!("session {id} is unknown"),
             )));
         }
         let query = self.query();
-        self.dht_joins.insert(query, id);
-        fx.push(Effect::GetRecord {
-            query,
-            key: session_record_key(&self.settings.session_resource_type, &id),
-        });
+        let deadline = now.saturating_add(JOIN_WAIT_MS);
+        self.awaited
+            .entry(id)
+            .or_insert_with(|| (deadline, Vec::new()))
+            .1
+            .push(query);
+        if self.settings.dht && self.settings.enable_session_discovery {
+            self.dht_joins.insert(query, id);
+            fx.push(Effect::GetRecord {
+                query,
+                key: session_record_key(&self.settings.session_resource_type, &id),
+            });
+        }
         Pending::Waiting(query)
+    }
+
+    /// The session is known now: joins waiting for it go on.
+    pub(super) fn answer_awaited(&mut self, now: i64, id: SessionId, fx: &mut Vec<Effect>) {
+        let Some((_, queries)) = self.awaited.remove(&id) else {
+            return;
+        };
+        for query in queries {
+            self.dht_joins.remove(&query);
+            let result = self.join_known(now, id, fx);
+            fx.push(Effect::JoinAnswer {
+                query,
+                result: Box::new(result),
+            });
+        }
+    }
+
+    /// Joins whose session did not appear in time fail.
+    pub(super) fn expire_awaited(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        let due: Vec<SessionId> = self
+            .awaited
+            .iter()
+            .filter(|(_, (d, _))| *d <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            for query in self.awaited.remove(&id).map(|a| a.1).unwrap_or_default() {
+                self.dht_joins.remove(&query);
+                fx.push(Effect::JoinAnswer {
+                    query,
+                    result: Box::new(Err(NodeError::NotFound(
+                        ErrorReason::SessionNotFound,
+                        format!(
+                            "session {id} is unknown: no announcement arrived within {} ms{}",
+                            JOIN_WAIT_MS,
+                            if self.settings.dht && self.settings.enable_session_discovery {
+                                " and the DHT has no record of it"
+                            } else {
+                                " (the DHT is disabled)"
+                            }
+                        ),
+                    ))),
+                });
+            }
+        }
     }
 
     pub(super) fn join_known(
@@ -797,6 +867,7 @@ impl Core {
         // that depends on it) and before the application hears of it.
         self.persist(id, fx);
         Self::emit(fx, NodeEvent::SessionCreated(Box::new(view)));
+        self.answer_awaited(now, id, fx);
         if let Some(reason) = refused {
             // Not ours to contribute to: the creator hears why at once.
             if let Some(s) = self.sessions.get_mut(&id) {

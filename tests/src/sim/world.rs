@@ -715,7 +715,9 @@ impl<'a> World<'a> {
                     }
                 }
                 Effect::Emit(e) => self.on_event(i, e),
-                Effect::JoinAnswer { .. } => {}
+                // Each real node drops only its own copy; the simulated DHT is one shared map,
+                // whose records other nodes may still look up.
+                Effect::JoinAnswer { .. } | Effect::RemoveRecord { .. } => {}
             }
         }
     }

@@ -140,3 +140,56 @@ fn a_session_ended_before_signing_releases_the_nonces_it_obtained_and_only_those
         "{fx:?}"
     );
 }
+
+/// Found by the soak run: an application that heard of a session from another party (or a
+/// `Sign` sent to every party at once) can be faster than the announcement; the join failed
+/// at once. Now it waits up to JOIN_WAIT_MS for the announcement, then fails naming why.
+#[test]
+fn a_join_waits_for_an_announcement_that_is_on_its_way_then_gives_up() {
+    use super::super::{JOIN_WAIT_MS, Pending};
+    let mut net = Net::new(2, false);
+    net.lose = Some((1, "SESSION_ANNOUNCE"));
+    let ctx = net.context();
+    let now = net.now;
+    let mut fx = Vec::new();
+    let v = net.cores[0]
+        .create(now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.run(0, fx);
+    assert!(net.cores[1].session(v.id).is_none());
+    let mut fx = Vec::new();
+    let Pending::Waiting(query) = net.cores[1].join(now, v.id, &mut fx) else {
+        panic!("an unknown session is waited for");
+    };
+    // The announcement arrives: the join is answered with the joined session.
+    let bytes = net.cores[0]
+        .announcement(v.id)
+        .unwrap_or_else(|| panic!("announced"));
+    let mut fx = Vec::new();
+    let from = net.peers[0];
+    assert!(
+        net.cores[1]
+            .on_direct(now + 5, from, Frame::Bytes(&bytes), &mut fx)
+            .is_ok()
+    );
+    let answered = fx.iter().any(|e| {
+        matches!(e, Effect::JoinAnswer { query: q, result } if *q == query
+            && result.as_ref().as_ref().is_ok_and(|s| s.id == v.id))
+    });
+    assert!(answered, "{fx:?}");
+    // A session that never comes: NOT_FOUND after the wait, not before.
+    let ghost = SessionId([0x77; 16]);
+    let mut fx = Vec::new();
+    let Pending::Waiting(query) = net.cores[1].join(now, ghost, &mut fx) else {
+        panic!("waited for");
+    };
+    let mut fx = Vec::new();
+    net.cores[1].on_deadline(now + JOIN_WAIT_MS - 1, &mut fx);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::JoinAnswer { .. })));
+    net.cores[1].on_deadline(now + JOIN_WAIT_MS, &mut fx);
+    let failed = fx.iter().any(|e| {
+        matches!(e, Effect::JoinAnswer { query: q, result } if *q == query
+            && result.as_ref().as_ref().is_err_and(|e| e.reason() == ErrorReason::SessionNotFound))
+    });
+    assert!(failed, "{fx:?}");
+}
