@@ -149,7 +149,7 @@ fn fuzz_signer() -> &'static FuzzSigner {
 }
 
 /// A signer gRPC request after prost decoding (first byte: 0 GenerateNonce, 1 PartialSign,
-/// 2 AttestPeer, other ListKeys), through the real service handlers.
+/// 2 AttestPeer, 3 ReleaseNonce, other ListKeys), through the real service handlers.
 pub fn signer_request(data: &[u8]) {
     use musig2_proto::v1 as v;
     use musig2_proto::v1::signer_service_server::SignerService;
@@ -172,6 +172,12 @@ pub fn signer_request(data: &[u8]) {
         2 => {
             if let Ok(r) = v::AttestPeerRequest::decode(rest) {
                 let _ = s.rt.block_on(s.signer.attest_peer(tonic::Request::new(r)));
+            }
+        }
+        3 => {
+            if let Ok(r) = v::ReleaseNonceRequest::decode(rest) {
+                let _ =
+                    s.rt.block_on(s.signer.release_nonce(tonic::Request::new(r)));
             }
         }
         _ => {
@@ -329,6 +335,26 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "signer_request",
             [&[0u8][..], &nonce_req.encode_to_vec()].concat(),
         ));
+        // The same key set asked for a pooled nonce (one-round signing: no message).
+        let mut pool_ctx = ctx.to_pb();
+        pool_ctx.message.clear();
+        let pool_req = musig2_proto::v1::GenerateNonceRequest {
+            context: Some(pool_ctx),
+            pooled: true,
+            ..nonce_req.clone()
+        };
+        out.push((
+            "signer_request",
+            [&[0u8][..], &pool_req.encode_to_vec()].concat(),
+        ));
+        let release = musig2_proto::v1::ReleaseNonceRequest {
+            public_key: sk.public_key().to_vec(),
+            session_id: vec![2; 16],
+        };
+        out.push((
+            "signer_request",
+            [&[3u8][..], &release.encode_to_vec()].concat(),
+        ));
         let sign = musig2_proto::v1::PartialSignRequest {
             public_key: sk.public_key().to_vec(),
             session_id: vec![2; 16],
@@ -369,7 +395,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "signer_request",
         [&[2u8][..], &attest.encode_to_vec()].concat(),
     ));
-    out.push(("signer_request", vec![3u8]));
+    out.push(("signer_request", vec![4u8]));
     out.push(("direct_frame", 200_000u32.to_be_bytes().to_vec()));
 
     // A journal with every record kind, and a key file, made by the real code.
