@@ -45,6 +45,9 @@ fn default_resource_type() -> String {
 fn default_in_memory() -> u64 {
     3600 * 1000
 }
+fn default_store_cache_mib() -> u64 {
+    64
+}
 fn default_retention() -> u64 {
     90 * 24 * 3600 * 1000
 }
@@ -126,6 +129,10 @@ pub struct Config {
     /// memory.
     #[serde(default = "default_in_memory")]
     pub finished_in_memory_ms: u64,
+    /// Memory the store may use to cache database pages, MiB (64; redb's own default, 1 GiB,
+    /// let the process grow with the database: found by the soak run).
+    #[serde(default = "default_store_cache_mib")]
+    pub store_cache_mib: u64,
     /// Lifetime of the attestations the signer gives this node, ms (7 days; at most 30 days,
     /// the protocol's maximum, and the signer's policy may allow less).
     #[serde(default = "default_attestation_ttl")]
@@ -373,6 +380,12 @@ impl Config {
             errs.push(format!(
                 "session_retention_ms: {} must be at least 3600000 (1 hour)",
                 self.session_retention_ms
+            ));
+        }
+        if !(1..=4096).contains(&self.store_cache_mib) {
+            errs.push(format!(
+                "store_cache_mib: {} must be 1 to 4096",
+                self.store_cache_mib
             ));
         }
         if !(1000..=86_400_000).contains(&self.finished_in_memory_ms) {

@@ -68,7 +68,10 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     .server_config()?;
     std::fs::create_dir_all(&config.data_dir)?;
     let identity = load_identity(&config.data_dir)?;
-    let store = Store::open(&config.data_dir.join("coordinator.redb"))?;
+    let store = Store::open_with_cache(
+        &config.data_dir.join("coordinator.redb"),
+        usize::try_from(config.store_cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+    )?;
     let metrics = Arc::new(Metrics::new());
     let signer = SignerClient::connect_lazy(&SignerEndpoint {
         url: config.signer.url.clone(),

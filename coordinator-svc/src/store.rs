@@ -134,7 +134,20 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Database::create(path).map_err(dberr)?)
+        Self::open_with_cache(path, 64 * 1024 * 1024)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes`.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        Self::init(
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(dberr)?,
+        )
     }
 
     /// Open or create the database on another storage (crash-consistency tests run it on a

@@ -64,6 +64,10 @@ impl Core {
     pub(super) fn record(&self, id: SessionId) -> Option<SessionRecord> {
         let s = self.sessions.get(&id)?;
         let sent = self.sent.get(&id).map(|x| x.0.as_slice()).unwrap_or(&[]);
+        // Our sent messages are kept to be sent again to members that missed them, which only
+        // an unfinished session needs: a finished one is stored without them (they were most
+        // of a stored session's size: found by the soak run).
+        let sent = if s.phase.is_terminal() { &[] } else { sent };
         let mut rec = s.to_record(sent);
         if s.phase.is_terminal() && !super::failover::running(s) {
             rec.finished_at_ms = self.finished_at.get(&id).copied();
