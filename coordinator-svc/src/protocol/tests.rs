@@ -71,6 +71,10 @@ fn kind(from: PeerId, bytes: &[u8]) -> &'static str {
 
 impl Net {
     fn new(n: usize, failover: bool) -> Self {
+        Self::with_settings(n, settings(failover))
+    }
+
+    fn with_settings(n: usize, settings: Settings) -> Self {
         let mut net = Net {
             now: T0,
             cores: Vec::new(),
@@ -100,7 +104,7 @@ impl Net {
                 signature: sig.to_vec(),
             };
             let core = Core::new(
-                settings(failover),
+                settings.clone(),
                 kp,
                 vec![key],
                 BTreeMap::from([(key, att)]),

@@ -193,3 +193,79 @@ fn a_join_waits_for_an_announcement_that_is_on_its_way_then_gives_up() {
     });
     assert!(failed, "{fx:?}");
 }
+
+/// Found by the soak run: the DHT store (10,000 records) filled with the announcements of
+/// finished sessions, because Kademlia drops expired records only at its hourly republication,
+/// and every session failed after 10,000. Each node now drops its copy of a session's record
+/// when the session ends there (once), completed or aborted.
+#[test]
+fn an_ended_session_drops_its_dht_record_once_on_every_node() {
+    let mut s = settings(false);
+    s.dht = true;
+    let mut net = Net::with_settings(3, s);
+    let removed = |fx: &[Effect]| -> Vec<Vec<u8>> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::RemoveRecord { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Completed: each node drops the record as the session completes there.
+    let ctx = net.context();
+    let mut fx = Vec::new();
+    let v = net.cores[0]
+        .create(net.now, ctx.clone(), None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(removed(&fx).is_empty(), "not while it runs");
+    net.run(0, fx);
+    for c in &net.cores {
+        assert_eq!(c.session(v.id).map(|s| s.phase), Some(Phase::Complete));
+        // `unlisted` is set exactly where the RemoveRecord effect is emitted.
+        assert!(c.unlisted.contains(&v.id));
+    }
+    // Closing it later does not drop it again.
+    let mut fx = Vec::new();
+    net.cores[0]
+        .close(net.now, v.id, "done", &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(removed(&fx).is_empty(), "{fx:?}");
+    // Aborted: dropped too.
+    net.lose = Some((1, "NONCE_SHARE"));
+    let mut fx = Vec::new();
+    let w = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.run(0, fx);
+    let mut fx = Vec::new();
+    net.cores[0]
+        .close(net.now, w.id, "given up", &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wkey =
+        crate::protocol::sessions::session_record_key(super::super::SESSION_RESOURCE_TYPE, &w.id);
+    assert_eq!(removed(&fx), vec![wkey]);
+}
+
+/// Found by the soak run: stored sessions kept every message sent for them (to re-send to
+/// members that missed them), most of a record's size, also once finished, when nobody needs
+/// them. A finished session's record has none; an unfinished one keeps them.
+#[test]
+fn a_finished_session_is_stored_without_the_messages_kept_for_re_sending() {
+    let mut net = Net::new(2, false);
+    net.lose = Some((1, "NONCE_SHARE"));
+    let ctx = net.context();
+    let mut fx = Vec::new();
+    let v = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.run(0, fx);
+    let unfinished = net.cores[0]
+        .record(v.id)
+        .unwrap_or_else(|| panic!("stored"));
+    assert!(!unfinished.sent.is_empty(), "kept while unfinished");
+    net.lose = None;
+    let id = net.complete_a_session();
+    let done = net.cores[0].record(id).unwrap_or_else(|| panic!("stored"));
+    assert_eq!(done.phase, "COMPLETE");
+    assert!(done.sent.is_empty(), "{} messages kept", done.sent.len());
+}
