@@ -272,8 +272,11 @@ impl Config {
         if self.nonces.capacity == 0 || self.nonces.capacity > 10_000_000 {
             errs.push("nonces.capacity: must be between 1 and 10000000".into());
         }
-        if self.nonces.pool_ttl_secs == 0 || self.nonces.pool_ttl_secs > 7 * 86_400 {
-            errs.push("nonces.pool_ttl_secs: must be between 1 and 604800 (7 days)".into());
+        if self.nonces.pool_ttl_secs < 3000 || self.nonces.pool_ttl_secs > 7 * 86_400 {
+            errs.push(
+                "nonces.pool_ttl_secs: must be between 3000 (a coordinator's nonce-pool slots live 50 minutes) and 604800 (7 days)"
+                    .into(),
+            );
         }
 
         if let Some(dir) = self.audit.journal.parent()

@@ -14,6 +14,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// An answered slot younger than this is never evicted to make room (retries get their answer).
+pub const MIN_ANSWER_AGE: Duration = Duration::from_secs(60);
+
 /// Slot key: session id and signer key.
 pub type SlotKey = ([u8; 16], [u8; 33]);
 
@@ -182,13 +185,15 @@ impl NonceStore {
             return Ok((s.clone(), false));
         }
         if map.slots.len() >= self.capacity {
-            Self::evict_answered(&mut map, (self.capacity / 16).max(1), false);
+            let cutoffs = self.answered_cutoffs(now);
+            Self::evict_answered(&mut map, (self.capacity / 16).max(1), false, cutoffs);
         }
         if map.slots.len() >= self.capacity {
             return Err(InsertError::Full(self.capacity));
         }
         if pooled && map.pooled.len() >= self.pool_capacity {
-            Self::evict_answered(&mut map, (self.pool_capacity / 16).max(1), true);
+            let cutoffs = self.answered_cutoffs(now);
+            Self::evict_answered(&mut map, (self.pool_capacity / 16).max(1), true, cutoffs);
         }
         if pooled && map.pooled.len() >= self.pool_capacity {
             return Err(InsertError::PoolFull(self.pool_capacity));
@@ -214,18 +219,24 @@ impl NonceStore {
         Ok((slot, true))
     }
 
-    /// Make room: drop up to `n` answered slots (only pooled ones when `pool_only`) (used or burned: no secret left, kept only so
-    /// a retry gets the same answer), oldest first. Unused nonces and slots in use by a request
-    /// stay: only they count against the capacity then. (Found by the soak run: answered slots
-    /// held the capacity for their whole TTL, so the defaults refused every nonce past
-    /// capacity / TTL = 16.7 sessions/s.)
-    fn evict_answered(map: &mut Map, n: usize, pool_only: bool) {
+    /// Make room: drop up to `n` answered slots (used or burned: no secret left, kept only so
+    /// a retry gets the same answer; only pooled ones when `pool_only`) issued before the
+    /// `cutoffs` (ordinary, pooled expiries), oldest first. Unused nonces, slots in use by a
+    /// request and recent answers stay. (Found by the soak run: answered slots held the
+    /// capacity for their whole TTL, so the defaults refused every nonce past capacity / TTL =
+    /// 16.7 sessions/s.)
+    fn evict_answered(map: &mut Map, n: usize, pool_only: bool, cutoffs: (Instant, Instant)) {
         let mut gone = Vec::new();
         let ordinary = map
             .order
             .iter()
-            .take(if pool_only { 0 } else { usize::MAX });
-        for (exp, key) in ordinary.chain(map.pool_order.iter()) {
+            .take(if pool_only { 0 } else { usize::MAX })
+            .take_while(|(exp, _)| *exp <= cutoffs.0);
+        let pooled = map
+            .pool_order
+            .iter()
+            .take_while(|(exp, _)| *exp <= cutoffs.1);
+        for (exp, key) in ordinary.chain(pooled) {
             if gone.len() >= n {
                 break;
             }
@@ -243,6 +254,18 @@ impl NonceStore {
             map.slots.remove(&key);
             map.pooled.remove(&key);
         }
+    }
+
+    /// Expiries of slots issued at least [`MIN_ANSWER_AGE`] (or half the TTL, if shorter) ago
+    /// (ordinary, pooled): only those may be evicted, so a retry within that time still gets its
+    /// stored answer.
+    fn answered_cutoffs(&self, now: Instant) -> (Instant, Instant) {
+        let cut = |ttl: Duration| {
+            (now + ttl)
+                .checked_sub(MIN_ANSWER_AGE.min(ttl / 2))
+                .unwrap_or(now)
+        };
+        (cut(self.ttl), cut(self.pool_ttl))
     }
 
     /// Remove a slot (e.g. when journaling its issue failed).

@@ -17,16 +17,19 @@ use shared::musig::{
 use shared::wire::SessionContext;
 use tonic::Code;
 
-fn pool_rule(h_keys: &[shared::musig::SecretKey]) -> String {
+fn pool_rule(h_keys: &[shared::musig::SecretKey], capacity: usize) -> String {
     let set: Vec<String> = h_keys
         .iter()
         .map(|k| format!("\"{}\"", hex::encode(k.public_key())))
         .collect();
     format!(
-        "[nonces]\npool_capacity = 6\n[policy]\n[[policy.rules]]\nid = \"pool-ok\"\nkind = \"nonce_pool\"\nkey_sets = [[{}]]\n",
+        "[nonces]\npool_capacity = {capacity}\n[policy]\n[[policy.rules]]\nid = \"pool-ok\"\nkind = \"nonce_pool\"\nkey_sets = [[{}]]\n",
         set.join(", ")
     )
 }
+
+// Answered pooled nonces make room only once older than 60 s (half the pool TTL if shorter), so
+// a test that answers several slots quickly needs room for all of them.
 
 /// Pooled nonces of every key for `slot` (the key set of `ctx`).
 async fn pool_nonces(h: &Harness, slot: [u8; 16], ctx: &SessionContext) -> Vec<Vec<u8>> {
@@ -88,7 +91,7 @@ async fn pooled_nonces_need_the_policy_opt_in() {
 #[tokio::test]
 async fn a_pooled_nonce_signs_a_later_message_once_in_both_formats() {
     let keys = common::secret_keys(3);
-    let h = Harness::start(3, &pool_rule(&keys)).await;
+    let h = Harness::start(3, &pool_rule(&keys, 16)).await;
     for (i, (format, taproot)) in [
         (SignatureFormat::Bip340, false),
         (SignatureFormat::Lotus, true),
@@ -175,7 +178,7 @@ async fn a_pooled_nonce_signs_a_later_message_once_in_both_formats() {
 #[tokio::test]
 async fn pool_capacity_restart_and_concurrency() {
     let keys = common::secret_keys(3);
-    let h = Harness::start(3, &pool_rule(&keys)).await;
+    let h = Harness::start(3, &pool_rule(&keys, 6)).await;
     let ctx = context(&h.keys, SignatureFormat::Bip340, false, b"c");
     // pool_capacity = 6: two slots of three keys, then RESOURCE_EXHAUSTED.
     let a = pool_nonces(&h, [1; 16], &ctx).await;

@@ -714,31 +714,46 @@ async fn health_reflection_and_metrics_without_secrets() {
 /// Found by the soak run (issue 14): answered nonces (kept only so a retry gets the same
 /// partial signature) held capacity for their whole TTL, so with the defaults (10,000 nonces,
 /// 600 s) a signer refused every nonce past 16.7 sessions/s sustained. Now only unused nonces
-/// are capped; answered ones make room, oldest first.
+/// are capped; answered ones make room, oldest first, once older than 60 s (half the TTL when
+/// shorter: here 2 s), so a retry soon after still gets its answer.
 #[tokio::test]
 async fn answered_nonces_make_room_and_unused_ones_stay_capped() {
-    let h = Harness::start(1, "[nonces]\nttl_secs = 600\ncapacity = 2\n").await;
+    let h = Harness::start(1, "[nonces]\nttl_secs = 4\ncapacity = 2\n").await;
     let ctx = context(&h.keys, SignatureFormat::Bip340, false, b"room");
     let mut client = h.client().await;
-    for i in 0..10u8 {
-        let n = client
-            .generate_nonce(nonce_req(&h.keys[0], [i; 16], &ctx))
-            .await
-            .unwrap()
-            .into_inner()
-            .public_nonce;
-        client
-            .partial_sign(sign_req(&h.keys[0], [i; 16], &ctx, &[n]))
-            .await
-            .unwrap();
+    let shared_client = client.clone();
+    let answer = |i: u8| {
+        let mut client = shared_client.clone();
+        let (ctx, key) = (ctx.clone(), &h.keys[0]);
+        async move {
+            let n = client
+                .generate_nonce(nonce_req(key, [i; 16], &ctx))
+                .await?
+                .into_inner()
+                .public_nonce;
+            client
+                .partial_sign(sign_req(key, [i; 16], &ctx, &[n]))
+                .await
+                .map(|_| ())
+        }
+    };
+    answer(0).await.unwrap();
+    answer(1).await.unwrap();
+    // Both answers are recent: they stay for retries, and the store is full.
+    let e = answer(2).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    for i in 2..4u8 {
+        answer(i).await.unwrap();
     }
     // The latest answer is still there for a retry.
-    let n9 = client
-        .generate_nonce(nonce_req(&h.keys[0], [9; 16], &ctx))
+    let n3 = client
+        .generate_nonce(nonce_req(&h.keys[0], [3; 16], &ctx))
         .await
         .unwrap_err();
-    assert_eq!(n9.code(), Code::FailedPrecondition, "{n9}");
-    // Unused nonces are still capped.
+    assert_eq!(n3.code(), Code::FailedPrecondition, "{n3}");
+    // Unused nonces are still capped (once the answers are old enough to make room).
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     for i in 20..22u8 {
         client
             .generate_nonce(nonce_req(&h.keys[0], [i; 16], &ctx))

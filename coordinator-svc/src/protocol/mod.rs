@@ -62,6 +62,8 @@ pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
 pub const JOIN_WAIT_MS: i64 = 2_000;
 /// Unknown sessions joins may wait for at once.
 pub const MAX_AWAITED_JOINS: usize = 1_024;
+/// Joins that may wait for one unknown session.
+pub const MAX_JOINS_PER_AWAITED: usize = 16;
 /// The store is pruned of sessions past their retention at most this often, ms.
 pub const PRUNE_EVERY_MS: i64 = 3600 * 1000;
 /// Sessions deleted per prune (one transaction).

@@ -21,8 +21,10 @@ use shared::wire::{self, Announce, SessionContext};
 use super::session::{Phase, Session};
 use super::{Core, Effect, ErrorReason, NodeError, SessionView};
 
-/// How long a slot lives, ms (below the signer's default `nonces.pool_ttl_secs` of one hour).
+/// How long a slot lives, ms (below the signer's `nonces.pool_ttl_secs`, at least 3,000 s).
 pub const SLOT_TTL_MS: i64 = 50 * 60 * 1000;
+/// A slot is not used with less than this left before it expires, ms.
+pub const SLOT_MIN_LEFT_MS: i64 = 60_000;
 /// Most slots of one pool filling at once.
 pub const MAX_FILLING: usize = 8;
 /// Largest pool size.
@@ -99,6 +101,26 @@ impl Core {
         let hash = context.pool_hash();
         if size == 0 {
             self.pools.remove(&hash);
+            // Its slots end now (their pooled nonces are released), ours and the members'.
+            let live: Vec<SessionId> = self
+                .sessions
+                .values()
+                .filter(|s| s.pool_hash == Some(hash) && !s.phase.is_terminal())
+                .map(|s| s.id)
+                .collect();
+            for id in live {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let mut actions = Vec::new();
+                    s.fail(
+                        now,
+                        wire::AbortCode::Closed,
+                        "nonce pool disabled by this party's application".into(),
+                        Vec::new(),
+                        &mut actions,
+                    );
+                    self.apply(now, id, actions, fx);
+                }
+            }
         } else {
             let conf = self.pools.entry(hash).or_insert(PoolConf {
                 context,
@@ -138,9 +160,9 @@ impl Core {
     }
 
     fn own_slots<'a>(&'a self, hash: &'a [u8; 32]) -> impl Iterator<Item = &'a Session> + 'a {
-        self.sessions.values().filter(move |s| {
-            s.pool_slot && self.keys.contains(&s.creator) && &s.context.pool_hash() == hash
-        })
+        self.sessions
+            .values()
+            .filter(move |s| s.pool_hash.as_ref() == Some(hash) && self.keys.contains(&s.creator))
     }
 
     /// Start slots where a pool has fewer than its size (at most [`MAX_FILLING`] filling).
@@ -217,9 +239,12 @@ impl Core {
                     .into(),
             ));
         }
+        // The oldest ready slot with time left to sign (members expire it at the same moment).
         let slot = self
             .own_slots(&hash)
-            .filter(|s| s.phase == Phase::Pooled)
+            .filter(|s| {
+                s.phase == Phase::Pooled && s.expires_at_ms.saturating_sub(now) > SLOT_MIN_LEFT_MS
+            })
             .min_by_key(|s| (s.created_at_ms, s.id))
             .map(|s| s.id);
         let Some(slot) = slot else {
@@ -255,7 +280,28 @@ impl Core {
         a: &Announce,
     ) -> Option<String> {
         if a.pool_slot {
-            return (!self.pools.contains_key(&a.context.pool_hash())).then(|| NOT_ENABLED.into());
+            let hash = a.context.pool_hash();
+            let Some(conf) = self.pools.get(&hash) else {
+                return Some(NOT_ENABLED.into());
+            };
+            // A member cannot fill our signer's pool with its slots (found in review): at most
+            // our own pool size (plus those filling) of one creator's live slots.
+            let cap = conf.size + MAX_FILLING;
+            let live = self
+                .sessions
+                .values()
+                .filter(|s| {
+                    s.pool_hash == Some(hash)
+                        && s.creator == session.creator
+                        && !s.phase.is_terminal()
+                })
+                .count();
+            return (live >= cap).then(|| {
+                format!(
+                    "this party keeps at most {cap} live nonce-pool slots of one creator for a key set (its pool size {} plus {MAX_FILLING} filling)",
+                    conf.size
+                )
+            });
         }
         let slot_id = a.uses_pool_slot?;
         let Some(slot) = self.sessions.get(&slot_id) else {
@@ -263,7 +309,7 @@ impl Core {
         };
         if !slot.pool_slot
             || slot.creator != session.creator
-            || slot.context.pool_hash() != a.context.pool_hash()
+            || slot.pool_hash != Some(a.context.pool_hash())
         {
             return Some(format!(
                 "pool slot {slot_id} is not the creator's slot for this key set"
@@ -311,7 +357,7 @@ impl Core {
             .abort
             .as_ref()
             .is_some_and(|a| a.code == wire::AbortCode::SignerRefused && !a.reason.contains(LOST));
-        if refused && let Some(p) = self.pools.get_mut(&s.context.pool_hash()) {
+        if refused && let Some(p) = s.pool_hash.and_then(|h| self.pools.get_mut(&h)) {
             p.backoff_until_ms = now.saturating_add(REFUSED_BACKOFF_MS);
         }
         self.refill(now, fx);
@@ -323,7 +369,7 @@ impl Core {
         let slots: Vec<SessionId> = self
             .sessions
             .values()
-            .filter(|s| s.pool_slot && s.phase == Phase::Pooled && s.context.pool_hash() == hash)
+            .filter(|s| s.phase == Phase::Pooled && s.pool_hash == Some(hash))
             .map(|s| s.id)
             .collect();
         for id in slots {

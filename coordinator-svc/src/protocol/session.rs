@@ -215,6 +215,8 @@ pub struct Session {
     held_confirmation: Option<([u8; 33], String)>,
     /// A nonce-pool slot (no message; ends in POOLED, then CLOSED when used).
     pub pool_slot: bool,
+    /// A slot's pool (its context's pool hash), computed once.
+    pub pool_hash: Option<[u8; 32]>,
     /// A one-round session: the pool slot whose nonces it uses (the signer's nonce session).
     pub uses_slot: Option<SessionId>,
 }
@@ -272,8 +274,15 @@ impl Session {
             skip_partial_signature_check: false,
             held_confirmation: None,
             pool_slot: false,
+            pool_hash: None,
             uses_slot: None,
         }
+    }
+
+    /// Mark this session a nonce-pool slot (or not).
+    pub fn set_pool_slot(&mut self, slot: bool) {
+        self.pool_slot = slot;
+        self.pool_hash = slot.then(|| self.context.pool_hash());
     }
 
     /// Make this new session a one-round session using pool slot `slot`'s `nonces` (key

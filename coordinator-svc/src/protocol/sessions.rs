@@ -10,9 +10,9 @@ use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
 use super::pools::PoolRole;
 use super::session::{Action, Phase, Session};
 use super::{
-    Core, Effect, ErrorReason, JOIN_WAIT_MS, MAX_AWAITED_JOINS, MAX_ORPHAN_SESSIONS,
-    MAX_ORPHANS_PER_SESSION, MAX_UNJOINED, MAX_UNJOINED_PER_PEER, NodeError, NodeEvent, Pending,
-    SessionView,
+    Core, Effect, ErrorReason, JOIN_WAIT_MS, MAX_AWAITED_JOINS, MAX_JOINS_PER_AWAITED,
+    MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED, MAX_UNJOINED_PER_PEER, NodeError,
+    NodeEvent, Pending, SessionView,
 };
 use crate::envelope::Refusal;
 use crate::store::SessionRecord;
@@ -145,8 +145,12 @@ impl Core {
                         Err(e) => tracing::error!(session = %id, error = %e, "cannot wrap message"),
                     }
                 }
+                // Never for a session our application has not joined: a peer's one-round
+                // session starts in PARTIAL_SIG_EXCHANGE before our join, and a restore resumes
+                // by phase (found in review: after a restart the node signed a peer's one-round
+                // session its application never approved).
                 Action::RequestNonces => {
-                    let Some(s) = self.sessions.get(&id) else {
+                    let Some(s) = self.sessions.get(&id).filter(|s| s.locally_joined) else {
                         continue;
                     };
                     for &index in &s.local {
@@ -162,7 +166,7 @@ impl Core {
                     }
                 }
                 Action::RequestPartialSignatures => {
-                    let Some(s) = self.sessions.get(&id) else {
+                    let Some(s) = self.sessions.get(&id).filter(|s| s.locally_joined) else {
                         continue;
                     };
                     let nonces: Vec<PubNonce> = s.nonces.iter().flatten().copied().collect();
@@ -410,7 +414,7 @@ impl Core {
             now,
         );
         let mut session = session;
-        session.pool_slot = pool == PoolRole::Slot;
+        session.set_pool_slot(pool == PoolRole::Slot);
         if let PoolRole::Uses(slot_id) = pool {
             session.use_slot(slot_id, &slot_nonces).map_err(|e| {
                 NodeError::FailedPrecondition(ErrorReason::PoolExhausted, format!("pool slot: {e}"))
@@ -473,11 +477,18 @@ impl Core {
         }
         let query = self.query();
         let deadline = now.saturating_add(JOIN_WAIT_MS);
-        self.awaited
+        let waiting = &mut self
+            .awaited
             .entry(id)
             .or_insert_with(|| (deadline, Vec::new()))
-            .1
-            .push(query);
+            .1;
+        if waiting.len() >= MAX_JOINS_PER_AWAITED {
+            return Pending::Ready(Err(NodeError::ResourceExhausted(
+                ErrorReason::TooManyRequests,
+                format!("too many joins waiting for session {id}; retry later"),
+            )));
+        }
+        waiting.push(query);
         if self.settings.dht && self.settings.enable_session_discovery {
             self.dht_joins.insert(query, id);
             fx.push(Effect::GetRecord {
@@ -854,7 +865,7 @@ impl Core {
             local,
             now,
         );
-        session.pool_slot = a.pool_slot;
+        session.set_pool_slot(a.pool_slot);
         let refused = self.check_pool_announce(&mut session, &a);
         let view = SessionView::of(&session);
         self.sessions.insert(id, session);
@@ -871,7 +882,7 @@ impl Core {
         // that depends on it) and before the application hears of it.
         self.persist(id, fx);
         Self::emit(fx, NodeEvent::SessionCreated(Box::new(view)));
-        self.answer_awaited(now, id, fx);
+        let was_refused = refused.is_some();
         if let Some(reason) = refused {
             // Not ours to contribute to: the creator hears why at once.
             if let Some(s) = self.sessions.get_mut(&id) {
@@ -885,7 +896,11 @@ impl Core {
                 );
                 self.apply(now, id, actions, fx);
             }
-        } else if (a.pool_slot || self.matchmaking.take_auto_join(now, &a.context))
+        }
+        // Joins waiting for it go on (after a refusal: they hear that it ended).
+        self.answer_awaited(now, id, fx);
+        if !was_refused
+            && (a.pool_slot || self.matchmaking.take_auto_join(now, &a.context))
             && let Err(e) = self.join_known(now, id, fx)
         {
             tracing::warn!(session = %id, error = %e, "auto-join failed");
@@ -946,7 +961,12 @@ impl Core {
                         self.finished_at
                             .insert(id, rec.finished_at_ms.unwrap_or(now).min(now));
                     } else {
-                        resume.push((id, s.phase));
+                        // A slot still filling is not resumed: the pool setting is not restored
+                        // with it, so asking the signer for a pooled nonce again would happen
+                        // without the application's opt-in. It times out; filled slots stay.
+                        if !s.pool_slot {
+                            resume.push((id, s.phase));
+                        }
                     }
                     if s.failover.confirmed.is_none()
                         && !s.failover.exhausted

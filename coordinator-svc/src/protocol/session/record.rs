@@ -125,7 +125,7 @@ impl Session {
             local,
             now_ms,
         );
-        s.pool_slot = a.pool_slot;
+        s.set_pool_slot(a.pool_slot);
         s.uses_slot = a.uses_pool_slot;
         let n = s.n();
         if rec.joined.len() != n || rec.nonces.len() != n || rec.psigs.len() != n {

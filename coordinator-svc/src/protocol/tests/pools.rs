@@ -228,3 +228,76 @@ fn a_member_whose_slot_copy_is_still_filling_takes_the_nonces_from_the_announcem
         Some(Phase::Closed)
     );
 }
+
+/// Found in review: a peer's one-round session starts in PARTIAL_SIG_EXCHANGE before our
+/// application joins, and a restore resumed sessions by phase: after a restart the node asked
+/// its signer to sign a message its application never approved. A session is only ever signed
+/// once the local application joined; a restored, unjoined one waits for it.
+#[test]
+fn a_restored_one_round_session_is_not_signed_before_the_application_joins() {
+    let mut net = Net::new(3, false);
+    enable_all(&mut net, 1);
+    let id = one_round(&mut net, 0, 6).unwrap_or_else(|e| panic!("{e:?}"));
+    // Node 1's record as it was before its application joined.
+    let mut rec = net.cores[1].record(id).unwrap_or_else(|| panic!("stored"));
+    rec.phase = "PARTIAL_SIG_EXCHANGE".into();
+    rec.locally_joined = false;
+    rec.joined = vec![false; 3];
+    rec.psigs = vec![None; 3];
+    rec.signature = None;
+    rec.finished_at_ms = None;
+    let mut fresh = Net::new(3, false);
+    let mut fx = Vec::new();
+    fresh.cores[1].restore(net.now, vec![(id.0, rec)], Vec::new(), &mut fx);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::PartialSign { .. })),
+        "{fx:?}"
+    );
+    // Its application joins: now the signer is asked, with the slot's nonces.
+    let mut fx = Vec::new();
+    let joined = fresh.cores[1].join(net.now, id, &mut fx);
+    assert!(matches!(joined, super::super::Pending::Ready(Ok(_))));
+    let slot = net.cores[1].sessions.get(&id).and_then(|s| s.uses_slot);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::PartialSign { nonce_session, .. } if Some(*nonce_session) == slot
+    )));
+}
+
+/// Found in review: a member could announce slots without limit, each making our signer issue
+/// a pooled nonce, until our own pool had no room. At most our pool size plus those filling of
+/// one creator's live slots are accepted; more are refused (and the creator backs off).
+#[test]
+fn a_member_cannot_fill_our_pool_with_its_slots() {
+    let mut net = Net::new(3, false);
+    enable_all(&mut net, 2);
+    let cap = 2 + crate::protocol::pools::MAX_FILLING;
+    // Node 0 announces far more slots than its pool size, as a hostile member would.
+    let ctx = pool_context(&net);
+    for _ in 0..cap + 5 {
+        let mut fx = Vec::new();
+        let _ = net.cores[0].create_inner(
+            net.now,
+            ctx.clone(),
+            None,
+            None,
+            None,
+            crate::protocol::pools::PoolRole::Slot,
+            &mut fx,
+        );
+        net.run(0, fx);
+    }
+    let creator = net.keys[0];
+    let live = net.cores[1]
+        .sessions
+        .values()
+        .filter(|s| s.pool_slot && s.creator == creator && !s.phase.is_terminal())
+        .count();
+    assert!(live <= cap, "{live} live slots of one creator (cap {cap})");
+    let refused = net.cores[1]
+        .sessions
+        .values()
+        .filter(|s| s.pool_slot && s.creator == creator && s.phase == Phase::Aborted)
+        .count();
+    assert!(refused >= 5, "{refused} refused");
+}
