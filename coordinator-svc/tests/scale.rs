@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Party, context, fast_config, msg, now_ms, wait_until};
+use common::{Party, context, fast_config, msg, now_ms, wait_until_within};
 use coordinator_svc::node::{NodeEvent, NodeHandle};
 use libp2p::PeerId;
 use shared::election::SessionId;
@@ -161,8 +161,12 @@ async fn a_hundred_party_session_completes_and_a_wrong_partial_signature_is_name
         .await
         .unwrap()
         .id;
-    wait_until(|| async { ps[0].node.session(id).await.unwrap().unwrap().joined.len() == n - 1 })
-        .await;
+    // A liveness bound, not a timing claim: 99 joins reach node 0 in seconds on an idle
+    // machine, and took longer than 20 s in a debug build beside a soak run.
+    wait_until_within(std::time::Duration::from_secs(180), || async {
+        ps[0].node.session(id).await.unwrap().unwrap().joined.len() == n - 1
+    })
+    .await;
     let peers: Vec<PeerId> = honest.iter().map(NodeHandle::peer_id).collect();
     let send = |seq: u64, body: pb::wire_message::Body| {
         let m = (m.node.clone(), m.key);
