@@ -181,6 +181,12 @@ impl Pair {
         let mut queue: VecDeque<(usize, Effect)> = fx.into_iter().map(|e| (from, e)).collect();
         while let Some((i, e)) = queue.pop_front() {
             let mut out = Vec::new();
+            let Some(e) =
+                self.cores[i].answer_in_memory(now, &mut self.signers[i], &mut rng, e, &mut out)
+            else {
+                queue.extend(out.into_iter().map(|e| (i, e)));
+                continue;
+            };
             match e {
                 Effect::Persist { .. } => self.writes += 1,
                 Effect::Send { peer, bytes } => {
@@ -192,31 +198,6 @@ impl Pair {
                     assert!(r.is_ok(), "party {j} refused party {i}: {r:?}");
                     queue.extend(out.into_iter().map(|e| (j, e)));
                     continue;
-                }
-                Effect::Nonce {
-                    id,
-                    index,
-                    key,
-                    context,
-                    pooled,
-                } => {
-                    let r = self.signers[i]
-                        .nonce_as(&mut rng, &id.0, &key, &context, pooled)
-                        .map_err(|e| e.to_string());
-                    self.cores[i].on_nonce(now, id, index, r, &mut out);
-                }
-                Effect::PartialSign {
-                    id,
-                    index,
-                    key,
-                    context,
-                    nonces,
-                    nonce_session,
-                } => {
-                    let r = self.signers[i]
-                        .partial_sign(&nonce_session.0, &key, &context, &nonces)
-                        .map_err(|e| e.to_string());
-                    self.cores[i].on_partial_signature(now, id, index, r, &mut out);
                 }
                 // The victim's application joins only what the honest party created.
                 Effect::Emit(NodeEvent::SessionCreated(v)) if v.creator == self.honest_key => {

@@ -14,7 +14,7 @@
 //! ([`discovery`]), matchmaking ([`matchmaking`]), the guard ([`guard`]: keys per peer,
 //! refusals, reputation, bans) and the inbound checks ([`inbound`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use libp2p_identity::{Keypair, PeerId};
@@ -32,9 +32,11 @@ pub mod discovery;
 pub mod failover;
 pub mod guard;
 pub mod inbound;
+mod joins;
 pub mod matchmaking;
 pub mod pools;
 pub mod redial;
+mod restore;
 pub mod session;
 pub mod sessions;
 #[cfg(test)]
@@ -329,6 +331,8 @@ pub struct Core {
     planted: PlantedBugs,
     /// Nonce pools this node's application enabled, by pool hash.
     pools: BTreeMap<[u8; 32], pools::PoolConf>,
+    /// Pool slots in memory (any creator's) by pool hash; ended ones are pruned at refills.
+    pool_slots: HashMap<[u8; 32], BTreeSet<SessionId>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -381,6 +385,7 @@ impl Core {
             matchmaking: matchmaking::Matchmaking::default(),
             planted: PlantedBugs::default(),
             pools: BTreeMap::new(),
+            pool_slots: HashMap::new(),
             awaited: BTreeMap::new(),
             unlisted: BTreeSet::new(),
         }

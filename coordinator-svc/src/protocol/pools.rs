@@ -102,12 +102,7 @@ impl Core {
         if size == 0 {
             self.pools.remove(&hash);
             // Its slots end now (their pooled nonces are released), ours and the members'.
-            let live: Vec<SessionId> = self
-                .sessions
-                .values()
-                .filter(|s| s.pool_hash == Some(hash) && !s.phase.is_terminal())
-                .map(|s| s.id)
-                .collect();
+            let live: Vec<SessionId> = self.live_slots(&hash).map(|s| s.id).collect();
             for id in live {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     let mut actions = Vec::new();
@@ -159,14 +154,37 @@ impl Core {
         st
     }
 
-    fn own_slots<'a>(&'a self, hash: &'a [u8; 32]) -> impl Iterator<Item = &'a Session> + 'a {
-        self.sessions
-            .values()
-            .filter(move |s| s.pool_hash.as_ref() == Some(hash) && self.keys.contains(&s.creator))
+    /// Keep a session, indexing it when it is a pool slot.
+    pub(super) fn insert_session(&mut self, s: Session) {
+        if let Some(hash) = s.pool_hash {
+            self.pool_slots.entry(hash).or_default().insert(s.id);
+        }
+        self.sessions.insert(s.id, s);
+    }
+
+    /// The pool's slots that have not ended, any creator's.
+    fn live_slots<'a>(&'a self, hash: &[u8; 32]) -> impl Iterator<Item = &'a Session> + 'a {
+        self.pool_slots
+            .get(hash)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.sessions.get(id))
+            .filter(|s| !s.phase.is_terminal())
+    }
+
+    /// The pool's slots of ours that have not ended.
+    fn own_slots<'a>(&'a self, hash: &[u8; 32]) -> impl Iterator<Item = &'a Session> + 'a {
+        self.live_slots(hash)
+            .filter(|s| self.keys.contains(&s.creator))
     }
 
     /// Start slots where a pool has fewer than its size (at most [`MAX_FILLING`] filling).
     pub(super) fn refill(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        let sessions = &self.sessions;
+        self.pool_slots.retain(|_, ids| {
+            ids.retain(|id| sessions.get(id).is_some_and(|s| !s.phase.is_terminal()));
+            !ids.is_empty()
+        });
         for p in self.pools.values_mut() {
             if p.backoff_until_ms <= now {
                 p.backoff_until_ms = 0;
@@ -288,13 +306,8 @@ impl Core {
             // our own pool size (plus those filling) of one creator's live slots.
             let cap = conf.size + MAX_FILLING;
             let live = self
-                .sessions
-                .values()
-                .filter(|s| {
-                    s.pool_hash == Some(hash)
-                        && s.creator == session.creator
-                        && !s.phase.is_terminal()
-                })
+                .live_slots(&hash)
+                .filter(|s| s.creator == session.creator)
                 .count();
             return (live >= cap).then(|| {
                 format!(
@@ -367,9 +380,8 @@ impl Core {
     /// set is aborted (the members hear it), and the pool refills.
     pub(super) fn pool_nonces_lost(&mut self, now: i64, hash: [u8; 32], fx: &mut Vec<Effect>) {
         let slots: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.phase == Phase::Pooled && s.pool_hash == Some(hash))
+            .live_slots(&hash)
+            .filter(|s| s.phase == Phase::Pooled)
             .map(|s| s.id)
             .collect();
         for id in slots {

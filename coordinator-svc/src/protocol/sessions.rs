@@ -1,5 +1,6 @@
-//! The session registry: create, join, announce, messages of members, orphans, history
-//! replay, signer answers, restore. Each session's own rules live in [`super::session`].
+//! The session registry: create, announce, messages of members, orphans, signer answers.
+//! Joins live in `joins.rs`, restore and history replay in `restore.rs`; each session's own
+//! rules in [`super::session`].
 
 use rand::RngCore as _;
 use shared::election::{ElectionMethod, SessionId, elect};
@@ -10,9 +11,8 @@ use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
 use super::pools::PoolRole;
 use super::session::{Action, Phase, Session};
 use super::{
-    Core, Effect, ErrorReason, JOIN_WAIT_MS, MAX_AWAITED_JOINS, MAX_JOINS_PER_AWAITED,
-    MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED, MAX_UNJOINED_PER_PEER, NodeError,
-    NodeEvent, Pending, SessionView,
+    Core, Effect, ErrorReason, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED,
+    MAX_UNJOINED_PER_PEER, NodeError, NodeEvent, SessionView,
 };
 use crate::envelope::Refusal;
 use crate::store::SessionRecord;
@@ -424,7 +424,7 @@ impl Core {
             self.requests.insert(rid.clone(), id);
             session.request_id = Some(rid);
         }
-        self.sessions.insert(id, session);
+        self.insert_session(session);
         self.schedule_timeout(id);
         if let PoolRole::Uses(slot_id) = pool
             && let Some(slot) = self.sessions.get_mut(&slot_id)
@@ -453,130 +453,6 @@ impl Core {
         self.persist(id, fx);
         fx.extend(out);
         self.join_known(now, id, fx)
-    }
-
-    /// Join a session. An unknown one may be announced in a moment (an application that
-    /// heard of it from another party can be faster than the announcement): the join waits up
-    /// to [`JOIN_WAIT_MS`] for it, and looks it up in the DHT meanwhile when discovery is on.
-    /// (Found by the soak run: a join that lost that race failed at once whenever the DHT had
-    /// no record.)
-    pub fn join(
-        &mut self,
-        now: i64,
-        id: SessionId,
-        fx: &mut Vec<Effect>,
-    ) -> Pending<Result<SessionView, NodeError>> {
-        if self.sessions.contains_key(&id) {
-            return Pending::Ready(self.join_known(now, id, fx));
-        }
-        if self.awaited.len() >= MAX_AWAITED_JOINS && !self.awaited.contains_key(&id) {
-            return Pending::Ready(Err(NodeError::NotFound(
-                ErrorReason::SessionNotFound,
-                format!("session {id} is unknown"),
-            )));
-        }
-        let query = self.query();
-        let deadline = now.saturating_add(JOIN_WAIT_MS);
-        let waiting = &mut self
-            .awaited
-            .entry(id)
-            .or_insert_with(|| (deadline, Vec::new()))
-            .1;
-        if waiting.len() >= MAX_JOINS_PER_AWAITED {
-            return Pending::Ready(Err(NodeError::ResourceExhausted(
-                ErrorReason::TooManyRequests,
-                format!("too many joins waiting for session {id}; retry later"),
-            )));
-        }
-        waiting.push(query);
-        if self.settings.dht && self.settings.enable_session_discovery {
-            self.dht_joins.insert(query, id);
-            fx.push(Effect::GetRecord {
-                query,
-                key: session_record_key(&self.settings.session_resource_type, &id),
-            });
-        }
-        Pending::Waiting(query)
-    }
-
-    /// The session is known now: joins waiting for it go on.
-    pub(super) fn answer_awaited(&mut self, now: i64, id: SessionId, fx: &mut Vec<Effect>) {
-        let Some((_, queries)) = self.awaited.remove(&id) else {
-            return;
-        };
-        for query in queries {
-            self.dht_joins.remove(&query);
-            let result = self.join_known(now, id, fx);
-            fx.push(Effect::JoinAnswer {
-                query,
-                result: Box::new(result),
-            });
-        }
-    }
-
-    /// Joins whose session did not appear in time fail.
-    pub(super) fn expire_awaited(&mut self, now: i64, fx: &mut Vec<Effect>) {
-        let due: Vec<SessionId> = self
-            .awaited
-            .iter()
-            .filter(|(_, (d, _))| *d <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            for query in self.awaited.remove(&id).map(|a| a.1).unwrap_or_default() {
-                self.dht_joins.remove(&query);
-                fx.push(Effect::JoinAnswer {
-                    query,
-                    result: Box::new(Err(NodeError::NotFound(
-                        ErrorReason::SessionNotFound,
-                        format!(
-                            "session {id} is unknown: no announcement arrived within {} ms{}",
-                            JOIN_WAIT_MS,
-                            if self.settings.dht && self.settings.enable_session_discovery {
-                                " and the DHT has no record of it"
-                            } else {
-                                " (the DHT is disabled)"
-                            }
-                        ),
-                    ))),
-                });
-            }
-        }
-    }
-
-    pub(super) fn join_known(
-        &mut self,
-        now: i64,
-        id: SessionId,
-        fx: &mut Vec<Effect>,
-    ) -> Result<SessionView, NodeError> {
-        let s = self.sessions.get_mut(&id).ok_or_else(|| {
-            NodeError::NotFound(ErrorReason::SessionNotFound, format!("session {id}"))
-        })?;
-        if s.local.is_empty() {
-            return Err(NodeError::FailedPrecondition(
-                ErrorReason::NoLocalKey,
-                "the local signer holds none of the session's keys".into(),
-            ));
-        }
-        if s.phase.is_terminal() {
-            return Err(NodeError::FailedPrecondition(
-                ErrorReason::SessionEnded,
-                format!("session {id} is {}", s.phase.as_str()),
-            ));
-        }
-        let first = !s.locally_joined;
-        let actions = s.join_local(now);
-        if first && actions.is_empty() {
-            // Joining changed the session without anything to tell (the creator's own join):
-            // still state a restart must find.
-            self.persist(id, fx);
-        }
-        self.apply(now, id, actions, fx);
-        self.sessions
-            .get(&id)
-            .map(SessionView::of)
-            .ok_or(NodeError::Stopped)
     }
 
     /// One session.
@@ -638,6 +514,48 @@ impl Core {
         fx: &mut Vec<Effect>,
     ) {
         self.on_signer(now, id, index, result.map(Err), fx);
+    }
+
+    /// Answer a signer effect (`Nonce`, `PartialSign`) at once with an in-memory signer (the
+    /// lockstep tests and harnesses); any other effect is handed back.
+    pub fn answer_in_memory<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        now: i64,
+        signer: &mut shared::discipline::MemorySigner,
+        rng: &mut R,
+        effect: Effect,
+        fx: &mut Vec<Effect>,
+    ) -> Option<Effect> {
+        match effect {
+            Effect::Nonce {
+                id,
+                index,
+                key,
+                context,
+                pooled,
+            } => {
+                let r = signer
+                    .nonce_as(rng, &id.0, &key, &context, pooled)
+                    .map_err(|e| e.to_string());
+                self.on_nonce(now, id, index, r, fx);
+                None
+            }
+            Effect::PartialSign {
+                id,
+                index,
+                key,
+                context,
+                nonces,
+                nonce_session,
+            } => {
+                let r = signer
+                    .partial_sign(&nonce_session.0, &key, &context, &nonces)
+                    .map_err(|e| e.to_string());
+                self.on_partial_signature(now, id, index, r, fx);
+                None
+            }
+            other => Some(other),
+        }
     }
 
     fn on_signer(
@@ -868,7 +786,7 @@ impl Core {
         session.set_pool_slot(a.pool_slot);
         let refused = self.check_pool_announce(&mut session, &a);
         let view = SessionView::of(&session);
-        self.sessions.insert(id, session);
+        self.insert_session(session);
         self.announced_by.insert(id, from);
         self.schedule_timeout(id);
         if let Some(slot_id) = a.uses_pool_slot
@@ -913,91 +831,5 @@ impl Core {
             }
         }
         Ok(())
-    }
-
-    /// Send our past messages of live sessions to a participant that was not connected then.
-    pub(super) fn replay_history(&mut self, peer: PeerId, fx: &mut Vec<Effect>) {
-        let Some(keys) = self.guard.peer_keys.get(&peer).cloned() else {
-            return;
-        };
-        for (id, (msgs, delivered)) in &mut self.sent {
-            let Some(s) = self.sessions.get(id) else {
-                continue;
-            };
-            if s.phase.is_terminal()
-                || delivered.contains(&peer)
-                || !keys.iter().any(|k| s.index_of(k).is_some())
-            {
-                continue;
-            }
-            delivered.insert(peer);
-            for bytes in msgs.iter() {
-                fx.push(Effect::Send {
-                    peer,
-                    bytes: bytes.clone(),
-                });
-            }
-        }
-    }
-
-    /// Rebuild sessions from the store; resume unfinished ones by asking the signer again
-    /// (it answers the same nonce / partial signature if it still holds the nonce, otherwise
-    /// the session aborts with the reason).
-    pub(super) fn restore_sessions(
-        &mut self,
-        now: i64,
-        records: Vec<([u8; 16], SessionRecord)>,
-        fx: &mut Vec<Effect>,
-    ) {
-        let mut resume = Vec::new();
-        for (id, rec) in records {
-            let id = SessionId(id);
-            match Session::from_record(id, &rec, &self.keys, now) {
-                Ok((s, sent)) => {
-                    if self.planted.forget_unfinished_on_restore && !s.phase.is_terminal() {
-                        continue;
-                    }
-                    if s.phase.is_terminal() {
-                        self.finished_at
-                            .insert(id, rec.finished_at_ms.unwrap_or(now).min(now));
-                    } else {
-                        // A slot still filling is not resumed: the pool setting is not restored
-                        // with it, so asking the signer for a pooled nonce again would happen
-                        // without the application's opt-in. It times out; filled slots stay.
-                        if !s.pool_slot {
-                            resume.push((id, s.phase));
-                        }
-                    }
-                    if s.failover.confirmed.is_none()
-                        && !s.failover.exhausted
-                        && let Some(d) = s.failover.deadline_ms
-                    {
-                        self.failover.schedule(d, id);
-                    }
-                    self.sent.insert(id, (sent, Default::default()));
-                    if let Some(rid) = &s.request_id {
-                        self.requests.insert(rid.clone(), id);
-                    }
-                    self.sessions.insert(id, s);
-                    self.schedule_timeout(id);
-                }
-                Err(e) => {
-                    tracing::error!(session = %id, error = %e, "stored session does not decode; skipped")
-                }
-            }
-        }
-        tracing::info!(
-            sessions = self.sessions.len(),
-            unfinished = resume.len(),
-            "store loaded"
-        );
-        for (id, phase) in resume {
-            let actions = match phase {
-                Phase::NonceExchange => vec![Action::RequestNonces],
-                Phase::PartialSigExchange => vec![Action::RequestPartialSignatures],
-                _ => Vec::new(),
-            };
-            self.apply(now, id, actions, fx);
-        }
     }
 }

@@ -135,6 +135,16 @@ impl Net {
         while let Some((i, e)) = queue.pop_front() {
             let now = self.now;
             let mut out = Vec::new();
+            let Some(e) = self.cores[i].answer_in_memory(
+                now,
+                &mut self.signers[i],
+                &mut self.rng,
+                e,
+                &mut out,
+            ) else {
+                queue.extend(out.into_iter().map(|e| (i, e)));
+                continue;
+            };
             match e {
                 Effect::Send { peer, bytes } => {
                     let Some(j) = self.peers.iter().position(|p| *p == peer) else {
@@ -152,31 +162,6 @@ impl Net {
                     assert!(r.is_ok(), "node {j} refused a message of node {i}: {r:?}");
                     queue.extend(out.into_iter().map(|e| (j, e)));
                     continue;
-                }
-                Effect::Nonce {
-                    id,
-                    index,
-                    key,
-                    context,
-                    pooled,
-                } => {
-                    let r = self.signers[i]
-                        .nonce_as(&mut self.rng, &id.0, &key, &context, pooled)
-                        .map_err(|e| e.to_string());
-                    self.cores[i].on_nonce(now, id, index, r, &mut out);
-                }
-                Effect::PartialSign {
-                    id,
-                    index,
-                    key,
-                    context,
-                    nonces,
-                    nonce_session,
-                } => {
-                    let r = self.signers[i]
-                        .partial_sign(&nonce_session.0, &key, &context, &nonces)
-                        .map_err(|e| e.to_string());
-                    self.cores[i].on_partial_signature(now, id, index, r, &mut out);
                 }
                 Effect::Attest { expires_at_ms, .. } => {
                     let a = self.attestation(i, i, expires_at_ms);

@@ -317,31 +317,13 @@ pub fn nonce_gen<R: RngCore + CryptoRng>(
     ctx: &KeyAggContext,
     msg: &[u8],
 ) -> Result<(SecNonce, PubNonce), Error> {
-    let mut rand = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(rand.as_mut());
-    match ctx.format() {
-        SignatureFormat::Bip340 => {
-            let sk_bytes = sk.dangerous_to_bytes();
-            let aggpk = ctx.xonly_output_key();
-            bip327_nonce_gen(
-                &rand,
-                Some(&sk_bytes),
-                &sk.public_key(),
-                Some(&aggpk),
-                Some(msg),
-                None,
-            )
-        }
-        SignatureFormat::Lotus => {
-            if msg.len() != 32 {
-                return Err(Error::MessageLength {
-                    expected: 32,
-                    actual: msg.len(),
-                });
-            }
-            lotus_nonce_gen(sk, &ctx.aggregate_key(), Some(msg), Some(&rand))
-        }
+    if ctx.format() == SignatureFormat::Lotus && msg.len() != 32 {
+        return Err(Error::MessageLength {
+            expected: 32,
+            actual: msg.len(),
+        });
     }
+    hedged_nonce_gen(rng, sk, ctx, Some(msg))
 }
 
 /// A nonce for a nonce pool (one-round signing): as [`nonce_gen`] but without a message, as
@@ -355,6 +337,16 @@ pub fn nonce_gen_pooled<R: RngCore + CryptoRng>(
     sk: &SecretKey,
     ctx: &KeyAggContext,
 ) -> Result<(SecNonce, PubNonce), Error> {
+    hedged_nonce_gen(rng, sk, ctx, None)
+}
+
+/// Both: 32 fresh random bytes, the secret key, the aggregate key and the message if any.
+fn hedged_nonce_gen<R: RngCore + CryptoRng>(
+    rng: &mut R,
+    sk: &SecretKey,
+    ctx: &KeyAggContext,
+    msg: Option<&[u8]>,
+) -> Result<(SecNonce, PubNonce), Error> {
     let mut rand = Zeroizing::new([0u8; 32]);
     rng.fill_bytes(rand.as_mut());
     match ctx.format() {
@@ -366,11 +358,11 @@ pub fn nonce_gen_pooled<R: RngCore + CryptoRng>(
                 Some(&sk_bytes),
                 &sk.public_key(),
                 Some(&aggpk),
-                None,
+                msg,
                 None,
             )
         }
-        SignatureFormat::Lotus => lotus_nonce_gen(sk, &ctx.aggregate_key(), None, Some(&rand)),
+        SignatureFormat::Lotus => lotus_nonce_gen(sk, &ctx.aggregate_key(), msg, Some(&rand)),
     }
 }
 

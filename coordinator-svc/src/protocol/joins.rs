@@ -1,0 +1,136 @@
+//! Joins by the local application: a known session at once, an unknown one after waiting up
+//! to [`JOIN_WAIT_MS`] for its announcement (or its DHT record).
+
+use shared::election::SessionId;
+
+use super::sessions::session_record_key;
+use super::{
+    Core, Effect, ErrorReason, JOIN_WAIT_MS, MAX_AWAITED_JOINS, MAX_JOINS_PER_AWAITED, NodeError,
+    Pending, SessionView,
+};
+
+impl Core {
+    /// Join a session. An unknown one may be announced in a moment (an application that
+    /// heard of it from another party can be faster than the announcement): the join waits up
+    /// to [`JOIN_WAIT_MS`] for it, and looks it up in the DHT meanwhile when discovery is on.
+    /// (Found by the soak run: a join that lost that race failed at once whenever the DHT had
+    /// no record.)
+    pub fn join(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        fx: &mut Vec<Effect>,
+    ) -> Pending<Result<SessionView, NodeError>> {
+        if self.sessions.contains_key(&id) {
+            return Pending::Ready(self.join_known(now, id, fx));
+        }
+        if self.awaited.len() >= MAX_AWAITED_JOINS && !self.awaited.contains_key(&id) {
+            return Pending::Ready(Err(NodeError::NotFound(
+                ErrorReason::SessionNotFound,
+                format!("session {id} is unknown"),
+            )));
+        }
+        let query = self.query();
+        let deadline = now.saturating_add(JOIN_WAIT_MS);
+        let waiting = &mut self
+            .awaited
+            .entry(id)
+            .or_insert_with(|| (deadline, Vec::new()))
+            .1;
+        if waiting.len() >= MAX_JOINS_PER_AWAITED {
+            return Pending::Ready(Err(NodeError::ResourceExhausted(
+                ErrorReason::TooManyRequests,
+                format!("too many joins waiting for session {id}; retry later"),
+            )));
+        }
+        waiting.push(query);
+        if self.settings.dht && self.settings.enable_session_discovery {
+            self.dht_joins.insert(query, id);
+            fx.push(Effect::GetRecord {
+                query,
+                key: session_record_key(&self.settings.session_resource_type, &id),
+            });
+        }
+        Pending::Waiting(query)
+    }
+
+    /// The session is known now: joins waiting for it go on.
+    pub(super) fn answer_awaited(&mut self, now: i64, id: SessionId, fx: &mut Vec<Effect>) {
+        let Some((_, queries)) = self.awaited.remove(&id) else {
+            return;
+        };
+        for query in queries {
+            self.dht_joins.remove(&query);
+            let result = self.join_known(now, id, fx);
+            fx.push(Effect::JoinAnswer {
+                query,
+                result: Box::new(result),
+            });
+        }
+    }
+
+    /// Joins whose session did not appear in time fail.
+    pub(super) fn expire_awaited(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        let due: Vec<SessionId> = self
+            .awaited
+            .iter()
+            .filter(|(_, (d, _))| *d <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            for query in self.awaited.remove(&id).map(|a| a.1).unwrap_or_default() {
+                self.dht_joins.remove(&query);
+                fx.push(Effect::JoinAnswer {
+                    query,
+                    result: Box::new(Err(NodeError::NotFound(
+                        ErrorReason::SessionNotFound,
+                        format!(
+                            "session {id} is unknown: no announcement arrived within {} ms{}",
+                            JOIN_WAIT_MS,
+                            if self.settings.dht && self.settings.enable_session_discovery {
+                                " and the DHT has no record of it"
+                            } else {
+                                " (the DHT is disabled)"
+                            }
+                        ),
+                    ))),
+                });
+            }
+        }
+    }
+
+    pub(super) fn join_known(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        fx: &mut Vec<Effect>,
+    ) -> Result<SessionView, NodeError> {
+        let s = self.sessions.get_mut(&id).ok_or_else(|| {
+            NodeError::NotFound(ErrorReason::SessionNotFound, format!("session {id}"))
+        })?;
+        if s.local.is_empty() {
+            return Err(NodeError::FailedPrecondition(
+                ErrorReason::NoLocalKey,
+                "the local signer holds none of the session's keys".into(),
+            ));
+        }
+        if s.phase.is_terminal() {
+            return Err(NodeError::FailedPrecondition(
+                ErrorReason::SessionEnded,
+                format!("session {id} is {}", s.phase.as_str()),
+            ));
+        }
+        let first = !s.locally_joined;
+        let actions = s.join_local(now);
+        if first && actions.is_empty() {
+            // Joining changed the session without anything to tell (the creator's own join):
+            // still state a restart must find.
+            self.persist(id, fx);
+        }
+        self.apply(now, id, actions, fx);
+        self.sessions
+            .get(&id)
+            .map(SessionView::of)
+            .ok_or(NodeError::Stopped)
+    }
+}

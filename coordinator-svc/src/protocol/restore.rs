@@ -1,0 +1,96 @@
+//! Restore after a restart and history replay to a peer that reconnects.
+
+use libp2p_identity::PeerId;
+use shared::election::SessionId;
+
+use super::session::{Action, Phase, Session};
+use super::{Core, Effect};
+use crate::store::SessionRecord;
+
+impl Core {
+    /// Send our past messages of live sessions to a participant that was not connected then.
+    pub(super) fn replay_history(&mut self, peer: PeerId, fx: &mut Vec<Effect>) {
+        let Some(keys) = self.guard.peer_keys.get(&peer).cloned() else {
+            return;
+        };
+        for (id, (msgs, delivered)) in &mut self.sent {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            if s.phase.is_terminal()
+                || delivered.contains(&peer)
+                || !keys.iter().any(|k| s.index_of(k).is_some())
+            {
+                continue;
+            }
+            delivered.insert(peer);
+            for bytes in msgs.iter() {
+                fx.push(Effect::Send {
+                    peer,
+                    bytes: bytes.clone(),
+                });
+            }
+        }
+    }
+
+    /// Rebuild sessions from the store; resume unfinished ones by asking the signer again
+    /// (it answers the same nonce / partial signature if it still holds the nonce, otherwise
+    /// the session aborts with the reason).
+    pub(super) fn restore_sessions(
+        &mut self,
+        now: i64,
+        records: Vec<([u8; 16], SessionRecord)>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let mut resume = Vec::new();
+        for (id, rec) in records {
+            let id = SessionId(id);
+            match Session::from_record(id, &rec, &self.keys, now) {
+                Ok((s, sent)) => {
+                    if self.planted.forget_unfinished_on_restore && !s.phase.is_terminal() {
+                        continue;
+                    }
+                    if s.phase.is_terminal() {
+                        self.finished_at
+                            .insert(id, rec.finished_at_ms.unwrap_or(now).min(now));
+                    } else {
+                        // A slot still filling is not resumed: the pool setting is not restored
+                        // with it, so asking the signer for a pooled nonce again would happen
+                        // without the application's opt-in. It times out; filled slots stay.
+                        if !s.pool_slot {
+                            resume.push((id, s.phase));
+                        }
+                    }
+                    if s.failover.confirmed.is_none()
+                        && !s.failover.exhausted
+                        && let Some(d) = s.failover.deadline_ms
+                    {
+                        self.failover.schedule(d, id);
+                    }
+                    self.sent.insert(id, (sent, Default::default()));
+                    if let Some(rid) = &s.request_id {
+                        self.requests.insert(rid.clone(), id);
+                    }
+                    self.insert_session(s);
+                    self.schedule_timeout(id);
+                }
+                Err(e) => {
+                    tracing::error!(session = %id, error = %e, "stored session does not decode; skipped")
+                }
+            }
+        }
+        tracing::info!(
+            sessions = self.sessions.len(),
+            unfinished = resume.len(),
+            "store loaded"
+        );
+        for (id, phase) in resume {
+            let actions = match phase {
+                Phase::NonceExchange => vec![Action::RequestNonces],
+                Phase::PartialSigExchange => vec![Action::RequestPartialSignatures],
+                _ => Vec::new(),
+            };
+            self.apply(now, id, actions, fx);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The session context (keys, message, format, tweaks) and the protobuf conversions of its
+//! parts: format, election method, tweaks.
+
+use super::*;
+
+/// A validated session context: sorted distinct keys, message, format and tweaks that KeyAgg
+/// accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionContext {
+    /// Signer keys, sorted ascending, distinct.
+    pub signer_keys: Vec<[u8; 33]>,
+    /// Message to sign.
+    pub message: Vec<u8>,
+    /// Output format.
+    pub format: SignatureFormat,
+    /// Tweaks in order.
+    pub tweaks: Vec<Tweak>,
+}
+
+impl SessionContext {
+    /// Validate a protobuf context (lengths, points, order, format, tweaks, message length).
+    ///
+    /// # Errors
+    /// The first problem found, naming the field.
+    pub fn from_pb(pb: &pb::SessionContext) -> Result<Self, WireError> {
+        Self::parse(pb, false)
+    }
+
+    /// Validate the context of a nonce-pool slot: as [`SessionContext::from_pb`], but the
+    /// message must be empty, in either format (it is chosen when the slot is used).
+    ///
+    /// # Errors
+    /// The first problem found, naming the field.
+    pub fn from_pb_pool(pb: &pb::SessionContext) -> Result<Self, WireError> {
+        Self::parse(pb, true)
+    }
+
+    fn parse(pb: &pb::SessionContext, pool: bool) -> Result<Self, WireError> {
+        if pb.signer_keys.is_empty() {
+            return Err(WireError::Missing("signer_keys"));
+        }
+        if pb.signer_keys.len() > MAX_SIGNERS {
+            return Err(WireError::TooLong {
+                field: "signer_keys",
+                max: MAX_SIGNERS,
+            });
+        }
+        let signer_keys = pb
+            .signer_keys
+            .iter()
+            .map(|k| point("signer_keys", k))
+            .collect::<Result<Vec<_>, _>>()?;
+        if signer_keys
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if a >= b))
+        {
+            return Err(WireError::UnsortedKeys);
+        }
+        let format = format_from_pb(pb.format)?;
+        match format {
+            _ if pool && !pb.message.is_empty() => {
+                return Err(WireError::Length {
+                    field: "message",
+                    expected: 0,
+                    actual: pb.message.len(),
+                });
+            }
+            _ if pool => {}
+            SignatureFormat::Lotus if pb.message.len() != 32 => {
+                return Err(WireError::Length {
+                    field: "message",
+                    expected: 32,
+                    actual: pb.message.len(),
+                });
+            }
+            SignatureFormat::Bip340 if pb.message.len() > MAX_BIP340_MESSAGE_BYTES => {
+                return Err(WireError::TooLong {
+                    field: "message",
+                    max: MAX_BIP340_MESSAGE_BYTES,
+                });
+            }
+            _ => {}
+        }
+        if pb.tweaks.len() > MAX_TWEAKS {
+            return Err(WireError::TooLong {
+                field: "tweaks",
+                max: MAX_TWEAKS,
+            });
+        }
+        let tweaks = pb
+            .tweaks
+            .iter()
+            .map(tweak_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        let ctx = SessionContext {
+            signer_keys,
+            message: pb.message.clone(),
+            format,
+            tweaks,
+        };
+        ctx.key_agg().map_err(WireError::Context)?;
+        Ok(ctx)
+    }
+
+    /// KeyAgg with the tweaks applied.
+    ///
+    /// # Errors
+    /// Tweak errors (out of range, infinity, unsupported for the format).
+    pub fn key_agg(&self) -> Result<KeyAggContext, musig::Error> {
+        KeyAggContext::with_tweaks(self.format, &self.signer_keys, &self.tweaks)
+    }
+
+    /// The protobuf form.
+    pub fn to_pb(&self) -> pb::SessionContext {
+        pb::SessionContext {
+            signer_keys: self.signer_keys.iter().map(|k| k.to_vec()).collect(),
+            message: self.message.clone(),
+            format: format_to_pb(self.format) as i32,
+            tweaks: self.tweaks.iter().map(tweak_to_pb).collect(),
+        }
+    }
+
+    /// SHA-256 of the canonical encoding: the value a signer binds its nonce to.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.to_pb().encode_to_vec()).into()
+    }
+
+    /// What a pooled nonce (one-round signing) is bound to: the key set, format and tweaks,
+    /// not the message. Domain-separated, so it never equals [`SessionContext::hash`] of any
+    /// context (a pooled nonce cannot pass for a session's nonce, nor the reverse).
+    pub fn pool_hash(&self) -> [u8; 32] {
+        let mut pb = self.to_pb();
+        pb.message.clear();
+        let mut h = Sha256::new();
+        h.update(b"musig2/v1/pool-slot");
+        h.update(Sha256::digest(pb.encode_to_vec()));
+        h.finalize().into()
+    }
+}
+
+/// Convert a protobuf format.
+///
+/// # Errors
+/// [`WireError::InvalidEnum`] for UNSPECIFIED or unknown values.
+pub fn format_from_pb(v: i32) -> Result<SignatureFormat, WireError> {
+    match pb::SignatureFormat::try_from(v) {
+        Ok(pb::SignatureFormat::Bip340) => Ok(SignatureFormat::Bip340),
+        Ok(pb::SignatureFormat::Lotus) => Ok(SignatureFormat::Lotus),
+        _ => Err(WireError::InvalidEnum("format")),
+    }
+}
+
+/// The protobuf format.
+pub fn format_to_pb(f: SignatureFormat) -> pb::SignatureFormat {
+    match f {
+        SignatureFormat::Bip340 => pb::SignatureFormat::Bip340,
+        SignatureFormat::Lotus => pb::SignatureFormat::Lotus,
+    }
+}
+
+/// Convert a protobuf election method (UNSPECIFIED → `default`).
+///
+/// # Errors
+/// [`WireError::InvalidEnum`] for unknown values.
+pub fn election_from_pb(v: i32, default: ElectionMethod) -> Result<ElectionMethod, WireError> {
+    Ok(match pb::ElectionMethod::try_from(v) {
+        Ok(pb::ElectionMethod::Unspecified) => default,
+        Ok(pb::ElectionMethod::Lexicographic) => ElectionMethod::Lexicographic,
+        Ok(pb::ElectionMethod::HashBased) => ElectionMethod::HashBased,
+        Ok(pb::ElectionMethod::FirstSigner) => ElectionMethod::FirstSigner,
+        Ok(pb::ElectionMethod::LastSigner) => ElectionMethod::LastSigner,
+        Err(_) => return Err(WireError::InvalidEnum("election_method")),
+    })
+}
+
+/// The protobuf election method.
+pub fn election_to_pb(m: ElectionMethod) -> pb::ElectionMethod {
+    match m {
+        ElectionMethod::Lexicographic => pb::ElectionMethod::Lexicographic,
+        ElectionMethod::HashBased => pb::ElectionMethod::HashBased,
+        ElectionMethod::FirstSigner => pb::ElectionMethod::FirstSigner,
+        ElectionMethod::LastSigner => pb::ElectionMethod::LastSigner,
+    }
+}
+
+fn tweak_from_pb(t: &pb::Tweak) -> Result<Tweak, WireError> {
+    use pb::tweak::Kind;
+    let scalar = |b: &[u8]| -> Result<[u8; 32], WireError> {
+        let a: [u8; 32] = arr("tweak", b)?;
+        PartialSignature::from_bytes(&a).map_err(|_| WireError::InvalidScalar("tweak"))?;
+        Ok(a)
+    };
+    match &t.kind {
+        None => Err(WireError::Missing("tweak.kind")),
+        Some(Kind::Plain(b)) => Ok(Tweak::Plain(scalar(b)?)),
+        Some(Kind::Xonly(b)) => Ok(Tweak::XOnly(scalar(b)?)),
+        Some(Kind::Taproot(tr)) => Ok(Tweak::Taproot {
+            merkle_root: if tr.merkle_root.is_empty() {
+                None
+            } else {
+                Some(arr("merkle_root", &tr.merkle_root)?)
+            },
+        }),
+    }
+}
+
+fn tweak_to_pb(t: &Tweak) -> pb::Tweak {
+    use pb::tweak::Kind;
+    pb::Tweak {
+        kind: Some(match t {
+            Tweak::Plain(b) => Kind::Plain(b.to_vec()),
+            Tweak::XOnly(b) => Kind::Xonly(b.to_vec()),
+            Tweak::Taproot { merkle_root } => Kind::Taproot(pb::TaprootTweak {
+                merkle_root: merkle_root.map(|r| r.to_vec()).unwrap_or_default(),
+            }),
+        }),
+    }
+}
