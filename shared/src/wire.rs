@@ -16,7 +16,7 @@ use crate::musig::{
 
 mod attestation;
 mod context;
-pub use attestation::{ATTESTATION_TAG, Attestation, attestation_digest};
+pub use attestation::{ATTESTATION_TAG, Attestation, VerifiedAttestations, attestation_digest};
 pub use context::{SessionContext, election_from_pb, election_to_pb, format_from_pb, format_to_pb};
 
 /// Generated protobuf types of package `musig2.v1` (shared types and peer-to-peer messages).

@@ -305,6 +305,23 @@ fn long_lived_attestations_are_refused_by_verifiers() {
 
 #[test]
 fn attestations_verify_and_bind_the_peer() {
+    attestation_checks(&mut |a, peer, now| Attestation::verify_pb(a, peer, now));
+}
+
+/// The cache of verified attestations skips only the signature check of one seen byte for byte
+/// before: with the good attestation cached, every altered one is still refused, and so is the
+/// cached one itself for another peer or once expired.
+#[test]
+fn cached_attestations_are_checked_all_the_same() {
+    let mut cache = wire::VerifiedAttestations::default();
+    attestation_checks(&mut |a, peer, now| cache.verify_pb(a, peer, now));
+    attestation_checks(&mut |a, peer, now| cache.verify_pb(a, peer, now));
+}
+
+type Verify<'a> =
+    dyn FnMut(&wire::pb::PeerAttestation, &[u8], i64) -> Result<Attestation, wire::WireError> + 'a;
+
+fn attestation_checks(verify: &mut Verify<'_>) {
     let sk = SecretKey::from_bytes(&[4; 32]).unwrap();
     let peer = b"\x00\x24peer-id-bytes";
     let sig = sk.sign_attestation(peer, NOW + 1000, &[0; 32]).unwrap();
@@ -314,28 +331,87 @@ fn attestations_verify_and_bind_the_peer() {
         expires_at_ms: NOW + 1000,
         signature: sig,
     };
-    Attestation::verify_pb(&att.to_pb(), peer, NOW).unwrap();
-    assert!(
-        Attestation::verify_pb(&att.to_pb(), b"other", NOW).is_err(),
-        "other peer"
-    );
-    assert!(
-        Attestation::verify_pb(&att.to_pb(), peer, NOW + 1000).is_err(),
-        "expired"
-    );
+    assert_eq!(verify(&att.to_pb(), peer, NOW).unwrap(), att);
+    assert!(verify(&att.to_pb(), b"other", NOW).is_err(), "other peer");
+    assert!(verify(&att.to_pb(), peer, NOW + 1000).is_err(), "expired");
     let mut forged = att.to_pb();
     forged.expires_at_ms += 1;
-    assert!(
-        Attestation::verify_pb(&forged, peer, NOW).is_err(),
-        "altered expiry"
-    );
+    assert!(verify(&forged, peer, NOW).is_err(), "altered expiry");
     let other = SecretKey::from_bytes(&[5; 32]).unwrap();
     let mut wrong_key = att.to_pb();
     wrong_key.signer_key = other.public_key().to_vec();
+    assert!(verify(&wrong_key, peer, NOW).is_err(), "other key");
+    let mut bad_sig = att.to_pb();
+    bad_sig.signature[7] ^= 1;
+    assert!(verify(&bad_sig, peer, NOW).is_err(), "altered signature");
     assert!(
-        Attestation::verify_pb(&wrong_key, peer, NOW).is_err(),
-        "other key"
+        verify(&bad_sig, peer, NOW).is_err(),
+        "altered signature, again"
     );
+    // Another peer's attestation by the same key: its own signature, checked.
+    let mut other_peer = att.to_pb();
+    other_peer.peer_id = b"other".to_vec();
+    assert!(
+        verify(&other_peer, b"other", NOW).is_err(),
+        "peer id swapped"
+    );
+}
+
+/// KeyAgg results are cached per key set, format and tweaks: the cached result is the one
+/// computed afresh, for contexts that differ only in tweaks or format, and a context KeyAgg
+/// refuses is refused every time.
+#[test]
+fn cached_key_aggregation_matches_a_fresh_one() {
+    use shared::musig::{KeyAggContext, SignatureFormat, Tweak};
+    let keys: Vec<[u8; 33]> = {
+        let mut k: Vec<[u8; 33]> = (1u8..=3)
+            .map(|i| SecretKey::from_bytes(&[i; 32]).unwrap().public_key())
+            .collect();
+        k.sort();
+        k
+    };
+    let variants = [
+        (SignatureFormat::Bip340, vec![]),
+        (SignatureFormat::Bip340, vec![Tweak::XOnly([7; 32])]),
+        (SignatureFormat::Bip340, vec![Tweak::Plain([7; 32])]),
+        (
+            SignatureFormat::Bip340,
+            vec![Tweak::Taproot { merkle_root: None }],
+        ),
+        (SignatureFormat::Lotus, vec![]),
+        (
+            SignatureFormat::Lotus,
+            vec![Tweak::Taproot {
+                merkle_root: Some([9; 32]),
+            }],
+        ),
+    ];
+    for _ in 0..2 {
+        for (format, tweaks) in &variants {
+            let ctx = SessionContext {
+                signer_keys: keys.clone(),
+                message: vec![0; 32],
+                format: *format,
+                tweaks: tweaks.clone(),
+            };
+            let fresh = KeyAggContext::with_tweaks(*format, &keys, tweaks).unwrap();
+            let cached = ctx.key_agg().unwrap();
+            assert_eq!(
+                cached.output_key(),
+                fresh.output_key(),
+                "{format:?} {tweaks:?}"
+            );
+            assert_eq!(cached.aggregate_key(), fresh.aggregate_key());
+        }
+    }
+    let refused = SessionContext {
+        signer_keys: keys.clone(),
+        message: vec![0; 32],
+        format: SignatureFormat::Lotus,
+        tweaks: vec![Tweak::Plain([7; 32])],
+    };
+    assert!(refused.key_agg().is_err());
+    assert!(refused.key_agg().is_err());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use libp2p_identity::{self as identity, PeerId};
 use shared::election::SessionId;
 use shared::security::Reason;
-use shared::wire::{self, Attestation, Body, MAX_DIRECT_MESSAGE_BYTES, Message, pb};
+use shared::wire::{self, Body, MAX_DIRECT_MESSAGE_BYTES, Message, VerifiedAttestations, pb};
 
 pub use super::names::{
     ENVELOPE_TAG, SESSION_KEY_PREFIX, SESSION_RESOURCE_TYPE, SIGNER_KEY_PREFIX,
@@ -61,6 +61,20 @@ pub fn open(
     expected: Option<PeerId>,
     now: i64,
 ) -> Result<(PeerId, Message), Refusal> {
+    open_with(bytes, expected, now, &mut VerifiedAttestations::default())
+}
+
+/// [`open`], skipping the signature check of an attestation `verified` holds (a node keeps
+/// one: every message of a peer carries the same attestation).
+///
+/// # Errors
+/// As [`open`].
+pub fn open_with(
+    bytes: &[u8],
+    expected: Option<PeerId>,
+    now: i64,
+    verified: &mut VerifiedAttestations,
+) -> Result<(PeerId, Message), Refusal> {
     let env: pb::SignedEnvelope = wire::decode_canonical(bytes, MAX_DIRECT_MESSAGE_BYTES)?;
     let pk = identity::PublicKey::try_decode_protobuf(&env.peer_public_key).map_err(|_| {
         Refusal(
@@ -110,7 +124,8 @@ pub fn open(
         Reason::Unattested,
         "no attestation for the sender key".into(),
     ))?;
-    let att = Attestation::verify_pb(att, &pid.to_bytes(), now)
+    let att = verified
+        .verify_pb(att, &pid.to_bytes(), now)
         .map_err(|e| Refusal(Reason::Unattested, e.to_string()))?;
     if att.signer_key != msg.header.sender {
         return Err(Refusal(
@@ -127,10 +142,17 @@ pub fn open(
 /// # Errors
 /// A [`Refusal`] (`bad_record` and the envelope's refusals).
 pub fn validate_record(key: &[u8], value: &[u8], now: i64) -> Result<(), Refusal> {
-    validate_record_in(SESSION_RESOURCE_TYPE, key, value, now)
+    validate_record_in(
+        SESSION_RESOURCE_TYPE,
+        key,
+        value,
+        now,
+        &mut VerifiedAttestations::default(),
+    )
 }
 
-/// [`validate_record`] with session announcements under `resource_type` (`sessionResourceType`).
+/// [`validate_record`] with session announcements under `resource_type` (`sessionResourceType`)
+/// and the node's attestations verified before.
 ///
 /// # Errors
 /// A [`Refusal`] (`bad_record` and the envelope's refusals).
@@ -139,11 +161,12 @@ pub fn validate_record_in(
     key: &[u8],
     value: &[u8],
     now: i64,
+    verified: &mut VerifiedAttestations,
 ) -> Result<(), Refusal> {
     let key = std::str::from_utf8(key)
         .map_err(|_| Refusal(Reason::BadRecord, "key is not text".into()))?;
     if let Some(hex_key) = key.strip_prefix(SIGNER_KEY_PREFIX) {
-        let (_, msg) = open(value, None, now)?;
+        let (_, msg) = open_with(value, None, now, verified)?;
         if hex::encode(msg.header.sender) != hex_key || !matches!(msg.body, Body::Advertisement(_))
         {
             return Err(Refusal(
@@ -159,7 +182,7 @@ pub fn validate_record_in(
         .ok_or(Refusal(Reason::BadRecord, "unknown key namespace".into()))?;
     let id = SessionId::from_hex(hex_id)
         .map_err(|_| Refusal(Reason::BadRecord, "bad session id".into()))?;
-    let (_, msg) = open(value, None, now)?;
+    let (_, msg) = open_with(value, None, now, verified)?;
     if msg.header.session_id != id || !matches!(msg.body, Body::Announce(_)) {
         return Err(Refusal(
             Reason::BadRecord,

@@ -242,7 +242,7 @@ impl Core {
                 format!("gossip message of {} bytes", bytes.len()),
             ));
         }
-        let (pid, msg) = crate::envelope::open(bytes, Some(author), now)?;
+        let (pid, msg) = crate::envelope::open_with(bytes, Some(author), now, &mut self.verified)?;
         let Body::Advertisement(ad) = msg.body else {
             return Err(Refusal(
                 Reason::Unsupported,
@@ -306,7 +306,8 @@ impl Core {
         {
             return;
         }
-        let Ok((pid, msg)) = crate::envelope::open(value, None, now) else {
+        let Ok((pid, msg)) = crate::envelope::open_with(value, None, now, &mut self.verified)
+        else {
             return;
         };
         let Body::Advertisement(ad) = msg.body else {

@@ -7,7 +7,7 @@ use libp2p_identity::PeerId;
 use shared::election::SessionId;
 use shared::security::Reason;
 use shared::security::Verdict;
-use shared::wire::{Attestation, Body, Header, MAX_DIRECT_MESSAGE_BYTES, Message};
+use shared::wire::{Body, Header, MAX_DIRECT_MESSAGE_BYTES, Message};
 
 use super::{Core, Effect, ErrorReason, NodeError, NodeEvent};
 use crate::envelope::Refusal;
@@ -83,13 +83,15 @@ impl Core {
         bytes: &[u8],
         fx: &mut Vec<Effect>,
     ) -> Result<(), Refusal> {
-        let (pid, msg) = crate::envelope::open(bytes, Some(peer), now)?;
+        let (pid, msg) = crate::envelope::open_with(bytes, Some(peer), now, &mut self.verified)?;
         self.note_keys(pid, &[msg.header.sender], fx)?;
         match &msg.body {
             Body::Hello(atts) => {
                 let mut keys = Vec::new();
                 for a in atts {
-                    let a = Attestation::verify_pb(a, &pid.to_bytes(), now)
+                    let a = self
+                        .verified
+                        .verify_pb(a, &pid.to_bytes(), now)
                         .map_err(|e| Refusal(Reason::Unattested, e.to_string()))?;
                     keys.push(a.signer_key);
                 }
@@ -150,6 +152,7 @@ impl Core {
             key,
             value,
             now,
+            &mut self.verified,
         ) {
             Ok(()) => true,
             Err(r) => {
@@ -193,9 +196,11 @@ impl Core {
                     &record_key,
                     &value,
                     now,
+                    &mut self.verified,
                 )
                 .and_then(|()| {
-                    let (author, msg) = crate::envelope::open(&value, None, now)?;
+                    let (author, msg) =
+                        crate::envelope::open_with(&value, None, now, &mut self.verified)?;
                     if msg.header.session_id != sid {
                         return Err(Refusal(
                             Reason::BadRecord,

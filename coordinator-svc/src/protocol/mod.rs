@@ -315,7 +315,8 @@ pub struct Core {
     pruned_at: i64,
     /// Messages of sessions not known yet: when the first arrived, and the messages.
     orphans: BTreeMap<SessionId, (i64, Vec<(PeerId, Message)>)>,
-    /// Who announced each session created from a peer's announcement (its budget).
+    /// Who announced each session created from a peer's announcement that is still unjoined
+    /// here and live (its budget; pruned at each announcement).
     announced_by: BTreeMap<SessionId, PeerId>,
     timeouts: deadlines::DeadlineQueue<SessionId>,
     dht_joins: BTreeMap<u64, SessionId>,
@@ -333,6 +334,8 @@ pub struct Core {
     pools: BTreeMap<[u8; 32], pools::PoolConf>,
     /// Pool slots in memory (any creator's) by pool hash; ended ones are pruned at refills.
     pool_slots: HashMap<[u8; 32], BTreeSet<SessionId>>,
+    /// Peer attestations whose signature verified (checked once, not per message).
+    verified: shared::wire::VerifiedAttestations,
 }
 
 impl std::fmt::Debug for Core {
@@ -386,6 +389,7 @@ impl Core {
             planted: PlantedBugs::default(),
             pools: BTreeMap::new(),
             pool_slots: HashMap::new(),
+            verified: shared::wire::VerifiedAttestations::default(),
             awaited: BTreeMap::new(),
             unlisted: BTreeSet::new(),
         }

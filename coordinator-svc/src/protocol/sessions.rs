@@ -746,17 +746,19 @@ impl Core {
             return Ok(());
         }
         // Budgets of sessions peers created for us, checked before any curve work: an
-        // announcement costs nothing to make, so it is bounded per peer and in total.
+        // announcement costs nothing to make, so it is bounded per peer and in total. The map
+        // keeps only sessions still unjoined and live, so this costs what is pending, not
+        // every retained session (a full scan per announcement showed in a profile).
+        let sessions = &self.sessions;
+        self.announced_by.retain(|sid, _| {
+            sessions
+                .get(sid)
+                .is_some_and(|s| !s.phase.is_terminal() && !s.locally_joined)
+        });
         let unjoined = |p: Option<PeerId>| {
             self.announced_by
-                .iter()
-                .filter(|(sid, by)| {
-                    p.is_none_or(|p| **by == p)
-                        && self
-                            .sessions
-                            .get(sid)
-                            .is_some_and(|s| !s.phase.is_terminal() && !s.locally_joined)
-                })
+                .values()
+                .filter(|by| p.is_none_or(|p| **by == p))
                 .count()
         };
         if unjoined(Some(from)) >= MAX_UNJOINED_PER_PEER || unjoined(None) >= MAX_UNJOINED {

@@ -10,7 +10,7 @@ use super::arith::{
 use super::{Contribution, Error, SignatureFormat, invalid};
 
 /// A tweak applied to the aggregate key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tweak {
     /// BIP327 plain tweak `Q + t*G` (BIP340 format only).
     Plain([u8; 32]),

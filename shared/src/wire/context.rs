@@ -107,7 +107,33 @@ impl SessionContext {
     /// # Errors
     /// Tweak errors (out of range, infinity, unsupported for the format).
     pub fn key_agg(&self) -> Result<KeyAggContext, musig::Error> {
-        KeyAggContext::with_tweaks(self.format, &self.signer_keys, &self.tweaks)
+        type Input = (SignatureFormat, Vec<[u8; 33]>, Vec<Tweak>);
+        /// KeyAgg of recent key sets: a session's context is aggregated when it is validated,
+        /// when its session is built and for every signer call, always to the same result
+        /// (a twentieth of a coordinator's CPU under load). Keyed by the full input; only
+        /// successes are kept; at most this many, then it starts over.
+        const CAPACITY: usize = 256;
+        static CACHE: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<Input, KeyAggContext>>,
+        > = std::sync::LazyLock::new(Default::default);
+        let input: Input = (self.format, self.signer_keys.clone(), self.tweaks.clone());
+        let cached = CACHE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&input)
+            .cloned();
+        if let Some(ctx) = cached {
+            return Ok(ctx);
+        }
+        let ctx = KeyAggContext::with_tweaks(self.format, &self.signer_keys, &self.tweaks)?;
+        let mut cache = CACHE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= CAPACITY {
+            cache.clear();
+        }
+        cache.insert(input, ctx.clone());
+        Ok(ctx)
     }
 
     /// The protobuf form.
