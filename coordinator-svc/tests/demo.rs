@@ -109,3 +109,22 @@ fn demo_refuses_bad_input() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("32 bytes"));
 }
+
+/// The party count is bounded by the wire protocol's 100 signers (`MAX_SIGNERS`); the demo was
+/// run with 50 and 100 parties (see README "The two commands").
+#[test]
+fn demo_refuses_party_counts_outside_two_to_a_hundred() {
+    for n in ["1", "101"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_musig2-demo"))
+            .args(["--parties", n])
+            .env("MUSIG2_DEMO_NO_BUILD", "1")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--parties {n} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("2..=100") || err.contains("--parties"),
+            "{err}"
+        );
+    }
+}

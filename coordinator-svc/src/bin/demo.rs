@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 #[command(name = "musig2-demo", version, about)]
 struct Args {
     /// Number of parties (each: one signer process and one coordinator process).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=20))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=100))]
     parties: u8,
     /// Signature format: bip340 or lotus.
     #[arg(long, default_value = "bip340")]
