@@ -154,9 +154,12 @@ impl Core {
         st
     }
 
-    /// Keep a session, indexing it when it is a pool slot.
+    /// Keep a session, indexing it when it is a live pool slot (a slot leaves the index when
+    /// it ends, in [`Core::apply`]; a refill prunes whatever else ended).
     pub(super) fn insert_session(&mut self, s: Session) {
-        if let Some(hash) = s.pool_hash {
+        if let Some(hash) = s.pool_hash
+            && !s.phase.is_terminal()
+        {
             self.pool_slots.entry(hash).or_default().insert(s.id);
         }
         self.sessions.insert(s.id, s);

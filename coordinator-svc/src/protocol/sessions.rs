@@ -189,6 +189,12 @@ impl Core {
                     let Some(s) = self.sessions.get(&id) else {
                         continue;
                     };
+                    if to.is_terminal()
+                        && let Some(hash) = s.pool_hash
+                        && let Some(ids) = self.pool_slots.get_mut(&hash)
+                    {
+                        ids.remove(&id);
+                    }
                     match to {
                         Phase::Complete => {
                             if let Some(signature) = s.signature {

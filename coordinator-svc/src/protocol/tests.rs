@@ -14,7 +14,7 @@ use shared::wire::{SessionContext, pb};
 
 use super::inbound::Frame;
 use super::session::Phase;
-use super::{Core, Effect, FINISHED_RETENTION_MS, NodeEvent, Settings};
+use super::{Core, Effect, FINISHED_RETENTION_MS, NodeEvent, Pending, Settings};
 
 const T0: i64 = 1_800_000_000_000;
 const TIMEOUT: i64 = 30_000;
@@ -617,6 +617,45 @@ fn a_confirmation_from_a_party_not_responsible_does_not_stop_failover() {
         assert!(f.confirmed.is_none());
         assert_eq!(session_clock(&net.cores[i]), f.deadline_ms);
         assert!(f.deadline_ms.is_some(), "the clock still runs");
+    }
+}
+
+/// The budget counts sessions a peer announced and our application has not joined: joined ones
+/// leave it, so a peer's sessions that we take part in are never refused for it, and the
+/// table behind the budget holds what is pending, not every retained session (it was scanned
+/// whole at each announcement, which a profile under load showed).
+#[test]
+fn joined_sessions_leave_the_announcement_budget() {
+    use super::MAX_UNJOINED_PER_PEER;
+    let mut net = Net::new(2, true);
+    let now = net.now;
+    let from = net.peers[1];
+    let mut keys = net.keys.clone();
+    keys.sort_unstable();
+    for k in 0..(MAX_UNJOINED_PER_PEER + 5) {
+        let ctx = SessionContext {
+            signer_keys: keys.clone(),
+            message: [u8::try_from(k % 251).unwrap_or(0), 1, 2, 3].repeat(8),
+            format: SignatureFormat::Bip340,
+            tweaks: Vec::new(),
+        };
+        let mut fx = Vec::new();
+        let at = now + i64::try_from(k).unwrap_or(0);
+        let view = net.cores[1]
+            .create(at, ctx, None, None, &mut fx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Some(announce) = fx.iter().find_map(|e| match e {
+            Effect::Send { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        }) else {
+            panic!("no announcement")
+        };
+        let r = net.cores[0].on_direct(at, from, Frame::Bytes(&announce), &mut Vec::new());
+        assert!(r.is_ok(), "announcement {k}: {r:?}");
+        assert!(net.cores[0].announced_by.len() <= 1, "only the pending one");
+        // Node 0's application joins it.
+        let joined = net.cores[0].join(at, view.id, &mut Vec::new());
+        assert!(matches!(joined, Pending::Ready(Ok(_))), "join {k}");
     }
 }
 

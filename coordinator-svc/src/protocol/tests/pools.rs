@@ -78,6 +78,17 @@ fn one_round_sessions_use_each_slot_once_and_complete_on_every_member() {
             assert_eq!(c.session(slot).map(|s| s.phase), Some(Phase::Closed));
         }
         assert_eq!(status(&net, node).ready, 2, "refilled");
+        // The slot index holds live slots only (ended ones are pruned as the pool refills), so
+        // it does not grow with the sessions a pool served.
+        for c in &net.cores {
+            let indexed: usize = c.pool_slots.values().map(|ids| ids.len()).sum();
+            let live = c
+                .sessions
+                .values()
+                .filter(|s| s.pool_slot && !s.phase.is_terminal())
+                .count();
+            assert_eq!(indexed, live, "round {round}");
+        }
     }
     // One round only: no NONCE_SHARE of a one-round session went over the wire.
     let mut last = net.context();
