@@ -332,7 +332,7 @@ pub struct Core {
     planted: PlantedBugs,
     /// Nonce pools this node's application enabled, by pool hash.
     pools: BTreeMap<[u8; 32], pools::PoolConf>,
-    /// Pool slots in memory (any creator's) by pool hash; ended ones are pruned at refills.
+    /// Live pool slots (any creator's) by pool hash; a slot leaves when it ends.
     pool_slots: HashMap<[u8; 32], BTreeSet<SessionId>>,
     /// Peer attestations whose signature verified (checked once, not per message).
     verified: shared::wire::VerifiedAttestations,

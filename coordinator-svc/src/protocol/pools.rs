@@ -155,7 +155,7 @@ impl Core {
     }
 
     /// Keep a session, indexing it when it is a live pool slot (a slot leaves the index when
-    /// it ends, in [`Core::apply`]; a refill prunes whatever else ended).
+    /// it ends, in [`Core::apply`]).
     pub(super) fn insert_session(&mut self, s: Session) {
         if let Some(hash) = s.pool_hash
             && !s.phase.is_terminal()
@@ -183,11 +183,6 @@ impl Core {
 
     /// Start slots where a pool has fewer than its size (at most [`MAX_FILLING`] filling).
     pub(super) fn refill(&mut self, now: i64, fx: &mut Vec<Effect>) {
-        let sessions = &self.sessions;
-        self.pool_slots.retain(|_, ids| {
-            ids.retain(|id| sessions.get(id).is_some_and(|s| !s.phase.is_terminal()));
-            !ids.is_empty()
-        });
         for p in self.pools.values_mut() {
             if p.backoff_until_ms <= now {
                 p.backoff_until_ms = 0;

@@ -194,6 +194,10 @@ impl Core {
                         && let Some(ids) = self.pool_slots.get_mut(&hash)
                     {
                         ids.remove(&id);
+                        if ids.is_empty() {
+                            // Refused slots of pools never enabled here leave no trace.
+                            self.pool_slots.remove(&hash);
+                        }
                     }
                     match to {
                         Phase::Complete => {

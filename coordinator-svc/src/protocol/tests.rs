@@ -620,6 +620,30 @@ fn a_confirmation_from_a_party_not_responsible_does_not_stop_failover() {
     }
 }
 
+/// Node 1 creates a session of both keys with `message` at `at`: its id and the announcement
+/// it sends.
+fn announce_from_node_1(net: &mut Net, at: i64, message: Vec<u8>) -> (SessionId, Vec<u8>) {
+    let mut keys = net.keys.clone();
+    keys.sort_unstable();
+    let ctx = SessionContext {
+        signer_keys: keys,
+        message,
+        format: SignatureFormat::Bip340,
+        tweaks: Vec::new(),
+    };
+    let mut fx = Vec::new();
+    let view = net.cores[1]
+        .create(at, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Some(announce) = fx.iter().find_map(|e| match e {
+        Effect::Send { bytes, .. } => Some(bytes.clone()),
+        _ => None,
+    }) else {
+        panic!("no announcement")
+    };
+    (view.id, announce)
+}
+
 /// The budget counts sessions a peer announced and our application has not joined: joined ones
 /// leave it, so a peer's sessions that we take part in are never refused for it, and the
 /// table behind the budget holds what is pending, not every retained session (it was scanned
@@ -630,31 +654,15 @@ fn joined_sessions_leave_the_announcement_budget() {
     let mut net = Net::new(2, true);
     let now = net.now;
     let from = net.peers[1];
-    let mut keys = net.keys.clone();
-    keys.sort_unstable();
     for k in 0..(MAX_UNJOINED_PER_PEER + 5) {
-        let ctx = SessionContext {
-            signer_keys: keys.clone(),
-            message: [u8::try_from(k % 251).unwrap_or(0), 1, 2, 3].repeat(8),
-            format: SignatureFormat::Bip340,
-            tweaks: Vec::new(),
-        };
-        let mut fx = Vec::new();
         let at = now + i64::try_from(k).unwrap_or(0);
-        let view = net.cores[1]
-            .create(at, ctx, None, None, &mut fx)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let Some(announce) = fx.iter().find_map(|e| match e {
-            Effect::Send { bytes, .. } => Some(bytes.clone()),
-            _ => None,
-        }) else {
-            panic!("no announcement")
-        };
+        let message = [u8::try_from(k % 251).unwrap_or(0), 1, 2, 3].repeat(8);
+        let (id, announce) = announce_from_node_1(&mut net, at, message);
         let r = net.cores[0].on_direct(at, from, Frame::Bytes(&announce), &mut Vec::new());
         assert!(r.is_ok(), "announcement {k}: {r:?}");
         assert!(net.cores[0].announced_by.len() <= 1, "only the pending one");
         // Node 0's application joins it.
-        let joined = net.cores[0].join(at, view.id, &mut Vec::new());
+        let joined = net.cores[0].join(at, id, &mut Vec::new());
         assert!(matches!(joined, Pending::Ready(Ok(_))), "join {k}");
     }
 }
@@ -665,26 +673,10 @@ fn sessions_announced_by_a_peer_have_their_own_budget() {
     let mut net = Net::new(2, true);
     let now = net.now;
     let from = net.peers[1];
-    let mut keys = net.keys.clone();
-    keys.sort_unstable();
     for k in 0..(MAX_UNJOINED_PER_PEER + 5) {
-        let ctx = SessionContext {
-            signer_keys: keys.clone(),
-            message: vec![u8::try_from(k).unwrap_or(0); 32],
-            format: SignatureFormat::Bip340,
-            tweaks: Vec::new(),
-        };
-        let mut fx = Vec::new();
         let at = now + i64::try_from(k).unwrap_or(0);
-        net.cores[1]
-            .create(at, ctx, None, None, &mut fx)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let Some(announce) = fx.iter().find_map(|e| match e {
-            Effect::Send { bytes, .. } => Some(bytes.clone()),
-            _ => None,
-        }) else {
-            panic!("no announcement")
-        };
+        let message = vec![u8::try_from(k).unwrap_or(0); 32];
+        let (_, announce) = announce_from_node_1(&mut net, at, message);
         // Node 0's application never joins.
         let r = net.cores[0].on_direct(at, from, Frame::Bytes(&announce), &mut Vec::new());
         if k < MAX_UNJOINED_PER_PEER {

@@ -71,16 +71,15 @@ impl Attestation {
 
     /// The attested peer and the expiry, against the sender and the time.
     fn check_claims(&self, peer_id: &[u8], now_ms: i64) -> Result<(), WireError> {
-        let att = self;
-        if att.peer_id != peer_id {
+        if self.peer_id != peer_id {
             return Err(WireError::Attestation(
                 "attested peer id is not the sender's",
             ));
         }
-        if att.expires_at_ms <= now_ms {
+        if self.expires_at_ms <= now_ms {
             return Err(WireError::Attestation("expired"));
         }
-        if att.expires_at_ms
+        if self.expires_at_ms
             > now_ms
                 .saturating_add(MAX_ATTESTATION_LIFETIME_MS)
                 .saturating_add(MAX_TIMESTAMP_SKEW_MS)
@@ -158,14 +157,12 @@ impl VerifiedAttestations {
                 return Ok(att);
             }
         }
-        let att = Attestation::check_pb(a, peer_id, now_ms)?;
-        if !self.seen.contains(&att) {
-            att.verify_signature()?;
-            if self.seen.len() >= Self::CAPACITY {
-                self.seen.clear();
-            }
-            self.seen.insert(att.clone());
+        // Not seen: every check, then remembered.
+        let att = Attestation::verify_pb(a, peer_id, now_ms)?;
+        if self.seen.len() >= Self::CAPACITY {
+            self.seen.clear();
         }
+        self.seen.insert(att.clone());
         Ok(att)
     }
 }
