@@ -112,12 +112,14 @@ fn keys(list: &[Vec<u8>], field: &str) -> Result<Vec<[u8; 33]>, Status> {
     Ok(out)
 }
 
-/// Keys in any order → a validated context (sorted).
+/// Keys in any order → a validated context (sorted); `batch`: a batch session's messages
+/// (empty for one message).
 fn context(
     signer_keys: &[Vec<u8>],
     message: &[u8],
     format: i32,
     tweaks: &[pb::Tweak],
+    batch: &[Vec<u8>],
 ) -> Result<SessionContext, Status> {
     let mut k = keys(signer_keys, "signer_keys")?;
     k.sort_unstable();
@@ -126,8 +128,9 @@ fn context(
         message: message.to_vec(),
         format,
         tweaks: tweaks.to_vec(),
+        batch_messages: batch.to_vec(),
     };
-    SessionContext::from_pb(&raw).map_err(|e| invalid("context", e.to_string()))
+    SessionContext::from_pb_session(&raw).map_err(|e| invalid("context", e.to_string()))
 }
 
 /// An optional timeout in ms within `min..=MAX_TIMEOUT_MS`.
@@ -213,7 +216,7 @@ impl Api {
         loop {
             let v = self.view(id).await?;
             match v.phase {
-                Phase::Complete | Phase::Closed if v.signature.is_some() => return Ok(v),
+                Phase::Complete | Phase::Closed if v.signatures.is_some() => return Ok(v),
                 Phase::Aborted | Phase::Closed => {
                     let (reason, culprits) = v
                         .abort
@@ -277,7 +280,19 @@ impl CoordinatorService for Api {
         r: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
         let r = r.into_inner();
-        let ctx = context(&r.signer_keys, &r.message, r.format, &r.tweaks)?;
+        if r.one_round && !r.batch_messages.is_empty() {
+            return Err(invalid(
+                "batch_messages",
+                "a one-round session signs one message: batch_messages is not allowed with one_round",
+            ));
+        }
+        let ctx = context(
+            &r.signer_keys,
+            &r.message,
+            r.format,
+            &r.tweaks,
+            &r.batch_messages,
+        )?;
         let election = method(r.election_method)?;
         let timeout = timeout(r.timeout_ms, "timeout_ms", 1000)?;
         let rid = request_id(&r.request_id)?;
@@ -394,7 +409,13 @@ impl CoordinatorService for Api {
         let wait = timeout(r.timeout_ms, "timeout_ms", 1)?.unwrap_or(DEFAULT_SIGN_TIMEOUT);
         let mut rx = self.node.events();
         let id = if r.session_id.is_empty() {
-            let ctx = context(&r.signer_keys, &r.message, r.format, &r.tweaks)?;
+            let ctx = context(
+                &r.signer_keys,
+                &r.message,
+                r.format,
+                &r.tweaks,
+                &r.batch_messages,
+            )?;
             let election = method(r.election_method)?;
             let rid = request_id(&r.request_id)?;
             self.node
@@ -405,6 +426,7 @@ impl CoordinatorService for Api {
             let id = session_id(&r.session_id)?;
             if !r.signer_keys.is_empty()
                 || !r.message.is_empty()
+                || !r.batch_messages.is_empty()
                 || r.format != 0
                 || !r.tweaks.is_empty()
                 || r.election_method != 0
@@ -427,10 +449,20 @@ impl CoordinatorService for Api {
             id
         };
         let v = self.wait_complete(id, &mut rx, wait).await?;
-        let signature = v.signature.map(|s| s.0.to_vec()).unwrap_or_default();
+        let signatures: Vec<Vec<u8>> = v
+            .signatures
+            .iter()
+            .flatten()
+            .map(|s| s.0.to_vec())
+            .collect();
+        let signature = match signatures.as_slice() {
+            [one] => one.clone(),
+            _ => Vec::new(),
+        };
         Ok(Response::new(pb::SignResponse {
             session: Some(session_pb(&v)),
             signature,
+            signatures,
         }))
     }
 
@@ -477,7 +509,7 @@ impl CoordinatorService for Api {
     ) -> Result<Response<pb::GetFinalSignatureResponse>, Status> {
         let id = session_id(&r.into_inner().session_id)?;
         let v = self.view(id).await?;
-        let sig = v.signature.ok_or_else(|| {
+        let sigs = v.signatures.as_ref().ok_or_else(|| {
             status(
                 Code::FailedPrecondition,
                 ErrorReason::NotComplete,
@@ -485,11 +517,21 @@ impl CoordinatorService for Api {
                 &abort_metadata(id, v.abort.as_ref()),
             )
         })?;
+        let batch = !v.context.batch.is_empty();
         Ok(Response::new(pb::GetFinalSignatureResponse {
-            signature: sig.0.to_vec(),
+            signature: match sigs.as_slice() {
+                [one] if !batch => one.0.to_vec(),
+                _ => Vec::new(),
+            },
             output_key: v.output_key.to_vec(),
             message: v.context.message.clone(),
             format: wire::format_to_pb(v.context.format) as i32,
+            batch_signatures: if batch {
+                sigs.iter().map(|s| s.0.to_vec()).collect()
+            } else {
+                Vec::new()
+            },
+            batch_messages: v.context.batch.clone(),
         }))
     }
 
@@ -757,7 +799,7 @@ impl CoordinatorService for Api {
         r: Request<pb::SendSigningRequestRequest>,
     ) -> Result<Response<pb::SendSigningRequestResponse>, Status> {
         let r = r.into_inner();
-        let ctx = context(&r.signer_keys, &r.message, r.format, &r.tweaks)?;
+        let ctx = context(&r.signer_keys, &r.message, r.format, &r.tweaks, &[])?;
         let t = match pb::TransactionType::try_from(r.transaction_type) {
             Ok(pb::TransactionType::Unspecified) | Err(_) => {
                 return Err(invalid("transaction_type", "unknown or unspecified value"));
@@ -812,6 +854,7 @@ impl CoordinatorService for Api {
             message: Vec::new(),
             format: r.format,
             tweaks: r.tweaks,
+            batch_messages: Vec::new(),
         })
         .map_err(|e| invalid("context", e.to_string()))?;
         let size = usize::try_from(r.size).unwrap_or(usize::MAX);

@@ -62,12 +62,12 @@ enum Internal {
     Nonce {
         id: shared::election::SessionId,
         index: usize,
-        result: Result<PubNonce, SignerError>,
+        result: Result<Vec<PubNonce>, SignerError>,
     },
     Psig {
         id: shared::election::SessionId,
         index: usize,
-        result: Result<PartialSignature, SignerError>,
+        result: Result<Vec<PartialSignature>, SignerError>,
     },
     Attested(Result<Vec<pb::PeerAttestation>, SignerError>),
 }

@@ -235,6 +235,52 @@ impl SignerClient {
         PubNonce::from_slice(&r.public_nonce).map_err(|_| SignerError::Malformed("public nonce"))
     }
 
+    /// A nonce for each message of the session `session` ([`SessionContext::items`]: one
+    /// request per message, all in flight at once), in message order.
+    ///
+    /// # Errors
+    /// The first [`SignerError`].
+    pub async fn nonces(
+        &self,
+        key: &[u8; 33],
+        session: &SessionId,
+        ctx: &SessionContext,
+        pooled: bool,
+    ) -> Result<Vec<PubNonce>, SignerError> {
+        let items = ctx.items(*session);
+        futures::future::try_join_all(
+            items
+                .iter()
+                .map(|(item, c)| self.nonce(key, item, c, pooled)),
+        )
+        .await
+    }
+
+    /// A partial signature for each message of the session whose nonces are filed under
+    /// `session`, given every signer's nonces per message (in message order, then key order).
+    ///
+    /// # Errors
+    /// The first [`SignerError`]; a count of nonce lists that is not the count of messages.
+    pub async fn partial_signs(
+        &self,
+        key: &[u8; 33],
+        session: &SessionId,
+        ctx: &SessionContext,
+        nonces: &[Vec<PubNonce>],
+    ) -> Result<Vec<PartialSignature>, SignerError> {
+        let items = ctx.items(*session);
+        if items.len() != nonces.len() {
+            return Err(SignerError::Malformed("nonce lists per message"));
+        }
+        futures::future::try_join_all(
+            items
+                .iter()
+                .zip(nonces)
+                .map(|((item, c), n)| self.partial_sign(key, item, c, n)),
+        )
+        .await
+    }
+
     /// Destroy the unused secret nonce of (session, key): the session will never sign. True
     /// when one was destroyed.
     ///

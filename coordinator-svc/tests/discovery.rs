@@ -258,7 +258,10 @@ async fn a_signing_request_accepted_ends_in_a_completed_session() {
     // B creates the session once everyone accepted; A joins it by itself.
     for p in [&mut a, &mut b] {
         let sig = wait_event(&mut p.events, |e| match e {
-            NodeEvent::Complete { signature, .. } => Some(*signature),
+            NodeEvent::Complete { signatures, .. } => match signatures.as_slice() {
+                [one] => Some(*one),
+                other => panic!("{} signatures for one message", other.len()),
+            },
             NodeEvent::Aborted { info, .. } => panic!("aborted: {}", info.reason),
             _ => None,
         })

@@ -53,7 +53,9 @@ async fn mesh(ps: &[Party]) {
 fn followers(
     nodes: &[NodeHandle],
 ) -> Vec<
-    tokio::task::JoinHandle<Result<shared::musig::Signature, coordinator_svc::session::AbortInfo>>,
+    tokio::task::JoinHandle<
+        Result<Vec<shared::musig::Signature>, coordinator_svc::session::AbortInfo>,
+    >,
 > {
     nodes
         .iter()
@@ -76,9 +78,9 @@ fn followers(
                             }
                         }
                         NodeEvent::Complete {
-                            id: c, signature, ..
+                            id: c, signatures, ..
                         } if Some(c) == id => {
-                            return Ok(signature);
+                            return Ok(signatures);
                         }
                         NodeEvent::Aborted { id: c, info } if Some(c) == id => return Err(info),
                         _ => {}
@@ -142,7 +144,7 @@ async fn a_hundred_party_session_completes_and_a_wrong_partial_signature_is_name
         SignatureFormat::Bip340,
         &v.output_key,
         &[0x64; 32],
-        &signatures[0],
+        &signatures[0][0],
     )
     .unwrap();
     eprintln!(

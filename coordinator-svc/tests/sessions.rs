@@ -37,8 +37,8 @@ async fn run(ps: &mut [Party], format: SignatureFormat, taproot: bool, msg: [u8;
     for p in ps.iter_mut() {
         let sig = wait_event(&mut p.events, |e| match e {
             NodeEvent::Complete {
-                id: i, signature, ..
-            } if *i == id => Some(*signature),
+                id: i, signatures, ..
+            } if *i == id => signatures.first().copied(),
             NodeEvent::Aborted { id: i, info } if *i == id => panic!("aborted: {}", info.reason),
             _ => None,
         })
@@ -104,8 +104,8 @@ async fn a_session_found_only_through_the_dht_completes() {
     for p in [&mut a, &mut b, &mut d] {
         let sig = wait_event(&mut p.events, |e| match e {
             NodeEvent::Complete {
-                id: i, signature, ..
-            } if *i == id => Some(*signature),
+                id: i, signatures, ..
+            } if *i == id => signatures.first().copied(),
             NodeEvent::Aborted { id: i, info } if *i == id => panic!("aborted: {}", info.reason),
             _ => None,
         })

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::election::SessionId;
 use crate::musig::{
     AggNonce, KeyAggContext, PartialSignature, PubNonce, SecNonce, SecretKey, SigningSession,
     nonce_gen,
@@ -364,6 +365,11 @@ impl MemorySigner {
         key: &[u8; 33],
         context: &SessionContext,
     ) -> Result<(&SecretKey, usize, KeyAggContext), Refused> {
+        if !context.batch.is_empty() {
+            return Err(Refused::Invalid(
+                "a batch context: a signer signs one message per request".into(),
+            ));
+        }
         let sk = self
             .keys
             .get(key)
@@ -461,6 +467,53 @@ impl MemorySigner {
         }
     }
 
+    /// [`MemorySigner::nonce_as`] for each message of the session `session`
+    /// ([`SessionContext::items`]), in message order: what a coordinator asks of its signer.
+    ///
+    /// # Errors
+    /// The first [`Refused`].
+    pub fn session_nonces<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        rng: &mut R,
+        session: SessionId,
+        key: &[u8; 33],
+        context: &SessionContext,
+        pooled: bool,
+    ) -> Result<Vec<PubNonce>, Refused> {
+        context
+            .items(session)
+            .iter()
+            .map(|(item, c)| self.nonce_as(rng, &item.0, key, c, pooled))
+            .collect()
+    }
+
+    /// [`MemorySigner::partial_sign`] for each message of the session whose nonces are filed
+    /// under `nonce_session`, given every signer's nonces per message.
+    ///
+    /// # Errors
+    /// The first [`Refused`]; a count of nonce lists that is not the count of messages.
+    pub fn session_partial_signs(
+        &mut self,
+        nonce_session: SessionId,
+        key: &[u8; 33],
+        context: &SessionContext,
+        nonces: &[Vec<PubNonce>],
+    ) -> Result<Vec<PartialSignature>, Refused> {
+        let items = context.items(nonce_session);
+        if items.len() != nonces.len() {
+            return Err(Refused::Invalid(format!(
+                "{} nonce lists for {} messages",
+                nonces.len(),
+                items.len()
+            )));
+        }
+        items
+            .iter()
+            .zip(nonces)
+            .map(|((item, c), n)| self.partial_sign(&item.0, key, c, n))
+            .collect()
+    }
+
     /// Destroy the unused secret nonce of (session, key) (`ReleaseNonce`): it can never sign.
     /// True when one was destroyed.
     pub fn release(&mut self, session_id: &[u8; 16], key: &[u8; 33]) -> bool {
@@ -534,6 +587,7 @@ mod tests {
             message: msg.to_vec(),
             format: SignatureFormat::Bip340,
             tweaks: Vec::new(),
+            batch: Vec::new(),
         }
     }
 

@@ -155,6 +155,21 @@ impl SessionId {
         SessionId(id)
     }
 
+    /// The id under which a signer signs message `item` of a batch session with this id: the
+    /// first 16 bytes of `SHA-256("musig2/v1/batch-item" || id || uint32_be(item))`. Each
+    /// message of a batch is its own session for the signer (its own nonce, checked and
+    /// journaled alone).
+    pub fn batch_item(&self, item: u32) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"musig2/v1/batch-item");
+        h.update(self.0);
+        h.update(item.to_be_bytes());
+        let digest: [u8; 32] = h.finalize().into();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
+        SessionId(id)
+    }
+
     /// Parse 32 hex characters.
     ///
     /// # Errors

@@ -43,6 +43,11 @@ pub const DEFAULT_MAX_SEQUENCE_GAP: u64 = 100;
 pub const MAX_SIGNERS: usize = 100;
 /// Longest BIP340 message, bytes.
 pub const MAX_BIP340_MESSAGE_BYTES: usize = 1024;
+/// Most messages in a batch session (issue 17).
+pub const MAX_BATCH_MESSAGES: usize = 256;
+/// Most bytes of all a batch session's messages together: the announcement, with 100 keys,
+/// stays well inside [`MAX_DIRECT_MESSAGE_BYTES`] (and the DHT's record limit, the same).
+pub const MAX_BATCH_BYTES: usize = 65_536;
 /// Most tweaks on a session.
 pub const MAX_TWEAKS: usize = 8;
 /// Longest human-readable reason, bytes.
@@ -138,6 +143,9 @@ pub enum WireError {
     /// An attestation does not verify or is expired.
     #[error("invalid attestation: {0}")]
     Attestation(&'static str),
+    /// A batch of messages that is malformed or not allowed where it appears.
+    #[error("batch_messages: {0}")]
+    Batch(&'static str),
 }
 
 impl WireError {
@@ -162,6 +170,7 @@ impl WireError {
             WireError::ZeroSequence => Reason::ZeroSequence,
             WireError::Context(_) => Reason::Context,
             WireError::Attestation(_) => Reason::Attestation,
+            WireError::Batch(_) => Reason::Context,
         }
     }
 
@@ -177,6 +186,29 @@ fn arr<const N: usize>(field: &'static str, b: &[u8]) -> Result<[u8; N], WireErr
         expected: N,
         actual: b.len(),
     })
+}
+
+/// One value per message of a session: 1 to [`MAX_BATCH_MESSAGES`] values of `N` bytes,
+/// concatenated.
+fn chunks<'a, const N: usize>(
+    field: &'static str,
+    b: &'a [u8],
+) -> Result<impl Iterator<Item = &'a [u8; N]>, WireError> {
+    let (values, rest) = b.as_chunks::<N>();
+    if values.is_empty() || !rest.is_empty() {
+        return Err(WireError::Length {
+            field,
+            expected: N,
+            actual: b.len(),
+        });
+    }
+    if values.len() > MAX_BATCH_MESSAGES {
+        return Err(WireError::TooLong {
+            field,
+            max: MAX_BATCH_MESSAGES,
+        });
+    }
+    Ok(values.iter())
 }
 
 fn point(field: &'static str, b: &[u8]) -> Result<[u8; 33], WireError> {
@@ -324,10 +356,10 @@ pub enum Body {
     Announce(Box<Announce>),
     /// SESSION_JOIN.
     Join,
-    /// NONCE_SHARE.
-    NonceShare(PubNonce),
-    /// PARTIAL_SIG_SHARE.
-    PartialSigShare(PartialSignature),
+    /// NONCE_SHARE: one nonce per message of the session (one, or a batch's count).
+    NonceShare(Vec<PubNonce>),
+    /// PARTIAL_SIG_SHARE: one partial signature per message of the session.
+    PartialSigShare(Vec<PartialSignature>),
     /// SESSION_ABORT.
     Abort(Abort),
     /// VALIDATION_ERROR.
@@ -337,8 +369,8 @@ pub enum Body {
         /// Reason.
         reason: String,
     },
-    /// SIGNATURE_FINALIZED.
-    SignatureFinalized(Signature),
+    /// SIGNATURE_FINALIZED: one signature per message of the session.
+    SignatureFinalized(Vec<Signature>),
     /// BROADCAST_CONFIRMED.
     BroadcastConfirmed {
         /// Application reference.
@@ -430,7 +462,7 @@ impl Message {
                 let context = if a.pool_slot {
                     SessionContext::from_pb_pool(pb_context)?
                 } else {
-                    SessionContext::from_pb(pb_context)?
+                    SessionContext::from_pb_session(pb_context)?
                 };
                 let uses_pool_slot = match a.uses_pool_slot.as_slice() {
                     [] => None,
@@ -448,6 +480,9 @@ impl Message {
                         PubNonce::from_slice(n).map_err(|_| WireError::InvalidPoint("pool_nonces"))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                if uses_pool_slot.is_some() && !context.batch.is_empty() {
+                    return Err(WireError::Batch("a one-round session signs one message"));
+                }
                 if uses_pool_slot.is_some() == pool_nonces.is_empty()
                     || (!pool_nonces.is_empty() && pool_nonces.len() != context.signer_keys.len())
                 {
@@ -459,7 +494,7 @@ impl Message {
                 let entropy: [u8; 16] = arr("entropy", &a.entropy)?;
                 let expected = SessionId::derive(
                     &context.signer_keys,
-                    &context.message,
+                    &context.id_message(),
                     a.created_at_ms,
                     &entropy,
                 );
@@ -487,20 +522,21 @@ impl Message {
                 }))
             }
             B::Join(_) => Body::Join,
-            B::NonceShare(n) => {
-                let b: [u8; 66] = arr("public_nonce", &n.public_nonce)?;
-                Body::NonceShare(
-                    PubNonce::from_bytes(&b)
-                        .map_err(|_| WireError::InvalidPoint("public_nonce"))?,
-                )
-            }
-            B::PartialSigShare(p) => {
-                let b: [u8; 32] = arr("partial_signature", &p.partial_signature)?;
-                Body::PartialSigShare(
-                    PartialSignature::from_bytes(&b)
-                        .map_err(|_| WireError::InvalidScalar("partial_signature"))?,
-                )
-            }
+            B::NonceShare(n) => Body::NonceShare(
+                chunks::<66>("public_nonce", &n.public_nonce)?
+                    .map(|b| {
+                        PubNonce::from_bytes(b).map_err(|_| WireError::InvalidPoint("public_nonce"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            B::PartialSigShare(p) => Body::PartialSigShare(
+                chunks::<32>("partial_signature", &p.partial_signature)?
+                    .map(|b| {
+                        PartialSignature::from_bytes(b)
+                            .map_err(|_| WireError::InvalidScalar("partial_signature"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
             B::Abort(a) => Body::Abort(Abort {
                 code: match pb::AbortCode::try_from(a.code) {
                     Ok(pb::AbortCode::Closed) => AbortCode::Closed,
@@ -530,9 +566,11 @@ impl Message {
                 rejected_sequence: v.rejected_sequence,
                 reason: text("validation_error.reason", &v.reason, MAX_REASON_BYTES)?,
             },
-            B::SignatureFinalized(s) => {
-                Body::SignatureFinalized(Signature(arr("signature", &s.signature)?))
-            }
+            B::SignatureFinalized(s) => Body::SignatureFinalized(
+                chunks::<64>("signature", &s.signature)?
+                    .map(|b| Signature(*b))
+                    .collect(),
+            ),
             B::BroadcastConfirmed(b) => Body::BroadcastConfirmed {
                 reference: text(
                     "broadcast_reference",
@@ -644,10 +682,10 @@ impl Message {
             }),
             Body::Join => B::Join(pb::SessionJoin {}),
             Body::NonceShare(n) => B::NonceShare(pb::NonceShare {
-                public_nonce: n.to_bytes().to_vec(),
+                public_nonce: n.iter().flat_map(PubNonce::to_bytes).collect(),
             }),
             Body::PartialSigShare(p) => B::PartialSigShare(pb::PartialSigShare {
-                partial_signature: p.to_bytes().to_vec(),
+                partial_signature: p.iter().flat_map(PartialSignature::to_bytes).collect(),
             }),
             Body::Abort(a) => B::Abort(pb::SessionAbort {
                 code: a.code.to_pb() as i32,
@@ -662,7 +700,7 @@ impl Message {
                 reason: reason.clone(),
             }),
             Body::SignatureFinalized(s) => B::SignatureFinalized(pb::SignatureFinalized {
-                signature: s.0.to_vec(),
+                signature: s.iter().flat_map(|s| s.0).collect(),
             }),
             Body::BroadcastConfirmed { reference, attempt } => {
                 B::BroadcastConfirmed(pb::BroadcastConfirmation {

@@ -35,6 +35,7 @@ fn context(format: SignatureFormat, n: usize) -> SessionContext {
         message: vec![7u8; 32],
         format,
         tweaks: vec![Tweak::Taproot { merkle_root: None }],
+        batch: Vec::new(),
     }
 }
 
@@ -86,8 +87,10 @@ fn samples() -> Vec<Message> {
     };
     let bodies = vec![
         Body::Join,
-        Body::NonceShare(pubn),
-        Body::PartialSigShare(psig),
+        Body::NonceShare(vec![pubn]),
+        Body::NonceShare(vec![pubn; 3]),
+        Body::PartialSigShare(vec![psig]),
+        Body::PartialSigShare(vec![psig; 256]),
         Body::Abort(Abort {
             code: AbortCode::InvalidPartialSignature,
             reason: "bad psig".into(),
@@ -97,7 +100,8 @@ fn samples() -> Vec<Message> {
             rejected_sequence: 4,
             reason: "stale".into(),
         },
-        Body::SignatureFinalized(shared::musig::Signature([5; 64])),
+        Body::SignatureFinalized(vec![shared::musig::Signature([5; 64])]),
+        Body::SignatureFinalized(vec![shared::musig::Signature([5; 64]); 2]),
         Body::BroadcastConfirmed {
             reference: "txid".into(),
             attempt: 1,
@@ -139,7 +143,7 @@ static SAMPLES: std::sync::LazyLock<Vec<Vec<u8>>> =
 #[test]
 fn every_body_type_round_trips_canonically() {
     let all = samples();
-    assert_eq!(all.len(), 11);
+    assert_eq!(all.len(), 14);
     for m in all {
         let bytes = m.encode();
         let back = Message::decode(&bytes, wire::MAX_DIRECT_MESSAGE_BYTES, NOW).unwrap();
@@ -393,6 +397,7 @@ fn cached_key_aggregation_matches_a_fresh_one() {
                 message: vec![0; 32],
                 format: *format,
                 tweaks: tweaks.clone(),
+                batch: Vec::new(),
             };
             let fresh = KeyAggContext::with_tweaks(*format, &keys, tweaks).unwrap();
             let cached = ctx.key_agg().unwrap();
@@ -409,6 +414,7 @@ fn cached_key_aggregation_matches_a_fresh_one() {
         message: vec![0; 32],
         format: SignatureFormat::Lotus,
         tweaks: vec![Tweak::Plain([7; 32])],
+        batch: Vec::new(),
     };
     assert!(refused.key_agg().is_err());
     assert!(refused.key_agg().is_err());
@@ -449,4 +455,157 @@ proptest! {
         let _ = Message::decode(&m, wire::MAX_DIRECT_MESSAGE_BYTES, NOW);
         let _ = Message::decode(&bytes[..cut % (bytes.len() + 1)], wire::MAX_DIRECT_MESSAGE_BYTES, NOW);
     }
+}
+
+/// A batch session's context (issue 17): 2 to 256 messages, each valid for the format, at most
+/// 64 KiB in all, `message` empty; never where one message belongs (a signer's request, a
+/// nonce-pool slot, a one-round session); its values one per message.
+#[test]
+fn batch_contexts_and_values_are_bounded() {
+    let base = context(SignatureFormat::Lotus, 3);
+    let with = |message: Vec<u8>, batch: Vec<Vec<u8>>| {
+        let mut pb = base.to_pb();
+        pb.message = message;
+        pb.batch_messages = batch;
+        pb
+    };
+    let ok = with(Vec::new(), vec![vec![1; 32], vec![2; 32], vec![3; 32]]);
+    let ctx = SessionContext::from_pb_session(&ok).unwrap();
+    assert_eq!(ctx.count(), 3);
+    assert_eq!(
+        ctx.messages().collect::<Vec<_>>(),
+        [[1; 32], [2; 32], [3; 32]]
+    );
+    // What each message is for the signer: its own session id and a one-message context.
+    let id = SessionId([9; 16]);
+    let items = ctx.items(id);
+    assert_eq!(items.len(), 3);
+    for (i, (item, c)) in items.iter().enumerate() {
+        assert_eq!(*item, id.batch_item(i as u32));
+        assert_ne!(*item, id);
+        assert!(c.batch.is_empty());
+        assert_eq!(c.message, vec![i as u8 + 1; 32]);
+        // It is what a signer accepts.
+        assert_eq!(SessionContext::from_pb(&c.to_pb()).as_ref(), Ok(c));
+    }
+    assert_eq!(
+        ctx.item_ids(id),
+        items.iter().map(|(i, _)| *i).collect::<Vec<_>>()
+    );
+    // One message: the session itself.
+    assert_eq!(base.items(id), vec![(id, base.clone())]);
+    // The session id commits to every message and their order.
+    let mut swapped = ctx.clone();
+    swapped.batch.swap(0, 1);
+    assert_ne!(swapped.id_message(), ctx.id_message());
+    assert_ne!(ctx.id_message().as_ref(), base.message.as_slice());
+    // A signer, a slot and anything else taking one message refuse a batch.
+    assert!(matches!(
+        SessionContext::from_pb(&ok),
+        Err(WireError::Batch(_))
+    ));
+    assert!(matches!(
+        SessionContext::from_pb_pool(&ok),
+        Err(WireError::Batch(_))
+    ));
+    let mut signer = shared::discipline::MemorySigner::new(vec![keys(3).0.remove(0)]);
+    let key = keys(3).1[0];
+    let r = signer.nonce(&mut rand::rng(), &[1; 16], &key, &ctx);
+    assert!(
+        matches!(r, Err(shared::discipline::Refused::Invalid(_))),
+        "{r:?}"
+    );
+    // Malformed batches.
+    let refused = [
+        with(vec![1; 32], vec![vec![1; 32], vec![2; 32]]),
+        with(Vec::new(), vec![vec![1; 32]]),
+        with(Vec::new(), vec![vec![1; 32]; wire::MAX_BATCH_MESSAGES + 1]),
+        with(Vec::new(), vec![vec![1; 32], vec![2; 31]]),
+    ];
+    for pb in &refused {
+        assert!(SessionContext::from_pb_session(pb).is_err(), "{pb:?}");
+    }
+    assert!(SessionContext::from_pb_session(&with(Vec::new(), vec![vec![1; 32]; 256])).is_ok());
+    let mut bip = context(SignatureFormat::Bip340, 3).to_pb();
+    bip.message.clear();
+    bip.batch_messages = vec![vec![7; wire::MAX_BIP340_MESSAGE_BYTES]; 64];
+    assert!(SessionContext::from_pb_session(&bip).is_ok());
+    bip.batch_messages.push(vec![1]);
+    assert_eq!(
+        SessionContext::from_pb_session(&bip),
+        Err(WireError::TooLong {
+            field: "batch_messages (bytes in all)",
+            max: wire::MAX_BATCH_BYTES
+        })
+    );
+    bip.batch_messages = vec![vec![1; wire::MAX_BIP340_MESSAGE_BYTES + 1], vec![]];
+    assert!(SessionContext::from_pb_session(&bip).is_err());
+    // Values on the wire: 1 to 256 of them, whole.
+    let header = |seq| Header {
+        session_id: SessionId([1; 16]),
+        sender: base.signer_keys[0],
+        sequence: seq,
+        timestamp_ms: NOW,
+    };
+    let psig = |n: usize, extra: usize| {
+        let mut m = Message {
+            header: header(2),
+            body: Body::Join,
+        }
+        .to_pb();
+        m.body = Some(pb::wire_message::Body::PartialSigShare(
+            pb::PartialSigShare {
+                partial_signature: vec![1; 32 * n + extra],
+            },
+        ));
+        Message::from_pb(&m, NOW)
+    };
+    assert!(
+        matches!(psig(1, 0), Ok(Message { body: Body::PartialSigShare(v), .. }) if v.len() == 1)
+    );
+    assert!(
+        matches!(psig(256, 0), Ok(Message { body: Body::PartialSigShare(v), .. }) if v.len() == 256)
+    );
+    for (n, extra) in [(0, 0), (1, 1), (2, 31), (257, 0)] {
+        assert!(psig(n, extra).is_err(), "{n} values and {extra} bytes");
+    }
+    // An announcement of a batch one-round session is refused.
+    let mut a = announce(3);
+    if let Body::Announce(x) = &mut a.body {
+        x.context = ctx.clone();
+        x.uses_pool_slot = Some(SessionId([3; 16]));
+        x.pool_nonces = vec![];
+    }
+    let Message {
+        body: Body::Announce(x),
+        ..
+    } = &a
+    else {
+        unreachable!()
+    };
+    a.header.session_id = SessionId::derive(
+        &x.context.signer_keys,
+        &x.context.id_message(),
+        x.created_at_ms,
+        &x.entropy,
+    );
+    assert!(matches!(
+        Message::from_pb(&a.to_pb(), NOW),
+        Err(WireError::Batch(_))
+    ));
+    // A batch announcement, whole: it round-trips.
+    let mut a = announce(3);
+    if let Body::Announce(x) = &mut a.body {
+        x.context = ctx.clone();
+        a.header.session_id = SessionId::derive(
+            &x.context.signer_keys,
+            &x.context.id_message(),
+            x.created_at_ms,
+            &x.entropy,
+        );
+    }
+    assert_eq!(
+        Message::decode(&a.encode(), wire::MAX_DIRECT_MESSAGE_BYTES, NOW),
+        Ok(a)
+    );
 }

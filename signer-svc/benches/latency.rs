@@ -113,6 +113,7 @@ async fn main() {
             message: vec![7; 32],
             format,
             tweaks: vec![],
+            batch: Vec::new(),
         };
         let key_agg = KeyAggContext::new(format, &keys).unwrap();
         let (mut gen_lat, mut sign_lat) = (Vec::with_capacity(n), Vec::with_capacity(n));

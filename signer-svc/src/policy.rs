@@ -594,6 +594,7 @@ mod tests {
             message: vec![0; 32],
             format: SignatureFormat::Bip340,
             tweaks: vec![],
+            batch: Vec::new(),
         };
         let ka = ctx.key_agg().unwrap();
         (ctx, ka, keys[0])

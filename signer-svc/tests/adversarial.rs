@@ -123,6 +123,7 @@ async fn sign_once(
         message: vec![9; 32],
         format: SignatureFormat::Bip340,
         tweaks,
+        batch: Vec::new(),
     };
     let key_agg = ctx.key_agg().unwrap();
     let own_nonce = client
@@ -325,6 +326,7 @@ async fn cancelled_partial_sign_finishes_and_the_retry_gets_the_stored_signature
         message: vec![3; 32],
         format: SignatureFormat::Bip340,
         tweaks: vec![],
+        batch: Vec::new(),
     };
     let key_agg = ctx.key_agg().unwrap();
     let session = [0x33; 16];

@@ -77,6 +77,7 @@ fn oracle_context(ours: &[u8; 33], xonly: bool, msg: &[u8]) -> (SessionContext, 
         message: msg.to_vec(),
         format: SignatureFormat::Bip340,
         tweaks: vec![tweak],
+        batch: Vec::new(),
     };
     (ctx, attacker)
 }
@@ -180,6 +181,7 @@ async fn lotus_construction_does_not_reach_our_key_and_is_refused_anyway() {
             message: vec![7; 32],
             format: SignatureFormat::Lotus,
             tweaks: vec![tweak],
+            batch: Vec::new(),
         };
         let err = client
             .generate_nonce(nonce_req(victim, [0x70; 16], &ctx))
@@ -194,6 +196,7 @@ async fn lotus_construction_does_not_reach_our_key_and_is_refused_anyway() {
         message: vec![7; 32],
         format: SignatureFormat::Lotus,
         tweaks: vec![Tweak::Taproot { merkle_root: None }],
+        batch: Vec::new(),
     };
     assert_ne!(ctx.key_agg().unwrap().output_key()[1..], ours[1..]);
     client
@@ -368,6 +371,7 @@ fn property_no_partial_signature_for_a_session_ending_in_our_key() {
                     message: vec![0x5c; 32],
                     format: SignatureFormat::Bip340,
                     tweaks,
+                    batch: Vec::new(),
                 };
                 let Ok(key_agg) = ctx.key_agg() else {
                     return Ok(()); // a tweak out of range or to infinity: refused as malformed

@@ -268,6 +268,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             message: vec![0x42; 32],
             format,
             tweaks,
+            batch: Vec::new(),
         };
         out.push(("session_context", ctx.to_pb().encode_to_vec()));
         let entropy = [1u8; 16];
@@ -293,8 +294,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 pool_nonces: Vec::new(),
             })),
             Body::Join,
-            Body::NonceShare(nonce),
-            Body::PartialSigShare(shared::musig::PartialSignature::from_bytes(&[5; 32]).unwrap()),
+            Body::NonceShare(vec![nonce]),
+            Body::PartialSigShare(vec![
+                shared::musig::PartialSignature::from_bytes(&[5; 32]).unwrap(),
+            ]),
             Body::Abort(Abort {
                 code: AbortCode::InvalidPartialSignature,
                 reason: "bad psig".into(),

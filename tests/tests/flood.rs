@@ -118,6 +118,7 @@ fn context(a: [u8; 33], b: [u8; 33], message: [u8; 32]) -> SessionContext {
         message: message.to_vec(),
         format: SignatureFormat::Bip340,
         tweaks: Vec::new(),
+        batch: Vec::new(),
     }
 }
 

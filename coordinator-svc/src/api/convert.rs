@@ -51,6 +51,19 @@ pub(super) fn u32s(v: &[usize]) -> Vec<u32> {
         .collect()
 }
 
+/// The one signature of a single-message session (none for a batch).
+pub fn single_signature(sigs: &[shared::musig::Signature]) -> Option<Vec<u8>> {
+    match sigs {
+        [one] => Some(one.0.to_vec()),
+        _ => None,
+    }
+}
+
+/// Every signature, in message order.
+pub fn signatures_pb(sigs: &[shared::musig::Signature]) -> Vec<Vec<u8>> {
+    sigs.iter().map(|s| s.0.to_vec()).collect()
+}
+
 /// The protobuf view of a session.
 pub fn session_pb(v: &SessionView) -> pb::Session {
     let list = |k: &[[u8; 33]]| k.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
@@ -68,7 +81,17 @@ pub fn session_pb(v: &SessionView) -> pb::Session {
         joined_keys: list(&v.joined),
         nonce_keys: list(&v.nonce_keys),
         partial_signature_keys: list(&v.psig_keys),
-        final_signature: v.signature.map(|s| s.0.to_vec()),
+        final_signature: v
+            .signatures
+            .as_deref()
+            .and_then(single_signature)
+            .filter(|_| v.context.batch.is_empty()),
+        final_signatures: v
+            .signatures
+            .iter()
+            .flatten()
+            .map(|s| s.0.to_vec())
+            .collect(),
         abort_reason: v.abort.as_ref().map(|a| a.reason.clone()),
         abort_code: v.abort.as_ref().map_or(0, |a| a.code.to_pb() as i32),
         request_id: v.request_id.clone().unwrap_or_default(),
@@ -119,12 +142,13 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
         }),
         NodeEvent::Complete {
             id,
-            signature,
+            signatures,
             output_key,
         } => Ev::SessionComplete(pb::SessionComplete {
             session_id: id.to_string(),
-            signature: signature.0.to_vec(),
+            signature: single_signature(signatures).unwrap_or_default(),
             output_key: output_key.to_vec(),
+            signatures: signatures_pb(signatures),
         }),
         NodeEvent::Closed { id } => Ev::SessionClosed(pb::SessionClosed {
             session_id: id.to_string(),
@@ -139,12 +163,13 @@ pub fn event_pb(e: &NodeEvent) -> Option<Ev> {
             id,
             index,
             attempt,
-            signature,
+            signatures,
         } => Ev::ShouldBroadcast(pb::ShouldBroadcast {
             session_id: id.to_string(),
             coordinator_index: u32::try_from(*index).unwrap_or(u32::MAX),
             attempt: u32::try_from(*attempt).unwrap_or(u32::MAX),
-            signature: signature.0.to_vec(),
+            signature: single_signature(signatures).unwrap_or_default(),
+            signatures: signatures_pb(signatures),
         }),
         NodeEvent::CoordinatorFailed {
             id,

@@ -24,6 +24,7 @@ pub(super) fn combine(
         message: vec![0; 32],
         format,
         tweaks: r.tweaks.clone(),
+        batch_messages: Vec::new(),
     })
     .map_err(|e| invalid("request", e.to_string()))?;
     let agg = ctx

@@ -83,7 +83,9 @@ impl Writer {
             return Ok(());
         };
         for v in views {
-            let Some(sig) = v.signature else { continue };
+            let Some(sigs) = v.signatures.as_deref() else {
+                continue;
+            };
             if self.filter.as_ref().is_some_and(|f| *f != v.id.to_string()) {
                 continue;
             }
@@ -92,8 +94,9 @@ impl Writer {
                 sequence: 0,
                 event: Some(Ev::SessionComplete(pb::SessionComplete {
                     session_id: v.id.to_string(),
-                    signature: sig.0.to_vec(),
+                    signature: super::convert::single_signature(sigs).unwrap_or_default(),
                     output_key: v.output_key.to_vec(),
+                    signatures: super::convert::signatures_pb(sigs),
                 })),
             })
             .await?;

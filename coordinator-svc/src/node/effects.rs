@@ -143,7 +143,7 @@ impl Node {
             } => {
                 let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
                 tokio::spawn(async move {
-                    let result = signer.nonce(&key, &id, &context, pooled).await;
+                    let result = signer.nonces(&key, &id, &context, pooled).await;
                     let _ = tx.send(Internal::Nonce { id, index, result }).await;
                 });
             }
@@ -158,7 +158,7 @@ impl Node {
                 let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
                 tokio::spawn(async move {
                     let result = signer
-                        .partial_sign(&key, &nonce_session, &context, &nonces)
+                        .partial_signs(&key, &nonce_session, &context, &nonces)
                         .await;
                     let _ = tx.send(Internal::Psig { id, index, result }).await;
                 });
@@ -175,16 +175,18 @@ impl Node {
                 });
             }
             Effect::Dial(peer) => self.redial(peer),
-            Effect::ReleaseNonces { id, keys } => {
+            Effect::ReleaseNonces { ids, keys } => {
                 let signer = self.signer.clone();
                 tokio::spawn(async move {
-                    for key in keys {
-                        match signer.release_nonce(&key, &id).await {
-                            Ok(released) => {
-                                tracing::debug!(session = %id, released, "nonce release")
-                            }
-                            Err(e) => {
-                                tracing::warn!(session = %id, error = %e, "the signer did not release a nonce; it expires with its TTL")
+                    for id in &ids {
+                        for key in &keys {
+                            match signer.release_nonce(key, id).await {
+                                Ok(released) => {
+                                    tracing::debug!(session = %id, released, "nonce release")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(session = %id, error = %e, "the signer did not release a nonce; it expires with its TTL")
+                                }
                             }
                         }
                     }

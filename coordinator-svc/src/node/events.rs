@@ -58,7 +58,12 @@ fn size_of(e: &NodeEvent) -> usize {
     let base = 160;
     match e {
         NodeEvent::SessionCreated(v) => {
-            base + v.context.message.len() + 33 * 6 * v.context.signer_keys.len()
+            base + v.context.message.len()
+                + v.context.batch.iter().map(|m| m.len() + 24).sum::<usize>()
+                + 33 * 6 * v.context.signer_keys.len()
+        }
+        NodeEvent::Complete { signatures, .. } | NodeEvent::ShouldBroadcast { signatures, .. } => {
+            base + 64 * signatures.len()
         }
         NodeEvent::SigningRequestReceived { context, .. } => {
             base + context.message.len() + 33 * context.signer_keys.len()
@@ -230,6 +235,7 @@ mod tests {
             message: vec![0; 1024],
             format: shared::musig::SignatureFormat::Bip340,
             tweaks: Vec::new(),
+            batch: Vec::new(),
         };
         let event = NodeEvent::SigningRequestReceived {
             request_id: [0; 16],

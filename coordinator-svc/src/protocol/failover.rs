@@ -39,14 +39,16 @@ impl Core {
         s.failover.deadline_ms = Some(deadline);
         self.failover.schedule(deadline, id);
         let attempt = s.failover.attempt;
-        if let (Some(index), Some(signature)) = (responsible_is_local(s, attempt), s.signature) {
+        if let (Some(index), Some(signatures)) =
+            (responsible_is_local(s, attempt), s.signatures.clone())
+        {
             Self::emit(
                 out,
                 NodeEvent::ShouldBroadcast {
                     id,
                     index,
                     attempt,
-                    signature,
+                    signatures,
                 },
             );
         }
@@ -84,8 +86,8 @@ impl Core {
                             next_index,
                         },
                     );
-                    if let (Some(index), Some(signature)) =
-                        (responsible_is_local(s, attempt), s.signature)
+                    if let (Some(index), Some(signatures)) =
+                        (responsible_is_local(s, attempt), s.signatures.clone())
                     {
                         Self::emit(
                             &mut out,
@@ -93,7 +95,7 @@ impl Core {
                                 id,
                                 index,
                                 attempt,
-                                signature,
+                                signatures,
                             },
                         );
                     }

@@ -173,7 +173,9 @@ pub enum Effect {
         /// Key.
         key: Vec<u8>,
     },
-    /// Ask the signer for a public nonce; the answer comes back through [`Core::on_nonce`].
+    /// Ask the signer for a public nonce for each message of `context` (one request per
+    /// message, [`SessionContext::items`]); the answer, one nonce per message, comes back
+    /// through [`Core::on_nonce`].
     Nonce {
         /// Session.
         id: SessionId,
@@ -186,7 +188,8 @@ pub enum Effect {
         /// A pooled nonce for a nonce-pool slot (the context has no message).
         pooled: bool,
     },
-    /// Ask the signer for a partial signature; the answer comes back through
+    /// Ask the signer for a partial signature for each message of `context` (one request per
+    /// message, [`SessionContext::items`] of `nonce_session`); the answer comes back through
     /// [`Core::on_partial_signature`].
     PartialSign {
         /// Session.
@@ -197,8 +200,8 @@ pub enum Effect {
         key: [u8; 33],
         /// What is signed.
         context: SessionContext,
-        /// Every signer's public nonce, by index.
-        nonces: Vec<PubNonce>,
+        /// Per message, every signer's public nonce by index.
+        nonces: Vec<Vec<PubNonce>>,
         /// The session the signer's nonce is filed under: `id`, or for a one-round session
         /// the pool slot it uses.
         nonce_session: SessionId,
@@ -217,8 +220,8 @@ pub enum Effect {
     /// The session ended without this party's partial signatures: the signer destroys the
     /// secret nonces it still holds for these local keys (`ReleaseNonce`).
     ReleaseNonces {
-        /// Session.
-        id: SessionId,
+        /// The signer's sessions: the session, or each message's of a batch.
+        ids: Vec<SessionId>,
         /// Local keys whose nonce was issued and not used.
         keys: Vec<[u8; 33]>,
     },

@@ -341,7 +341,7 @@ impl Core {
         for (i, held) in slot.nonces.iter().enumerate() {
             let ours = slot.local.contains(&i);
             match (held, a.pool_nonces.get(i)) {
-                (Some(h), Some(n)) if h == n => {}
+                (Some(h), Some(n)) if h.as_slice() == [*n] => {}
                 (None, Some(_)) if !ours => {}
                 _ => {
                     return Some(format!(

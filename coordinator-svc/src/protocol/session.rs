@@ -82,6 +82,16 @@ pub enum Reject {
     /// A second contribution from the same signer.
     #[error("duplicate {0} from this signer")]
     Duplicate(&'static str),
+    /// Not one value per message of the session (a batch signs several).
+    #[error("{kind} holds {actual} values for a session of {expected} messages")]
+    Count {
+        /// Message type.
+        kind: &'static str,
+        /// Messages in the session.
+        expected: usize,
+        /// Values received.
+        actual: usize,
+    },
     /// A broadcast confirmation for an attempt its sender is not responsible for.
     #[error("signer {index} is not responsible for broadcast attempt {attempt}")]
     NotResponsible {
@@ -100,6 +110,7 @@ impl Reject {
             Reject::Sequence { .. } => Reason::ReplayOrSequence,
             Reject::OutOfPhase { .. } => Reason::OutOfPhase,
             Reject::Duplicate(_) => Reason::Duplicate,
+            Reject::Count { .. } => Reason::Length,
             Reject::NotResponsible { .. } => Reason::NotResponsible,
         }
     }
@@ -185,14 +196,15 @@ pub struct Session {
     pub locally_joined: bool,
     /// Joined signers.
     pub joined: Vec<bool>,
-    /// Public nonces by index.
-    pub nonces: Vec<Option<PubNonce>>,
-    /// Verified partial signatures by index.
-    pub psigs: Vec<Option<PartialSignature>>,
-    pending_psigs: Vec<Option<PartialSignature>>,
-    aggnonce: Option<AggNonce>,
-    /// Final signature.
-    pub signature: Option<Signature>,
+    /// Public nonces by signer index, one per message (see [`SessionContext::count`]).
+    pub nonces: Vec<Option<Vec<PubNonce>>>,
+    /// Partial signatures by signer index, one per message.
+    pub psigs: Vec<Option<Vec<PartialSignature>>>,
+    pending_psigs: Vec<Option<Vec<PartialSignature>>>,
+    /// Aggregate nonce per message.
+    aggnonce: Option<Vec<AggNonce>>,
+    /// Final signatures, one per message, each verified.
+    pub signatures: Option<Vec<Signature>>,
     /// Abort details.
     pub abort: Option<AbortInfo>,
     /// Last time the session made progress, ms.
@@ -263,7 +275,7 @@ impl Session {
             psigs: vec![None; n],
             pending_psigs: vec![None; n],
             aggnonce: None,
-            signature: None,
+            signatures: None,
             abort: None,
             last_progress_ms: now_ms,
             now: now_ms,
@@ -290,6 +302,11 @@ impl Session {
         if self.accepted.len() < 16 * self.n() + 16 {
             self.accepted.insert(digest);
         }
+    }
+
+    /// Number of messages signed (1, or a batch's count).
+    pub fn count(&self) -> usize {
+        self.context.count()
     }
 
     /// Number of signers.
@@ -435,8 +452,20 @@ impl Session {
         {
             return Ok(Vec::new());
         }
+        let count = |kind, actual| Reject::Count {
+            kind,
+            expected: self.count(),
+            actual,
+        };
         // Phase and duplicate rules are checked before the sequence number is consumed.
         match body {
+            Body::NonceShare(v) if v.len() != self.count() => return Err(count(kind, v.len())),
+            Body::PartialSigShare(v) if v.len() != self.count() => {
+                return Err(count(kind, v.len()));
+            }
+            Body::SignatureFinalized(v) if v.len() != self.count() => {
+                return Err(count(kind, v.len()));
+            }
             Body::Join if !matches!(self.phase, Phase::Init | Phase::NonceExchange) => {
                 return Err(out_of_phase());
             }
@@ -514,7 +543,7 @@ impl Session {
                     self.joined[index] = true;
                     actions.push(Action::Joined(key));
                 }
-                self.nonces[index] = Some(*n);
+                self.nonces[index] = Some(n.clone());
                 self.last_progress_ms = self.now;
                 self.after_join(&mut actions);
                 self.after_nonce(&mut actions);
@@ -522,9 +551,9 @@ impl Session {
             Body::PartialSigShare(p) => {
                 self.last_progress_ms = self.now;
                 if self.phase == Phase::NonceExchange {
-                    self.pending_psigs[index] = Some(*p);
+                    self.pending_psigs[index] = Some(p.clone());
                 } else {
-                    self.accept_psig(index, *p, &mut actions);
+                    self.accept_psig(index, p.clone(), &mut actions);
                 }
             }
             // Blame in a peer's abort is its claim: reported as such, never as a culprit this
@@ -567,17 +596,19 @@ impl Session {
                     reference: reference.clone(),
                 });
             }
-            Body::SignatureFinalized(sig)
+            Body::SignatureFinalized(sigs)
                 if !self.phase.is_terminal()
-                    && shared::musig::verify(
-                        self.context.format,
-                        &self.key_agg.output_key(),
-                        &self.context.message,
-                        sig,
-                    )
-                    .is_ok() =>
+                    && self.context.messages().zip(sigs).all(|(m, sig)| {
+                        shared::musig::verify(
+                            self.context.format,
+                            &self.key_agg.output_key(),
+                            m,
+                            sig,
+                        )
+                        .is_ok()
+                    }) =>
             {
-                self.complete(*sig, &mut actions);
+                self.complete(sigs.clone(), &mut actions);
             }
             _ => {}
         }
@@ -592,8 +623,7 @@ impl Session {
             // Nothing to sign yet: the slot waits for its one-round session.
             return self.set_phase(Phase::Pooled, actions);
         }
-        let nonces: Vec<PubNonce> = self.nonces.iter().flatten().copied().collect();
-        match AggNonce::sum(self.context.format, &nonces) {
+        match self.aggregate_nonces() {
             Ok(agg) => {
                 self.aggnonce = Some(agg);
                 self.set_phase(Phase::PartialSigExchange, actions);
@@ -617,9 +647,36 @@ impl Session {
         }
     }
 
+    /// The aggregate nonce of every message, from every signer's nonces.
+    pub(crate) fn aggregate_nonces(&self) -> Result<Vec<AggNonce>, shared::musig::Error> {
+        (0..self.count())
+            .map(|item| {
+                let nonces: Vec<PubNonce> = self
+                    .nonces
+                    .iter()
+                    .filter_map(|n| n.as_ref().and_then(|n| n.get(item)).copied())
+                    .collect();
+                AggNonce::sum(self.context.format, &nonces)
+            })
+            .collect()
+    }
+
+    /// Every signer's nonce for message `item`, in signer order (all nonces are in).
+    pub fn nonces_for(&self, item: usize) -> Vec<PubNonce> {
+        self.nonces
+            .iter()
+            .filter_map(|n| n.as_ref().and_then(|n| n.get(item)).copied())
+            .collect()
+    }
+
     /// Record a partial signature. It is checked with the others once all are in: the common
     /// path costs one verification of the final signature, not one per signer (issue 15).
-    fn accept_psig(&mut self, index: usize, psig: PartialSignature, actions: &mut Vec<Action>) {
+    fn accept_psig(
+        &mut self,
+        index: usize,
+        psig: Vec<PartialSignature>,
+        actions: &mut Vec<Action>,
+    ) {
         if self.aggnonce.is_none() || self.nonces.get(index).is_none_or(Option::is_none) {
             return;
         }
@@ -627,60 +684,93 @@ impl Session {
         self.after_psig(actions);
     }
 
-    /// Every partial signature is in: aggregate and verify the final signature; when it fails,
-    /// verify each partial signature to name every signer whose one is invalid.
+    /// Every partial signature is in: aggregate and verify each message's final signature;
+    /// when one fails, verify that message's partial signatures to name every signer whose
+    /// one is invalid (and, in a batch, the message).
     fn after_psig(&mut self, actions: &mut Vec<Action>) {
         if self.phase != Phase::PartialSigExchange || self.psigs.iter().any(Option::is_none) {
             return;
         }
-        let Some(agg) = self.aggnonce else { return };
-        let psigs: Vec<PartialSignature> = self.psigs.iter().flatten().copied().collect();
-        let session = match SigningSession::new(&self.key_agg, &agg, &self.context.message) {
-            Ok(s) => s,
-            Err(e) => {
-                return self.fail(
-                    self.now,
-                    AbortCode::InvalidNonce,
-                    format!("signing session: {e}"),
-                    Vec::new(),
-                    actions,
+        let Some(aggs) = self.aggnonce.clone() else {
+            return;
+        };
+        let mut signatures = Vec::with_capacity(self.count());
+        let mut invalid: Vec<(usize, usize)> = Vec::new();
+        let mut failure = None;
+        for (item, agg) in aggs.iter().enumerate() {
+            let Some(message) = self.context.message_at(item) else {
+                return;
+            };
+            let session = match SigningSession::new(&self.key_agg, agg, message) {
+                Ok(s) => s,
+                Err(e) => {
+                    return self.fail(
+                        self.now,
+                        AbortCode::InvalidNonce,
+                        format!("signing session: {e}"),
+                        Vec::new(),
+                        actions,
+                    );
+                }
+            };
+            let psigs: Vec<PartialSignature> = self
+                .psigs
+                .iter()
+                .filter_map(|p| p.as_ref().and_then(|p| p.get(item)).copied())
+                .collect();
+            let result = session.aggregate(&psigs).and_then(|sig| {
+                shared::musig::verify(
+                    self.context.format,
+                    &self.key_agg.output_key(),
+                    message,
+                    &sig,
+                )
+                .map(|()| sig)
+            });
+            let e = match result {
+                Ok(sig) => {
+                    signatures.push(sig);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            failure.get_or_insert(e);
+            if !self.skip_partial_signature_check {
+                let nonces = self.nonces_for(item);
+                invalid.extend(
+                    psigs
+                        .iter()
+                        .zip(&nonces)
+                        .enumerate()
+                        .filter(|(i, (p, n))| session.verify_partial(p, n, *i).is_err())
+                        .map(|(i, _)| (item, i)),
                 );
             }
+        }
+        let Some(e) = failure else {
+            return self.complete(signatures, actions);
         };
-        let result = session.aggregate(&psigs).and_then(|sig| {
-            shared::musig::verify(
-                self.context.format,
-                &self.key_agg.output_key(),
-                &self.context.message,
-                &sig,
-            )
-            .map(|()| sig)
-        });
-        let e = match result {
-            Ok(sig) => return self.complete(sig, actions),
-            Err(e) => e,
-        };
-        let invalid: Vec<usize> = if self.skip_partial_signature_check {
-            Vec::new()
-        } else {
-            (0..self.n())
-                .filter(|i| match (self.psigs[*i], self.nonces[*i]) {
-                    (Some(p), Some(n)) => session.verify_partial(&p, &n, *i).is_err(),
-                    _ => false,
-                })
-                .collect()
-        };
-        let culprits: Vec<[u8; 33]> = invalid.iter().filter_map(|i| self.key(*i)).collect();
+        let mut culprits: Vec<[u8; 33]> = Vec::new();
+        for (_, i) in &invalid {
+            if let Some(k) = self.key(*i)
+                && !culprits.contains(&k)
+            {
+                culprits.push(k);
+            }
+        }
         let reason = if invalid.is_empty() {
             format!("final signature failed: {e}")
         } else {
+            let batch = self.count() > 1;
             let who: Vec<String> = invalid
                 .iter()
-                .map(|i| {
-                    format!(
-                        "signer {i} ({})",
-                        self.key(*i).map(hex::encode).unwrap_or_default()
-                    )
+                .map(|(item, i)| {
+                    let key = self.key(*i).map(hex::encode).unwrap_or_default();
+                    if batch {
+                        format!("signer {i} ({key}) on message {item}")
+                    } else {
+                        format!("signer {i} ({key})")
+                    }
                 })
                 .collect();
             format!("invalid partial signature from {}", who.join(", "))
@@ -695,8 +785,8 @@ impl Session {
     }
 
     /// The final signature verified: COMPLETE, and a confirmation that came first applies now.
-    fn complete(&mut self, signature: Signature, actions: &mut Vec<Action>) {
-        self.signature = Some(signature);
+    fn complete(&mut self, signatures: Vec<Signature>, actions: &mut Vec<Action>) {
+        self.signatures = Some(signatures);
         self.set_phase(Phase::Complete, actions);
         if let Some((by, reference)) = self.held_confirmation.take()
             && self.failover.confirmed.is_none()
@@ -707,15 +797,29 @@ impl Session {
         }
     }
 
-    /// The signer produced a nonce for local index `index`.
-    pub fn on_local_nonce(&mut self, now: i64, index: usize, nonce: PubNonce) -> Vec<Action> {
+    /// The signer produced the nonces (one per message) for local index `index`.
+    pub fn on_local_nonce(&mut self, now: i64, index: usize, nonce: Vec<PubNonce>) -> Vec<Action> {
         self.now = now;
         let mut actions = Vec::new();
         if self.phase != Phase::NonceExchange || self.nonces.get(index).is_none_or(Option::is_some)
         {
             return actions;
         }
-        self.nonces[index] = Some(nonce);
+        if nonce.len() != self.count() {
+            self.fail(
+                now,
+                AbortCode::SignerRefused,
+                format!(
+                    "the signer gave {} nonces for {} messages",
+                    nonce.len(),
+                    self.count()
+                ),
+                Vec::new(),
+                &mut actions,
+            );
+            return actions;
+        }
+        self.nonces[index] = Some(nonce.clone());
         if let Some(key) = self.key(index) {
             actions.push(Action::Broadcast {
                 from: key,
@@ -726,8 +830,13 @@ impl Session {
         actions
     }
 
-    /// The signer produced a partial signature for local index `index`.
-    pub fn on_local_psig(&mut self, now: i64, index: usize, psig: PartialSignature) -> Vec<Action> {
+    /// The signer produced the partial signatures (one per message) for local index `index`.
+    pub fn on_local_psig(
+        &mut self,
+        now: i64,
+        index: usize,
+        psig: Vec<PartialSignature>,
+    ) -> Vec<Action> {
         self.now = now;
         let mut actions = Vec::new();
         if self.phase != Phase::PartialSigExchange
@@ -735,10 +844,24 @@ impl Session {
         {
             return actions;
         }
+        if psig.len() != self.count() {
+            self.fail(
+                now,
+                AbortCode::SignerRefused,
+                format!(
+                    "the signer gave {} partial signatures for {} messages",
+                    psig.len(),
+                    self.count()
+                ),
+                Vec::new(),
+                &mut actions,
+            );
+            return actions;
+        }
         if let Some(key) = self.key(index) {
             actions.push(Action::Broadcast {
                 from: key,
-                body: Body::PartialSigShare(psig),
+                body: Body::PartialSigShare(psig.clone()),
             });
         }
         self.accept_psig(index, psig, &mut actions);

@@ -92,9 +92,9 @@ impl Core {
             .filter(|i| s.nonces[**i].is_some() && s.psigs[**i].is_none())
             .filter_map(|i| s.key(*i))
             .collect();
-        if !keys.is_empty() && s.signature.is_none() {
+        if !keys.is_empty() && s.signatures.is_none() {
             out.push(Effect::ReleaseNonces {
-                id: s.nonce_session(),
+                ids: s.context.item_ids(s.nonce_session()),
                 keys,
             });
         }
@@ -169,7 +169,8 @@ impl Core {
                     let Some(s) = self.sessions.get(&id).filter(|s| s.locally_joined) else {
                         continue;
                     };
-                    let nonces: Vec<PubNonce> = s.nonces.iter().flatten().copied().collect();
+                    let nonces: Vec<Vec<PubNonce>> =
+                        (0..s.count()).map(|item| s.nonces_for(item)).collect();
                     for &index in &s.local {
                         if let Some(key) = s.key(index) {
                             out.push(Effect::PartialSign {
@@ -201,13 +202,13 @@ impl Core {
                     }
                     match to {
                         Phase::Complete => {
-                            if let Some(signature) = s.signature {
+                            if let Some(signatures) = s.signatures.clone() {
                                 let output_key = s.key_agg.output_key();
                                 Self::emit(
                                     &mut out,
                                     NodeEvent::Complete {
                                         id,
-                                        signature,
+                                        signatures,
                                         output_key,
                                     },
                                 );
@@ -349,10 +350,11 @@ impl Core {
             ));
         }
         // Re-validate as a peer would (sorted distinct keys, lengths, tweaks).
-        let context = if pool == PoolRole::Slot {
-            SessionContext::from_pb_pool(&context.to_pb())
-        } else {
-            SessionContext::from_pb(&context.to_pb())
+        let context = match pool {
+            PoolRole::Slot => SessionContext::from_pb_pool(&context.to_pb()),
+            // One round: one message (a slot holds one nonce per party).
+            PoolRole::Uses(_) => SessionContext::from_pb(&context.to_pb()),
+            _ => SessionContext::from_pb_session(&context.to_pb()),
         }
         .map_err(|e| NodeError::InvalidArgument(ErrorReason::InvalidField, e.to_string()))?;
         let local: Vec<usize> = (0..context.signer_keys.len())
@@ -375,7 +377,7 @@ impl Core {
         let expires_at_ms = now.saturating_add(timeout);
         let mut entropy = [0u8; 16];
         self.rng.fill_bytes(&mut entropy);
-        let id = SessionId::derive(&context.signer_keys, &context.message, now, &entropy);
+        let id = SessionId::derive(&context.signer_keys, &context.id_message(), now, &entropy);
         let announce = Message {
             header: Header {
                 session_id: id,
@@ -404,7 +406,7 @@ impl Core {
                 .sessions
                 .get(&slot_id)
                 .filter(|s| s.phase == Phase::Pooled)
-                .map(|s| s.nonces.iter().flatten().copied().collect::<Vec<_>>())
+                .map(|s| s.nonces_for(0))
                 .unwrap_or_default();
             if let Body::Announce(a) = &mut announce.body {
                 a.pool_nonces.clone_from(&slot_nonces);
@@ -508,7 +510,7 @@ impl Core {
         now: i64,
         id: SessionId,
         index: usize,
-        result: Result<PubNonce, String>,
+        result: Result<Vec<PubNonce>, String>,
         fx: &mut Vec<Effect>,
     ) {
         self.on_signer(now, id, index, result.map(Ok), fx);
@@ -520,7 +522,7 @@ impl Core {
         now: i64,
         id: SessionId,
         index: usize,
-        result: Result<PartialSignature, String>,
+        result: Result<Vec<PartialSignature>, String>,
         fx: &mut Vec<Effect>,
     ) {
         self.on_signer(now, id, index, result.map(Err), fx);
@@ -545,7 +547,7 @@ impl Core {
                 pooled,
             } => {
                 let r = signer
-                    .nonce_as(rng, &id.0, &key, &context, pooled)
+                    .session_nonces(rng, id, &key, &context, pooled)
                     .map_err(|e| e.to_string());
                 self.on_nonce(now, id, index, r, fx);
                 None
@@ -559,7 +561,7 @@ impl Core {
                 nonce_session,
             } => {
                 let r = signer
-                    .partial_sign(&nonce_session.0, &key, &context, &nonces)
+                    .session_partial_signs(nonce_session, &key, &context, &nonces)
                     .map_err(|e| e.to_string());
                 self.on_partial_signature(now, id, index, r, fx);
                 None
@@ -573,7 +575,7 @@ impl Core {
         now: i64,
         id: SessionId,
         index: usize,
-        result: Result<Result<PubNonce, PartialSignature>, String>,
+        result: Result<Result<Vec<PubNonce>, Vec<PartialSignature>>, String>,
         fx: &mut Vec<Effect>,
     ) {
         let Some(s) = self.sessions.get_mut(&id) else {
@@ -702,8 +704,10 @@ impl Core {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let (Some(signature), Some(from)) = (s.signature, s.local.first().and_then(|i| s.key(*i)))
-        else {
+        let (Some(signatures), Some(from)) = (
+            s.signatures.clone(),
+            s.local.first().and_then(|i| s.key(*i)),
+        ) else {
             return;
         };
         let msg = Message {
@@ -713,7 +717,7 @@ impl Core {
                 sequence: s.next_sequence(&from),
                 timestamp_ms: now,
             },
-            body: Body::SignatureFinalized(signature),
+            body: Body::SignatureFinalized(signatures),
         };
         self.persist(id, fx);
         match self.envelope(&msg.to_pb(), &from) {

@@ -60,6 +60,8 @@ struct Net {
     lose: Option<(usize, &'static str)>,
     /// Every frame delivered: from, to, bytes.
     delivered: Vec<(usize, usize, Vec<u8>)>,
+    /// This node's signer answers with a wrong partial signature for this message.
+    corrupt: Option<(usize, usize)>,
 }
 
 /// The kind of message an envelope from `from` carries.
@@ -85,6 +87,7 @@ impl Net {
             rng: rand::rngs::StdRng::seed_from_u64(5),
             lose: None,
             delivered: Vec::new(),
+            corrupt: None,
         };
         for i in 0..n {
             let b = u8::try_from(i).unwrap_or(0) + 1;
@@ -135,6 +138,33 @@ impl Net {
         while let Some((i, e)) = queue.pop_front() {
             let now = self.now;
             let mut out = Vec::new();
+            let e = match (self.corrupt, e) {
+                (
+                    Some((node, item)),
+                    Effect::PartialSign {
+                        id,
+                        index,
+                        key,
+                        context,
+                        nonces,
+                        nonce_session,
+                    },
+                ) if node == i => {
+                    let r = self.signers[i]
+                        .session_partial_signs(nonce_session, &key, &context, &nonces)
+                        .map(|mut v| {
+                            // A valid scalar, the wrong one.
+                            v[item] = shared::musig::PartialSignature::from_bytes(&[1; 32])
+                                .unwrap_or_else(|_| unreachable!());
+                            v
+                        })
+                        .map_err(|e| e.to_string());
+                    self.cores[i].on_partial_signature(now, id, index, r, &mut out);
+                    queue.extend(out.into_iter().map(|e| (i, e)));
+                    continue;
+                }
+                (_, e) => e,
+            };
             let Some(e) = self.cores[i].answer_in_memory(
                 now,
                 &mut self.signers[i],
@@ -204,6 +234,7 @@ impl Net {
             message: vec![7; 32],
             format: SignatureFormat::Bip340,
             tweaks: Vec::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -358,6 +389,7 @@ fn session_timeouts_are_deadlines() {
         message: vec![1; 32],
         format: SignatureFormat::Lotus,
         tweaks: Vec::new(),
+        batch: Vec::new(),
     };
     let mut fx = Vec::new();
     let view = net.cores[0]
@@ -630,6 +662,7 @@ fn announce_from_node_1(net: &mut Net, at: i64, message: Vec<u8>) -> (SessionId,
         message,
         format: SignatureFormat::Bip340,
         tweaks: Vec::new(),
+        batch: Vec::new(),
     };
     let mut fx = Vec::new();
     let view = net.cores[1]
@@ -742,6 +775,7 @@ fn sessions_announced_by_a_peer_have_their_own_budget() {
     );
 }
 
+mod batch;
 mod pools;
 mod requests;
 mod uptime;

@@ -34,8 +34,8 @@ pub struct SessionView {
     pub psig_keys: Vec<[u8; 33]>,
     /// Local keys.
     pub local_keys: Vec<[u8; 33]>,
-    /// Final signature.
-    pub signature: Option<Signature>,
+    /// Final signatures, one per message (in order), once complete.
+    pub signatures: Option<Vec<Signature>>,
     /// Abort.
     pub abort: Option<AbortInfo>,
     /// Creation, ms.
@@ -44,15 +44,26 @@ pub struct SessionView {
     pub expires_at_ms: i64,
     /// Failover progress.
     pub failover: crate::store::FailoverRecord,
-    /// This node's public nonces (by local key order).
-    pub local_nonces: Vec<[u8; 66]>,
-    /// This node's partial signatures (by local key order).
-    pub local_psigs: Vec<[u8; 32]>,
+    /// This node's public nonces (by local key order; each key's nonces for every message,
+    /// concatenated in message order).
+    pub local_nonces: Vec<Vec<u8>>,
+    /// This node's partial signatures (by local key order; each key's for every message,
+    /// concatenated).
+    pub local_psigs: Vec<Vec<u8>>,
     /// The request that created it here.
     pub request_id: Option<String>,
 }
 
 impl SessionView {
+    /// The final signature of a complete single-message session (None for a batch: see
+    /// [`SessionView::signatures`]).
+    pub fn signature(&self) -> Option<Signature> {
+        match self.signatures.as_deref() {
+            Some([one]) => Some(*one),
+            _ => None,
+        }
+    }
+
     pub(crate) fn of(s: &Session) -> Self {
         let keys = |f: &dyn Fn(usize) -> bool| -> Vec<[u8; 33]> {
             (0..s.n())
@@ -72,7 +83,7 @@ impl SessionView {
             nonce_keys: keys(&|i| s.nonces[i].is_some()),
             psig_keys: keys(&|i| s.psigs[i].is_some()),
             local_keys: s.local.iter().filter_map(|i| s.key(*i)).collect(),
-            signature: s.signature,
+            signatures: s.signatures.clone(),
             abort: s.abort.clone(),
             created_at_ms: s.created_at_ms,
             expires_at_ms: s.expires_at_ms,
@@ -80,14 +91,14 @@ impl SessionView {
             local_nonces: s
                 .local
                 .iter()
-                .filter_map(|i| s.nonces.get(*i).copied().flatten())
-                .map(|n| n.to_bytes())
+                .filter_map(|i| s.nonces.get(*i).and_then(Option::as_ref))
+                .map(|n| n.iter().flat_map(|n| n.to_bytes()).collect())
                 .collect(),
             local_psigs: s
                 .local
                 .iter()
-                .filter_map(|i| s.psigs.get(*i).copied().flatten())
-                .map(|p| p.to_bytes())
+                .filter_map(|i| s.psigs.get(*i).and_then(Option::as_ref))
+                .map(|p| p.iter().flat_map(|p| p.to_bytes()).collect())
                 .collect(),
             request_id: s.request_id.clone(),
         }
@@ -119,9 +130,9 @@ pub enum NodeEvent {
     Complete {
         /// Session.
         id: SessionId,
-        /// Signature.
-        signature: Signature,
-        /// The key it verifies under.
+        /// Signatures, one per message in order.
+        signatures: Vec<Signature>,
+        /// The key they verify under.
         output_key: [u8; 33],
     },
     /// Our signer's nonce or partial signature for the session is in (API calls waiting for
@@ -157,8 +168,8 @@ pub enum NodeEvent {
         index: usize,
         /// Failover attempt (0 = the elected coordinator).
         attempt: usize,
-        /// The signature to broadcast.
-        signature: Signature,
+        /// The signatures to broadcast (one per message).
+        signatures: Vec<Signature>,
     },
     /// The responsible coordinator did not confirm in time.
     CoordinatorFailed {

@@ -257,6 +257,7 @@ pub fn context(
         } else {
             vec![]
         },
+        batch: Vec::new(),
     }
 }
 

@@ -15,6 +15,20 @@ pub struct SessionContext {
     pub format: SignatureFormat,
     /// Tweaks in order.
     pub tweaks: Vec<Tweak>,
+    /// A batch session's messages (2 to [`MAX_BATCH_MESSAGES`]; `message` is then empty), or
+    /// empty for one message. See [`SessionContext::items`].
+    pub batch: Vec<Vec<u8>>,
+}
+
+/// Which contexts a parse accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    /// One message (what a signer signs).
+    Single,
+    /// One message or a batch (a session).
+    Session,
+    /// A nonce-pool slot: no message.
+    Pool,
 }
 
 impl SessionContext {
@@ -22,8 +36,18 @@ impl SessionContext {
     ///
     /// # Errors
     /// The first problem found, naming the field.
+    /// A batch context is refused: it is what a signer signs, one message per request.
     pub fn from_pb(pb: &pb::SessionContext) -> Result<Self, WireError> {
-        Self::parse(pb, false)
+        Self::parse(pb, Accept::Single)
+    }
+
+    /// Validate a session's context: as [`SessionContext::from_pb`], and a batch of messages
+    /// (`batch_messages`) is accepted too.
+    ///
+    /// # Errors
+    /// The first problem found, naming the field.
+    pub fn from_pb_session(pb: &pb::SessionContext) -> Result<Self, WireError> {
+        Self::parse(pb, Accept::Session)
     }
 
     /// Validate the context of a nonce-pool slot: as [`SessionContext::from_pb`], but the
@@ -32,10 +56,11 @@ impl SessionContext {
     /// # Errors
     /// The first problem found, naming the field.
     pub fn from_pb_pool(pb: &pb::SessionContext) -> Result<Self, WireError> {
-        Self::parse(pb, true)
+        Self::parse(pb, Accept::Pool)
     }
 
-    fn parse(pb: &pb::SessionContext, pool: bool) -> Result<Self, WireError> {
+    fn parse(pb: &pb::SessionContext, accept: Accept) -> Result<Self, WireError> {
+        let pool = accept == Accept::Pool;
         if pb.signer_keys.is_empty() {
             return Err(WireError::Missing("signer_keys"));
         }
@@ -57,7 +82,16 @@ impl SessionContext {
             return Err(WireError::UnsortedKeys);
         }
         let format = format_from_pb(pb.format)?;
+        if !pb.batch_messages.is_empty() {
+            if accept != Accept::Session {
+                return Err(WireError::Batch(
+                    "not allowed here (a signer signs one message per request; a nonce-pool slot has none)",
+                ));
+            }
+            Self::check_batch(format, &pb.message, &pb.batch_messages)?;
+        }
         match format {
+            _ if !pb.batch_messages.is_empty() => {}
             _ if pool && !pb.message.is_empty() => {
                 return Err(WireError::Length {
                     field: "message",
@@ -97,9 +131,123 @@ impl SessionContext {
             message: pb.message.clone(),
             format,
             tweaks,
+            batch: pb.batch_messages.clone(),
         };
         ctx.key_agg().map_err(WireError::Context)?;
         Ok(ctx)
+    }
+
+    fn check_batch(
+        format: SignatureFormat,
+        message: &[u8],
+        batch: &[Vec<u8>],
+    ) -> Result<(), WireError> {
+        if !message.is_empty() {
+            return Err(WireError::Batch(
+                "message must be empty when batch_messages is set",
+            ));
+        }
+        if batch.len() < 2 {
+            return Err(WireError::Batch(
+                "a batch holds at least 2 messages (one message goes in message)",
+            ));
+        }
+        if batch.len() > MAX_BATCH_MESSAGES {
+            return Err(WireError::TooLong {
+                field: "batch_messages",
+                max: MAX_BATCH_MESSAGES,
+            });
+        }
+        if batch.iter().map(Vec::len).sum::<usize>() > MAX_BATCH_BYTES {
+            return Err(WireError::TooLong {
+                field: "batch_messages (bytes in all)",
+                max: MAX_BATCH_BYTES,
+            });
+        }
+        for m in batch {
+            match format {
+                SignatureFormat::Lotus if m.len() != 32 => {
+                    return Err(WireError::Length {
+                        field: "batch_messages",
+                        expected: 32,
+                        actual: m.len(),
+                    });
+                }
+                SignatureFormat::Bip340 if m.len() > MAX_BIP340_MESSAGE_BYTES => {
+                    return Err(WireError::TooLong {
+                        field: "batch_messages",
+                        max: MAX_BIP340_MESSAGE_BYTES,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// How many messages the session signs (1, or the batch's length).
+    pub fn count(&self) -> usize {
+        self.batch.len().max(1)
+    }
+
+    /// Message `i` (the only message when not a batch).
+    pub fn message_at(&self, i: usize) -> Option<&[u8]> {
+        if self.batch.is_empty() {
+            (i == 0).then_some(self.message.as_slice())
+        } else {
+            self.batch.get(i).map(Vec::as_slice)
+        }
+    }
+
+    /// Every message in order.
+    pub fn messages(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.count()).filter_map(|i| self.message_at(i))
+    }
+
+    /// The input of the session id ([`SessionId::derive`]) for the message: the message
+    /// itself, or for a batch a digest of every message, length-prefixed and in order.
+    pub fn id_message(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.batch.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.message);
+        }
+        let mut h = Sha256::new();
+        h.update(b"musig2/v1/batch");
+        for m in &self.batch {
+            h.update(u32::try_from(m.len()).unwrap_or(u32::MAX).to_be_bytes());
+            h.update(m);
+        }
+        std::borrow::Cow::Owned(h.finalize().to_vec())
+    }
+
+    /// What the signer is asked to sign for each message of the session with id `id`, in
+    /// message order: the signer's session id and a context holding that message alone. One
+    /// message: `id` and this context. A batch: [`SessionId::batch_item`] and message `i`.
+    pub fn items(&self, id: SessionId) -> Vec<(SessionId, SessionContext)> {
+        if self.batch.is_empty() {
+            return vec![(id, self.clone())];
+        }
+        (0..self.batch.len())
+            .map(|i| {
+                let item = SessionContext {
+                    signer_keys: self.signer_keys.clone(),
+                    message: self.batch.get(i).cloned().unwrap_or_default(),
+                    format: self.format,
+                    tweaks: self.tweaks.clone(),
+                    batch: Vec::new(),
+                };
+                (id.batch_item(u32::try_from(i).unwrap_or(u32::MAX)), item)
+            })
+            .collect()
+    }
+
+    /// The signer's session ids of [`SessionContext::items`].
+    pub fn item_ids(&self, id: SessionId) -> Vec<SessionId> {
+        if self.batch.is_empty() {
+            return vec![id];
+        }
+        (0..self.batch.len())
+            .map(|i| id.batch_item(u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect()
     }
 
     /// KeyAgg with the tweaks applied.
@@ -143,6 +291,7 @@ impl SessionContext {
             message: self.message.clone(),
             format: format_to_pb(self.format) as i32,
             tweaks: self.tweaks.iter().map(tweak_to_pb).collect(),
+            batch_messages: self.batch.clone(),
         }
     }
 
@@ -157,6 +306,7 @@ impl SessionContext {
     pub fn pool_hash(&self) -> [u8; 32] {
         let mut pb = self.to_pb();
         pb.message.clear();
+        pb.batch_messages.clear();
         let mut h = Sha256::new();
         h.update(b"musig2/v1/pool-slot");
         h.update(Sha256::digest(pb.encode_to_vec()));

@@ -250,6 +250,7 @@ pub fn context(
         } else {
             vec![]
         },
+        batch: Vec::new(),
     }
 }
 

@@ -61,6 +61,11 @@ struct Args {
     /// Slots per party for `--one-round`.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pool_size: u32,
+    /// Messages per session: above 1, each session is a batch session (issue 17) signing this
+    /// many distinct 32-byte messages with one round trip per round; every signature the
+    /// creator's party returns is verified here. Reports signatures/s besides sessions/s.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    messages: u16,
 }
 
 type Client = pb::coordinator_service_client::CoordinatorServiceClient<tonic::transport::Channel>;
@@ -166,18 +171,38 @@ fn pool_empty(e: &tonic::Status) -> bool {
 /// Pool retries (POOL_EXHAUSTED) over the run.
 static POOL_WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// What every session of the run is.
+#[derive(Clone, Copy)]
+struct Kind {
+    format: SignatureFormat,
+    one_round: bool,
+    /// Messages per session (above 1: a batch session).
+    messages: usize,
+}
+
 /// One session through the API: create on `creator` (one round from its nonce pool when
-/// `one_round`), `Sign` on every party. Returns (create latency, total latency) in ms.
+/// `one_round`; a batch of `messages` when above 1), `Sign` on every party. Returns (create
+/// latency, total latency) in ms.
 async fn session(
     clients: &[Client],
     keys: &[Vec<u8>],
     creator: usize,
     i: usize,
-    format: SignatureFormat,
-    one_round: bool,
+    kind: Kind,
 ) -> anyhow::Result<(f64, f64)> {
+    let Kind {
+        format,
+        one_round,
+        messages,
+    } = kind;
     let t0 = Instant::now();
-    let msg = <sha2::Sha256 as sha2::Digest>::digest(format!("bench {i}").as_bytes()).to_vec();
+    let digest =
+        |m: usize| <sha2::Sha256 as sha2::Digest>::digest(format!("bench {i} {m}")).to_vec();
+    let (msg, batch) = if messages > 1 {
+        (Vec::new(), (0..messages).map(digest).collect())
+    } else {
+        (digest(0), Vec::new())
+    };
     let s = loop {
         let r = clients[creator]
             .clone()
@@ -187,6 +212,7 @@ async fn session(
                 format: shared::wire::format_to_pb(format) as i32,
                 timeout_ms: Some(30_000),
                 one_round,
+                batch_messages: batch.clone(),
                 ..Default::default()
             })
             .await;
@@ -213,18 +239,33 @@ async fn session(
             .await
         }));
     }
-    let mut sig = None;
+    let mut sigs = None;
     for c in calls {
         let r = c.await??.into_inner();
-        if let Some(prev) = &sig {
+        if let Some(prev) = &sigs {
             anyhow::ensure!(
-                prev == &r.signature,
+                prev == &r.signatures,
                 "parties returned different signatures"
             );
         }
-        sig = Some(r.signature);
+        sigs = Some(r.signatures);
     }
-    Ok((created, t0.elapsed().as_secs_f64() * 1e3))
+    let total = t0.elapsed().as_secs_f64() * 1e3;
+    let sigs = sigs.unwrap_or_default();
+    anyhow::ensure!(
+        sigs.len() == messages,
+        "{} signatures for {messages} messages",
+        sigs.len()
+    );
+    if messages > 1 {
+        let key: [u8; 33] = s.output_key.as_slice().try_into().context("output key")?;
+        for (m, sig) in batch.iter().zip(&sigs) {
+            let sig = shared::musig::Signature(sig.as_slice().try_into().context("signature")?);
+            shared::musig::verify(format, &key, m, &sig)
+                .map_err(|e| anyhow::anyhow!("a batch signature does not verify: {e}"))?;
+        }
+    }
+    Ok((created, total))
 }
 
 /// The in-process, crypto-only rate for n signers on one core: KeyAgg, n NonceGen, NonceAgg, n
@@ -324,6 +365,15 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         args.concurrency >= 1 && args.sessions >= 1,
         "--sessions and --concurrency must be positive"
     );
+    anyhow::ensure!(
+        !(args.one_round && args.messages > 1),
+        "--one-round signs one message per session: not with --messages above 1"
+    );
+    let kind = Kind {
+        format,
+        one_round: args.one_round,
+        messages: usize::from(args.messages),
+    };
     let n = usize::from(args.parties);
     let bins = Binaries::beside_current_exe()?;
     let dir = tempfile::tempdir_in(
@@ -421,15 +471,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let keys = Arc::new(keys);
     // Warm-up (connections, HTTP/2 streams, caches).
     for i in 0..10 {
-        session(
-            &clients,
-            &keys,
-            i % n,
-            usize::MAX - i,
-            format,
-            args.one_round,
-        )
-        .await?;
+        session(&clients, &keys, i % n, usize::MAX - i, kind).await?;
     }
     let pids: Vec<(String, u32)> = parties
         .iter()
@@ -465,7 +507,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     for _ in 0..args.concurrency {
         let (clients, keys, next, results) =
             (clients.clone(), keys.clone(), next.clone(), results.clone());
-        let (rate, one_round) = (args.rate, args.one_round);
+        let rate = args.rate;
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -476,7 +518,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                     let due = started + Duration::from_secs_f64(i as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let r = session(&clients, &keys, i % n, i, format, one_round).await;
+                let r = session(&clients, &keys, i % n, i, kind).await;
                 lock(&results).push(Outcome {
                     result: r.map_err(|e| e.to_string()),
                 });
@@ -561,6 +603,10 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "pool_size": args.one_round.then_some(args.pool_size),
         "pool_fill_ms": pool_fill_ms,
         "pool_waits": POOL_WAITS.load(std::sync::atomic::Ordering::Relaxed),
+        "messages": kind.messages,
+        "signatures_per_s": sessions_per_s * kind.messages as f64,
+        "signature_p50_ms": pct(&mut total.clone(), 0.50) / kind.messages as f64,
+        "signatures_ratio_to_limit": sessions_per_s * kind.messages as f64 / limit,
         "cpu_seconds": cpu.iter().map(|(k, v)| (k.clone(), serde_json::json!((v * 1000.0).round() / 1000.0))).collect::<serde_json::Map<_, _>>(),
         "cpu_total_seconds": cpu.iter().map(|(_, v)| v).sum::<f64>(),
         "limit_sessions_per_s": limit,
@@ -608,6 +654,14 @@ fn main() -> std::process::ExitCode {
                     out["limit_sessions_per_s"].as_f64().unwrap_or(0.0),
                     out["ratio_to_limit"].as_f64().unwrap_or(0.0)
                 );
+                if out["messages"].as_u64().unwrap_or(1) > 1 {
+                    println!(
+                        "{} messages per session: {:.1} signatures/s (ratio to the limit {:.3})",
+                        out["messages"],
+                        out["signatures_per_s"].as_f64().unwrap_or(0.0),
+                        out["signatures_ratio_to_limit"].as_f64().unwrap_or(0.0)
+                    );
+                }
                 println!("cpu seconds per process: {}", out["cpu_seconds"]);
             }
             if out["errors"].as_u64().unwrap_or(1) == 0 {

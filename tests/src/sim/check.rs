@@ -18,7 +18,7 @@ use coordinator_svc::protocol::{Core, NodeEvent};
 use libp2p::PeerId;
 use shared::discipline::MemorySigner;
 use shared::election::SessionId;
-use shared::musig::{SignatureFormat, verify};
+use shared::musig::{Signature, SignatureFormat, verify};
 use shared::wire::AbortCode;
 
 /// A broken invariant.
@@ -40,9 +40,9 @@ impl std::fmt::Display for Violation {
 struct Track {
     members: Vec<usize>,
     output_key: Option<[u8; 33]>,
-    message: Vec<u8>,
+    messages: Vec<Vec<u8>>,
     format: Option<SignatureFormat>,
-    signature: Option<[u8; 64]>,
+    signatures: Option<Vec<Signature>>,
     known: BTreeSet<usize>,
     complete: BTreeSet<usize>,
     aborted: BTreeSet<usize>,
@@ -91,22 +91,30 @@ impl Checker {
                 let t = self.sessions.entry(view.id).or_default();
                 t.known.insert(node);
                 t.output_key = Some(view.output_key);
-                t.message = view.context.message.clone();
+                t.messages = view.context.messages().map(<[u8]>::to_vec).collect();
                 t.format = Some(view.context.format);
             }
-            NodeEvent::Complete { id, signature, .. } if honest => {
+            NodeEvent::Complete { id, signatures, .. } if honest => {
                 let t = self.sessions.entry(*id).or_default();
                 t.complete.insert(node);
-                let sig = signature.0;
                 let verdict = match (t.format, t.output_key) {
-                    (Some(f), Some(k)) => verify(f, &k, &t.message, signature).is_ok(),
+                    (Some(f), Some(k)) => {
+                        signatures.len() == t.messages.len()
+                            && t.messages
+                                .iter()
+                                .zip(signatures)
+                                .all(|(m, s)| verify(f, &k, m, s).is_ok())
+                    }
                     _ => false,
                 };
-                let previous = *t.signature.get_or_insert(sig);
+                let previous = t
+                    .signatures
+                    .get_or_insert_with(|| signatures.clone())
+                    .clone();
                 if !verdict {
                     self.fail(at, format!("node {node}: session {id} completed with a signature that does not verify"));
                 }
-                if previous != sig {
+                if previous != *signatures {
                     self.fail(at, format!("node {node}: session {id} completed with a different signature than another node"));
                 }
             }

@@ -90,7 +90,7 @@ enum Ev {
         index: usize,
         key: [u8; 33],
         context: SessionContext,
-        nonces: Vec<shared::musig::PubNonce>,
+        nonces: Vec<Vec<shared::musig::PubNonce>>,
         nonce_session: SessionId,
     },
     Record {
@@ -687,9 +687,9 @@ impl<'a> World<'a> {
                 Effect::Forget(id) => {
                     self.nodes[i].store.remove(&id.0);
                 }
-                Effect::ReleaseNonces { id, keys } => {
-                    for key in keys {
-                        self.nodes[i].signer.release(&id.0, &key);
+                Effect::ReleaseNonces { ids, keys } => {
+                    for (id, key) in ids.iter().flat_map(|id| keys.iter().map(move |k| (id, k))) {
+                        self.nodes[i].signer.release(&id.0, key);
                     }
                 }
                 Effect::Prune { finished_before_ms } => {

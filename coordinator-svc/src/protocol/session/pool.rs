@@ -20,9 +20,13 @@ impl Session {
         if nonces.len() != self.n() {
             return Err("the pool slot does not hold every nonce".into());
         }
-        self.aggnonce =
-            Some(AggNonce::sum(self.context.format, nonces).map_err(|e| e.to_string())?);
-        self.nonces = nonces.iter().copied().map(Some).collect();
+        if self.count() != 1 {
+            return Err("a one-round session signs one message".into());
+        }
+        self.aggnonce = Some(vec![
+            AggNonce::sum(self.context.format, nonces).map_err(|e| e.to_string())?,
+        ]);
+        self.nonces = nonces.iter().map(|n| Some(vec![*n])).collect();
         self.uses_slot = Some(slot);
         self.phase = Phase::PartialSigExchange;
         Ok(())

@@ -42,6 +42,51 @@ fn key_of(h: &str) -> Option<[u8; 33]> {
     hex::decode(h).ok()?.try_into().ok()
 }
 
+/// One value per message, concatenated in message order, as hex (one message: the value's hex,
+/// as before batch sessions).
+fn hex_values<const N: usize>(values: &[impl ToBytes<N>]) -> String {
+    hex::encode(values.iter().flat_map(ToBytes::bytes).collect::<Vec<u8>>())
+}
+
+/// The reverse of [`hex_values`]: exactly `count` values of `N` bytes.
+fn values_of<const N: usize, T>(
+    h: &str,
+    count: usize,
+    parse: impl Fn(&[u8; N]) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    let b = hex::decode(h).map_err(|e| e.to_string())?;
+    let (values, rest) = b.as_chunks::<N>();
+    if values.len() != count || !rest.is_empty() {
+        return Err(format!(
+            "{} bytes where {count} values of {N} bytes belong",
+            b.len()
+        ));
+    }
+    values.iter().map(parse).collect()
+}
+
+trait ToBytes<const N: usize> {
+    fn bytes(&self) -> [u8; N];
+}
+
+impl ToBytes<66> for PubNonce {
+    fn bytes(&self) -> [u8; 66] {
+        self.to_bytes()
+    }
+}
+
+impl ToBytes<32> for PartialSignature {
+    fn bytes(&self) -> [u8; 32] {
+        self.to_bytes()
+    }
+}
+
+impl ToBytes<64> for Signature {
+    fn bytes(&self) -> [u8; 64] {
+        self.0
+    }
+}
+
 impl Session {
     /// The record the store keeps.
     pub fn to_record(&self, sent: &[Vec<u8>]) -> SessionRecord {
@@ -58,14 +103,14 @@ impl Session {
             nonces: self
                 .nonces
                 .iter()
-                .map(|n| n.map(|n| hex::encode(n.to_bytes())))
+                .map(|n| n.as_deref().map(hex_values))
                 .collect(),
             psigs: self
                 .psigs
                 .iter()
-                .map(|p| p.map(|p| hex::encode(p.to_bytes())))
+                .map(|p| p.as_deref().map(hex_values))
                 .collect(),
-            signature: self.signature.map(|s| hex::encode(s.0)),
+            signature: self.signatures.as_deref().map(hex_values),
             abort: self.abort.as_ref().map(|a| {
                 (
                     code_name(a.code).into(),
@@ -134,35 +179,28 @@ impl Session {
         s.phase = phase_of(&rec.phase).ok_or("unknown phase")?;
         s.locally_joined = rec.locally_joined;
         s.joined = rec.joined.clone();
+        let count = s.count();
         for (i, n) in rec.nonces.iter().enumerate() {
             s.nonces[i] = match n {
-                Some(h) => Some(
-                    PubNonce::from_slice(&hex::decode(h).map_err(|e| e.to_string())?)
-                        .map_err(|e| e.to_string())?,
-                ),
+                Some(h) => Some(values_of(h, count, |b| {
+                    PubNonce::from_bytes(b).map_err(|e| e.to_string())
+                })?),
                 None => None,
             };
         }
         for (i, p) in rec.psigs.iter().enumerate() {
             s.psigs[i] = match p {
-                Some(h) => Some(
-                    PartialSignature::from_slice(&hex::decode(h).map_err(|e| e.to_string())?)
-                        .map_err(|e| e.to_string())?,
-                ),
+                Some(h) => Some(values_of(h, count, |b| {
+                    PartialSignature::from_bytes(b).map_err(|e| e.to_string())
+                })?),
                 None => None,
             };
         }
         if s.nonces.iter().all(Option::is_some) {
-            let nonces: Vec<PubNonce> = s.nonces.iter().flatten().copied().collect();
-            s.aggnonce = AggNonce::sum(s.context.format, &nonces).ok();
+            s.aggnonce = s.aggregate_nonces().ok();
         }
-        s.signature = match &rec.signature {
-            Some(h) => Some(Signature(
-                hex::decode(h)
-                    .map_err(|e| e.to_string())?
-                    .try_into()
-                    .map_err(|_| "signature length")?,
-            )),
+        s.signatures = match &rec.signature {
+            Some(h) => Some(values_of(h, count, |b| Ok(Signature(*b)))?),
             None => None,
         };
         s.abort = rec.abort.as_ref().map(|(c, r, cul)| AbortInfo {

@@ -25,6 +25,7 @@ fn session(phase: Phase) -> (Session, PubNonce) {
         message: vec![9; 32],
         format: SignatureFormat::Bip340,
         tweaks: Vec::new(),
+        batch: Vec::new(),
     };
     let key_agg = context.key_agg().unwrap();
     let election = elect(ElectionMethod::Lexicographic, &pks).unwrap();
@@ -74,14 +75,16 @@ fn phase_rules() {
             let (mut s, nonce) = session(*phase);
             let body = match kind {
                 "join" => Body::Join,
-                "nonce" => Body::NonceShare(nonce),
-                "psig" => Body::PartialSigShare(PartialSignature::from_bytes(&[1; 32]).unwrap()),
+                "nonce" => Body::NonceShare(vec![nonce]),
+                "psig" => {
+                    Body::PartialSigShare(vec![PartialSignature::from_bytes(&[1; 32]).unwrap()])
+                }
                 "abort" => Body::Abort(Abort {
                     code: AbortCode::Closed,
                     reason: "r".into(),
                     culprits: Vec::new(),
                 }),
-                "finalized" => Body::SignatureFinalized(shared::musig::Signature([0; 64])),
+                "finalized" => Body::SignatureFinalized(vec![shared::musig::Signature([0; 64])]),
                 // Signer 1 is second in the lexicographic priority list: attempt 1.
                 "confirmed" => Body::BroadcastConfirmed {
                     reference: "x".into(),
@@ -130,7 +133,7 @@ fn only_the_responsible_party_confirms_and_early_confirmations_are_held() {
     assert_eq!(s.on_remote(1, 1, 2, &claim, 100, true), Ok(Vec::new()));
     assert!(s.failover.confirmed.is_none());
     let mut actions = Vec::new();
-    s.complete(shared::musig::Signature([0; 64]), &mut actions);
+    s.complete(vec![shared::musig::Signature([0; 64])], &mut actions);
     let by = s.key(1).unwrap();
     assert_eq!(
         actions,
@@ -151,7 +154,7 @@ fn only_the_responsible_party_confirms_and_early_confirmations_are_held() {
 #[test]
 fn duplicates_and_sequence_numbers() {
     let (mut s, nonce) = session(Phase::Init);
-    let n = Body::NonceShare(nonce);
+    let n = Body::NonceShare(vec![nonce]);
     assert!(s.on_remote(1, 1, 2, &n, 100, true).is_ok());
     // The same nonce again: acknowledged (an honest re-send), even with an old sequence.
     assert_eq!(s.on_remote(2, 1, 2, &n, 100, true), Ok(Vec::new()));
@@ -161,12 +164,12 @@ fn duplicates_and_sequence_numbers() {
     let sk = SecretKey::from_bytes(&[2; 32]).unwrap();
     let (_, fresh) = nonce_gen(&mut rng, &sk, &s.key_agg, &[9; 32]).unwrap();
     assert_ne!(fresh, other);
-    let r = s.on_remote(3, 1, 3, &Body::NonceShare(fresh), 100, true);
+    let r = s.on_remote(3, 1, 3, &Body::NonceShare(vec![fresh]), 100, true);
     assert!(matches!(r, Err(Reject::Duplicate(_))), "{r:?}");
     // Sequence window: replayed (≤ last) and too far ahead (> last + gap) are refused.
     let (mut s, _) = session(Phase::Init);
     assert!(s.on_remote(1, 1, 5, &Body::Join, 100, true).is_ok());
-    let abort = Body::SignatureFinalized(shared::musig::Signature([0; 64]));
+    let abort = Body::SignatureFinalized(vec![shared::musig::Signature([0; 64])]);
     s.phase = Phase::NonceExchange;
     for (seq, ok) in [(5, false), (4, false), (106, false), (105, true)] {
         let r = s.on_remote(2, 1, seq, &abort, 100, true);

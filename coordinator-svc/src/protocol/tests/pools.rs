@@ -71,7 +71,7 @@ fn one_round_sessions_use_each_slot_once_and_complete_on_every_member() {
         for c in &net.cores {
             let v = c.session(id).unwrap_or_else(|| panic!("known everywhere"));
             assert_eq!(v.phase, Phase::Complete);
-            let sig = v.signature.unwrap_or_else(|| panic!("signed"));
+            let sig = v.signature().unwrap_or_else(|| panic!("signed"));
             shared::musig::verify(v.context.format, &v.output_key, &v.context.message, &sig)
                 .unwrap_or_else(|e| panic!("{e}"));
             // The slot is closed on every member (never used again) and refilled.

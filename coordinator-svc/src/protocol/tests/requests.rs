@@ -122,11 +122,11 @@ fn a_session_ended_before_signing_releases_the_nonces_it_obtained_and_only_those
     let released: Vec<_> = fx
         .iter()
         .filter_map(|e| match e {
-            Effect::ReleaseNonces { id, keys } => Some((*id, keys.clone())),
+            Effect::ReleaseNonces { ids, keys } => Some((ids.clone(), keys.clone())),
             _ => None,
         })
         .collect();
-    assert_eq!(released, vec![(v.id, vec![net.keys[0]])]);
+    assert_eq!(released, vec![(vec![v.id], vec![net.keys[0]])]);
     // The signer destroys it: that nonce can no longer sign.
     assert!(net.signers[0].release(&v.id.0, &net.keys[0]));
     assert!(!net.signers[0].release(&v.id.0, &net.keys[0]));

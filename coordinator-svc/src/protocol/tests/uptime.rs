@@ -121,7 +121,7 @@ fn a_member_that_missed_the_end_gets_the_final_signature_when_it_sends_again() {
         net.run(0, fx);
     }
     assert_eq!(phase(&net, 2), Some(Phase::Complete));
-    let signature = |net: &Net, i: usize| net.cores[i].session(id).and_then(|s| s.signature);
+    let signature = |net: &Net, i: usize| net.cores[i].session(id).and_then(|s| s.signature());
     assert_eq!(signature(&net, 2), signature(&net, 0));
 }
 
@@ -249,7 +249,7 @@ fn finished_sessions_leave_memory_after_an_hour_unless_their_clock_runs_and_the_
         .stored_view(T0 + HOUR + 1, id, &rec)
         .unwrap_or_else(|| unreachable!());
     assert_eq!(view.phase, Phase::Complete);
-    assert!(view.signature.is_some());
+    assert!(view.signature().is_some());
 }
 
 #[test]

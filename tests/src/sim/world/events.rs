@@ -75,7 +75,7 @@ impl World<'_> {
                 let mut rng = StdRng::from_seed(self.rng.random());
                 let result = self.nodes[node]
                     .signer
-                    .nonce_as(&mut rng, &id.0, &key, &context, pooled)
+                    .session_nonces(&mut rng, id, &key, &context, pooled)
                     .map_err(|e| e.to_string());
                 self.note(&format!("nonce {node} {id} {}", result.is_ok()));
                 self.with_core(node, Some(epoch), |c, now, fx| {
@@ -112,17 +112,20 @@ impl World<'_> {
                 }
                 let mut result = self.nodes[node]
                     .signer
-                    .partial_sign(&nonce_session.0, &key, &context, &nonces)
+                    .session_partial_signs(nonce_session, &key, &context, &nonces)
                     .map_err(|e| e.to_string());
                 self.check
                     .signer(self.now - T0, node, &self.nodes[node].signer);
                 if self.nodes[node].byzantine && result.is_ok() {
                     // A wrong partial signature (a valid scalar, the wrong one).
-                    result = Ok(loop {
-                        if let Ok(p) = PartialSignature::from_bytes(&self.rng.random()) {
-                            break p;
-                        }
-                    });
+                    result = Ok(vec![
+                        loop {
+                            if let Ok(p) = PartialSignature::from_bytes(&self.rng.random()) {
+                                break p;
+                            }
+                        };
+                        context.count()
+                    ]);
                 }
                 self.note(&format!("sign {node} {id} {}", result.is_ok()));
                 self.with_core(node, Some(epoch), |c, now, fx| {
@@ -228,6 +231,7 @@ impl World<'_> {
             message: p.message.clone(),
             format: self.cfg.format,
             tweaks: Vec::new(),
+            batch: Vec::new(),
         };
         let mut created = None;
         self.with_core(p.creator, None, |c, now, fx| {

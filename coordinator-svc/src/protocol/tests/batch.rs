@@ -1,0 +1,216 @@
+//! Batch sessions (issue 17): one session signs M messages with one nonce per party and
+//! message, one round trip per round for all of them; each message is its own session for the
+//! signer; a wrong partial signature names the party and the message; a batch survives the
+//! store.
+
+use super::*;
+use crate::protocol::session::{Reject, Session};
+use shared::wire::{AbortCode, Body};
+
+fn batch_context(net: &Net, format: SignatureFormat, messages: Vec<Vec<u8>>) -> SessionContext {
+    let mut c = net.context();
+    c.format = format;
+    c.message.clear();
+    c.batch = messages;
+    c
+}
+
+/// BIP340 messages of every allowed length class: empty, short, a sighash, long.
+fn bip340_messages() -> Vec<Vec<u8>> {
+    vec![
+        Vec::new(),
+        vec![1],
+        vec![2; 32],
+        vec![3; 100],
+        vec![4; shared::wire::MAX_BIP340_MESSAGE_BYTES],
+    ]
+}
+
+fn create(net: &mut Net, ctx: SessionContext) -> SessionId {
+    let mut fx = Vec::new();
+    let view = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.run(0, fx);
+    view.id
+}
+
+fn delivered(net: &Net, what: &str) -> usize {
+    net.delivered
+        .iter()
+        .filter(|(from, _, bytes)| kind(net.peers[*from], bytes) == what)
+        .count()
+}
+
+#[test]
+fn a_batch_signs_every_message_in_one_round_trip_per_round() {
+    for (format, messages) in [
+        (SignatureFormat::Bip340, bip340_messages()),
+        (
+            SignatureFormat::Lotus,
+            (0..16u8).map(|i| vec![i; 32]).collect(),
+        ),
+    ] {
+        let mut net = Net::new(3, false);
+        let ctx = batch_context(&net, format, messages.clone());
+        let id = create(&mut net, ctx.clone());
+        let mut first = None;
+        for c in &net.cores {
+            let v = c.session(id).unwrap_or_else(|| panic!("known everywhere"));
+            assert_eq!(v.phase, Phase::Complete, "{format:?}");
+            let sigs = v.signatures.clone().unwrap_or_default();
+            assert_eq!(sigs.len(), messages.len());
+            for (m, sig) in messages.iter().zip(&sigs) {
+                shared::musig::verify(format, &v.output_key, m, sig)
+                    .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            }
+            // A batch has no single signature.
+            assert_eq!(v.signature(), None);
+            assert_eq!(
+                *first.get_or_insert(sigs.clone()),
+                sigs,
+                "same on every node"
+            );
+        }
+        // The signatures differ per message (each its own nonce and challenge).
+        let sigs = first.unwrap_or_default();
+        for (i, a) in sigs.iter().enumerate() {
+            assert!(sigs.iter().skip(i + 1).all(|b| b != a));
+        }
+        // One nonce message and one partial-signature message per party and peer, for all M.
+        assert_eq!(delivered(&net, "NONCE_SHARE"), 6, "{format:?}");
+        assert_eq!(delivered(&net, "PARTIAL_SIG_SHARE"), 6, "{format:?}");
+        // Each message was its own signer session, its nonce spent: asking again is refused.
+        for (i, signer) in net.signers.iter_mut().enumerate() {
+            for (item, item_ctx) in ctx.items(id) {
+                let r = signer.nonce(&mut net.rng, &item.0, &net.keys[i], &item_ctx);
+                assert_eq!(
+                    r,
+                    Err(shared::discipline::Refused::NonceUsed),
+                    "node {i}, {item}"
+                );
+            }
+            assert_eq!(signer.max_signatures_per_nonce(), 1);
+        }
+    }
+}
+
+#[test]
+fn a_wrong_partial_signature_names_the_party_and_the_message() {
+    let mut net = Net::new(3, false);
+    // Node 2's signer answers message 3 of 5 with a wrong partial signature.
+    net.corrupt = Some((2, 3));
+    let ctx = batch_context(&net, SignatureFormat::Bip340, bip340_messages());
+    let index = ctx
+        .signer_keys
+        .iter()
+        .position(|k| *k == net.keys[2])
+        .unwrap_or_else(|| unreachable!());
+    let id = create(&mut net, ctx);
+    let mut checked = 0;
+    for (i, c) in net.cores.iter().enumerate() {
+        let v = c.session(id).unwrap_or_else(|| panic!("known everywhere"));
+        assert_eq!(v.phase, Phase::Aborted, "node {i}");
+        let abort = v.abort.unwrap_or_else(|| panic!("a reason"));
+        if abort.is_claim() {
+            // Told by another before its own check: that member's claim, not its own blame.
+            assert!(abort.culprits.is_empty());
+            continue;
+        }
+        checked += 1;
+        assert_eq!(abort.code, AbortCode::InvalidPartialSignature, "node {i}");
+        assert_eq!(abort.culprits, vec![net.keys[2]], "node {i}");
+        assert!(
+            abort.reason.contains(&format!(
+                "signer {index} ({}) on message 3",
+                hex::encode(net.keys[2])
+            )),
+            "node {i}: {}",
+            abort.reason
+        );
+        assert!(v.signatures.is_none());
+    }
+    assert!(checked >= 2, "{checked} nodes found the culprit themselves");
+}
+
+#[test]
+fn a_contribution_for_another_count_of_messages_is_refused() {
+    let mut net = Net::new(3, false);
+    let ctx = batch_context(&net, SignatureFormat::Bip340, bip340_messages());
+    let mut fx = Vec::new();
+    let view = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Node 0's own copy, before anything is delivered.
+    let s = net.cores[0]
+        .sessions
+        .get_mut(&view.id)
+        .unwrap_or_else(|| unreachable!());
+    let sk = SecretKey::from_bytes(&[2; 32]).unwrap_or_else(|_| unreachable!());
+    let (_, nonce) = shared::musig::nonce_gen(&mut net.rng, &sk, &s.key_agg, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    for count in [1, 4, 6] {
+        let r = s.on_remote(
+            net.now,
+            1,
+            2,
+            &Body::NonceShare(vec![nonce; count]),
+            100,
+            true,
+        );
+        assert_eq!(
+            r,
+            Err(Reject::Count {
+                kind: "NONCE_SHARE",
+                expected: 5,
+                actual: count
+            })
+        );
+    }
+    // Five is right.
+    let r = s.on_remote(net.now, 1, 2, &Body::NonceShare(vec![nonce; 5]), 100, true);
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
+fn a_batch_survives_the_store_in_every_phase() {
+    let mut net = Net::new(3, false);
+    // Node 1 never sees partial signatures: it stays in PARTIAL_SIG_EXCHANGE.
+    net.lose = Some((1, "PARTIAL_SIG_SHARE"));
+    let ctx = batch_context(&net, SignatureFormat::Bip340, bip340_messages());
+    let id = create(&mut net, ctx);
+    let keys = |i: usize| vec![net.keys[i]];
+    for (i, want) in [(0, Phase::Complete), (1, Phase::PartialSigExchange)] {
+        let rec = net.cores[i].record(id).unwrap_or_else(|| panic!("stored"));
+        let (restored, _) =
+            Session::from_record(id, &rec, &keys(i), net.now).unwrap_or_else(|e| panic!("{e}"));
+        let live = net.cores[i]
+            .sessions
+            .get(&id)
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(restored.phase, want);
+        assert_eq!(restored.nonces, live.nonces);
+        assert_eq!(restored.psigs, live.psigs);
+        assert_eq!(restored.signatures, live.signatures);
+        assert_eq!(
+            restored.aggregate_nonces().ok(),
+            live.aggregate_nonces().ok()
+        );
+        // A record whose values do not match the count of messages is refused.
+        let mut bad = rec.clone();
+        if let Some(Some(h)) = bad.nonces.first_mut() {
+            h.truncate(h.len() - 132);
+        }
+        assert!(Session::from_record(id, &bad, &keys(i), net.now).is_err());
+    }
+    // Restored into a fresh core, it resumes where it was.
+    let rec = net.cores[1].record(id).unwrap_or_else(|| panic!("stored"));
+    let mut fresh = Net::new(3, false);
+    let mut fx = Vec::new();
+    fresh.cores[1].restore(net.now, vec![(id.0, rec)], Vec::new(), &mut fx);
+    let v = fresh.cores[1]
+        .session(id)
+        .unwrap_or_else(|| panic!("restored"));
+    assert_eq!(v.phase, Phase::PartialSigExchange);
+    assert_eq!(v.nonce_keys.len(), 3);
+}
