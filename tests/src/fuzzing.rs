@@ -369,6 +369,49 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             [&[1u8][..], &sign.encode_to_vec()].concat(),
         ));
     }
+    // A batch session (issue 17): its context, its announcement and one value per message.
+    let batch = SessionContext {
+        signer_keys: keys.clone(),
+        message: Vec::new(),
+        format: SignatureFormat::Bip340,
+        tweaks: Vec::new(),
+        batch: vec![Vec::new(), vec![1; 32], vec![2; 100]],
+    };
+    out.push(("session_context", batch.to_pb().encode_to_vec()));
+    let entropy = [2u8; 16];
+    let id = SessionId::derive(&batch.signer_keys, &batch.id_message(), NOW, &entropy);
+    let key_agg = batch.key_agg().unwrap();
+    let (_, nonce) = shared::musig::nonce_gen(&mut rand::rng(), &sk, &key_agg, &[]).unwrap();
+    let psig = shared::musig::PartialSignature::from_bytes(&[5; 32]).unwrap();
+    for (sequence, body) in [
+        Body::Announce(Box::new(Announce {
+            context: batch.clone(),
+            election_method: ElectionMethod::Lexicographic,
+            created_at_ms: NOW,
+            entropy,
+            expires_at_ms: NOW + 3_600_000,
+            pool_slot: false,
+            uses_pool_slot: None,
+            pool_nonces: Vec::new(),
+        })),
+        Body::NonceShare(vec![nonce; 3]),
+        Body::PartialSigShare(vec![psig; 3]),
+        Body::SignatureFinalized(vec![shared::musig::Signature([6; 64]); 3]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let m = Message {
+            header: Header {
+                session_id: id,
+                sender: sk.public_key(),
+                sequence: sequence as u64 + 1,
+                timestamp_ms: NOW,
+            },
+            body,
+        };
+        out.push(("wire_message", m.encode()));
+    }
     let adv = Message {
         header: Header {
             session_id: SessionId([0; 16]),

@@ -77,8 +77,9 @@ fn seeds_are_accepted_where_they_should_be() {
     }
 }
 
-/// Write the seed inputs into `fuzz/corpus/<target>/seed-<n>` (run by hand after changing
-/// `seeds()`; the files are committed).
+/// Write the seed inputs into `fuzz/corpus/<target>/seed-<n>` (run by hand after adding to
+/// `seeds()`; the files are committed). Existing files are kept: seeds holding fresh nonces
+/// differ at every run, and the committed ones stay as they are.
 #[test]
 #[ignore = "writes files into fuzz/corpus; run by hand"]
 fn write_seed_corpus() {
@@ -87,7 +88,10 @@ fn write_seed_corpus() {
         let i = n.entry(name).or_insert(0);
         let dir = fuzz_dir().join("corpus").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("seed-{i}")), data).unwrap();
+        let path = dir.join(format!("seed-{i}"));
+        if !path.exists() {
+            std::fs::write(path, data).unwrap();
+        }
         *i += 1;
     }
 }
