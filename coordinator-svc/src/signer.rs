@@ -239,7 +239,7 @@ impl SignerClient {
     /// request per message, all in flight at once), in message order.
     ///
     /// # Errors
-    /// The first [`SignerError`].
+    /// The first [`SignerError`] (after every request was answered).
     pub async fn nonces(
         &self,
         key: &[u8; 33],
@@ -248,12 +248,16 @@ impl SignerClient {
         pooled: bool,
     ) -> Result<Vec<PubNonce>, SignerError> {
         let items = ctx.items(*session);
-        futures::future::try_join_all(
+        // Every request is answered before the first refusal is returned: none is still in
+        // flight when the caller releases the session's nonces.
+        futures::future::join_all(
             items
                 .iter()
                 .map(|(item, c)| self.nonce(key, item, c, pooled)),
         )
         .await
+        .into_iter()
+        .collect()
     }
 
     /// A partial signature for each message of the session whose nonces are filed under
@@ -272,13 +276,15 @@ impl SignerClient {
         if items.len() != nonces.len() {
             return Err(SignerError::Malformed("nonce lists per message"));
         }
-        futures::future::try_join_all(
+        futures::future::join_all(
             items
                 .iter()
                 .zip(nonces)
                 .map(|((item, c), n)| self.partial_sign(key, item, c, n)),
         )
         .await
+        .into_iter()
+        .collect()
     }
 
     /// Destroy the unused secret nonce of (session, key): the session will never sign. True

@@ -182,4 +182,53 @@ async fn a_batch_is_signed_through_the_api_and_each_message_is_checked_by_the_si
             "{e:?}"
         );
     }
+
+    // Pages of sessions stay within what a client decodes (4 MiB by default): 40 batches of
+    // 64 KiB of messages each (of party 1's key alone, so nobody else hears of them) come in
+    // several pages, each session once.
+    let mut created = std::collections::BTreeSet::new();
+    for i in 0..40u8 {
+        let s = clients[0]
+            .clone()
+            .create_session(pb::CreateSessionRequest {
+                signer_keys: vec![ps[0].key.to_vec()],
+                format: pb::SignatureFormat::Bip340 as i32,
+                batch_messages: (0..64u8).map(|m| vec![i ^ m; 1024]).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap();
+        created.insert(s.session_id);
+    }
+    let (mut seen, mut token, mut pages) = (std::collections::BTreeSet::new(), String::new(), 0);
+    loop {
+        let page = clients[0]
+            .clone()
+            .list_sessions(pb::ListSessionsRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            prost::Message::encoded_len(&page) < 3 * 1024 * 1024,
+            "page of {} bytes",
+            prost::Message::encoded_len(&page)
+        );
+        pages += 1;
+        for s in page.sessions {
+            assert!(seen.insert(s.session_id), "a session on two pages");
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages >= 2, "{pages} page(s)");
+    assert!(created.is_subset(&seen));
 }

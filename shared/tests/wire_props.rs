@@ -494,11 +494,34 @@ fn batch_contexts_and_values_are_bounded() {
     );
     // One message: the session itself.
     assert_eq!(base.items(id), vec![(id, base.clone())]);
-    // The session id commits to every message and their order.
+    // The session id commits to every message and their order, and no single-message session
+    // has a batch's id (not even one signing any 32-byte digest of the batch).
     let mut swapped = ctx.clone();
     swapped.batch.swap(0, 1);
-    assert_ne!(swapped.id_message(), ctx.id_message());
-    assert_ne!(ctx.id_message().as_ref(), base.message.as_slice());
+    let (t, e) = (NOW, [4u8; 16]);
+    assert_ne!(swapped.session_id(t, &e), ctx.session_id(t, &e));
+    assert_eq!(
+        base.session_id(t, &e),
+        SessionId::derive(&base.signer_keys, &base.message, t, &e)
+    );
+    for m in [&ctx.batch[0], &ctx.batch[1], &ctx.batch[2]] {
+        let mut single = base.clone();
+        single.message.clone_from(m);
+        assert_ne!(single.session_id(t, &e), ctx.session_id(t, &e));
+    }
+    let digest = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"musig2/v1/batch-messages");
+        for m in &ctx.batch {
+            h.update((m.len() as u32).to_be_bytes());
+            h.update(m);
+        }
+        h.finalize().to_vec()
+    };
+    let mut single = base.clone();
+    single.message = digest;
+    assert_ne!(single.session_id(t, &e), ctx.session_id(t, &e));
     // A signer, a slot and anything else taking one message refuse a batch.
     assert!(matches!(
         SessionContext::from_pb(&ok),
@@ -540,6 +563,17 @@ fn batch_contexts_and_values_are_bounded() {
     );
     bip.batch_messages = vec![vec![1; wire::MAX_BIP340_MESSAGE_BYTES + 1], vec![]];
     assert!(SessionContext::from_pb_session(&bip).is_err());
+    // Signers × messages is bounded: 25 × 256 is the most with 256 messages.
+    for (n, ok) in [(25, true), (26, false)] {
+        let mut wide = context(SignatureFormat::Lotus, n).to_pb();
+        wide.message.clear();
+        wide.batch_messages = vec![vec![1; 32]; 256];
+        assert_eq!(
+            SessionContext::from_pb_session(&wide).is_ok(),
+            ok,
+            "{n} signers"
+        );
+    }
     // Values on the wire: 1 to 256 of them, whole.
     let header = |seq| Header {
         session_id: SessionId([1; 16]),
@@ -583,12 +617,7 @@ fn batch_contexts_and_values_are_bounded() {
     else {
         unreachable!()
     };
-    a.header.session_id = SessionId::derive(
-        &x.context.signer_keys,
-        &x.context.id_message(),
-        x.created_at_ms,
-        &x.entropy,
-    );
+    a.header.session_id = x.context.session_id(x.created_at_ms, &x.entropy);
     assert!(matches!(
         Message::from_pb(&a.to_pb(), NOW),
         Err(WireError::Batch(_))
@@ -597,12 +626,7 @@ fn batch_contexts_and_values_are_bounded() {
     let mut a = announce(3);
     if let Body::Announce(x) = &mut a.body {
         x.context = ctx.clone();
-        a.header.session_id = SessionId::derive(
-            &x.context.signer_keys,
-            &x.context.id_message(),
-            x.created_at_ms,
-            &x.entropy,
-        );
+        a.header.session_id = x.context.session_id(x.created_at_ms, &x.entropy);
     }
     assert_eq!(
         Message::decode(&a.encode(), wire::MAX_DIRECT_MESSAGE_BYTES, NOW),

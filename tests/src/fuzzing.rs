@@ -379,7 +379,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     };
     out.push(("session_context", batch.to_pb().encode_to_vec()));
     let entropy = [2u8; 16];
-    let id = SessionId::derive(&batch.signer_keys, &batch.id_message(), NOW, &entropy);
+    let id = batch.session_id(NOW, &entropy);
     let key_agg = batch.key_agg().unwrap();
     let (_, nonce) = shared::musig::nonce_gen(&mut rand::rng(), &sk, &key_agg, &[]).unwrap();
     let psig = shared::musig::PartialSignature::from_bytes(&[5; 32]).unwrap();

@@ -178,15 +178,20 @@ impl Node {
             Effect::ReleaseNonces { ids, keys } => {
                 let signer = self.signer.clone();
                 tokio::spawn(async move {
-                    for id in &ids {
-                        for key in &keys {
-                            match signer.release_nonce(key, id).await {
-                                Ok(released) => {
-                                    tracing::debug!(session = %id, released, "nonce release")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(session = %id, error = %e, "the signer did not release a nonce; it expires with its TTL")
-                                }
+                    let releases = ids
+                        .iter()
+                        .flat_map(|id| keys.iter().map(move |key| (id, key)))
+                        .map(|(id, key)| {
+                            let signer = &signer;
+                            async move { (id, signer.release_nonce(key, id).await) }
+                        });
+                    for (id, r) in futures::future::join_all(releases).await {
+                        match r {
+                            Ok(released) => {
+                                tracing::debug!(session = %id, released, "nonce release")
+                            }
+                            Err(e) => {
+                                tracing::warn!(session = %id, error = %e, "the signer did not release a nonce; it expires with its TTL")
                             }
                         }
                     }

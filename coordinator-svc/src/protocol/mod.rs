@@ -53,10 +53,15 @@ pub const MAX_ORPHANS_PER_SESSION: usize = 64;
 pub const MAX_ORPHAN_SESSIONS: usize = 256;
 /// Messages for an unknown session are kept this long, ms.
 pub const ORPHAN_TTL_MS: i64 = 120_000;
-/// Sessions announced by peers and not joined here yet, per announcing peer.
+/// Sessions announced by peers and not joined here yet, per announcing peer (a batch session
+/// counts as [`session::Session::weight`] sessions).
 pub const MAX_UNJOINED_PER_PEER: usize = 64;
-/// Sessions announced by peers and not joined here yet, in total.
+/// Sessions announced by peers and not joined here yet, in total (weighed the same way).
 pub const MAX_UNJOINED: usize = 1024;
+/// Values (nonces, partial signatures, signatures) in messages kept for unknown sessions, in
+/// total: a batch's messages carry up to 256 each (found in review: 256 × 64 such messages
+/// could hold half a gigabyte).
+pub const MAX_ORPHAN_VALUES: usize = 65_536;
 /// How long finished sessions stay in memory by default, ms (then they are read from the
 /// store): [`Settings::finished_in_memory_ms`].
 pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
@@ -318,6 +323,8 @@ pub struct Core {
     pruned_at: i64,
     /// Messages of sessions not known yet: when the first arrived, and the messages.
     orphans: BTreeMap<SessionId, (i64, Vec<(PeerId, Message)>)>,
+    /// Values held in `orphans` ([`MAX_ORPHAN_VALUES`]).
+    orphan_values: usize,
     /// Who announced each session created from a peer's announcement that is still unjoined
     /// here and live (its budget; pruned at each announcement).
     announced_by: BTreeMap<SessionId, PeerId>,
@@ -382,6 +389,7 @@ impl Core {
             finalized_to: BTreeSet::new(),
             pruned_at: now_ms,
             orphans: BTreeMap::new(),
+            orphan_values: 0,
             announced_by: BTreeMap::new(),
             timeouts: deadlines::DeadlineQueue::default(),
             dht_joins: BTreeMap::new(),
@@ -503,6 +511,11 @@ impl Core {
         let sessions = &self.sessions;
         self.orphans
             .retain(|id, (since, _)| !sessions.contains_key(id) && now - *since < ORPHAN_TTL_MS);
+        self.orphan_values = self
+            .orphans
+            .values()
+            .flat_map(|(_, q)| q.iter().map(|(_, m)| sessions::values_in(m)))
+            .sum();
         self.announced_by.retain(|id, _| sessions.contains_key(id));
         self.unlisted.retain(|id| sessions.contains_key(id));
         self.finalized_to

@@ -309,6 +309,21 @@ impl Session {
         self.context.count()
     }
 
+    /// What the session counts for in the budgets of unjoined sessions: 1 for a session of one
+    /// message, and a batch as many sessions as its values (signers × messages) would fill
+    /// at 100 signers each. Keeps what peers can make a node hold as before batches.
+    pub fn weight(&self) -> usize {
+        Self::weight_of(self.n(), self.count())
+    }
+
+    /// [`Session::weight`] of a session of `n` signers and `count` messages.
+    pub fn weight_of(n: usize, count: usize) -> usize {
+        if count <= 1 {
+            return 1;
+        }
+        (n * count).div_ceil(shared::wire::MAX_SIGNERS).max(1)
+    }
+
     /// Number of signers.
     pub fn n(&self) -> usize {
         self.context.signer_keys.len()

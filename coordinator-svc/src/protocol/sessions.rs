@@ -11,8 +11,8 @@ use shared::wire::{self, Announce, Body, Header, Message, SessionContext};
 use super::pools::PoolRole;
 use super::session::{Action, Phase, Session};
 use super::{
-    Core, Effect, ErrorReason, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED,
-    MAX_UNJOINED_PER_PEER, NodeError, NodeEvent, SessionView,
+    Core, Effect, ErrorReason, MAX_ORPHAN_SESSIONS, MAX_ORPHAN_VALUES, MAX_ORPHANS_PER_SESSION,
+    MAX_UNJOINED, MAX_UNJOINED_PER_PEER, NodeError, NodeEvent, SessionView,
 };
 use crate::envelope::Refusal;
 use crate::store::SessionRecord;
@@ -377,7 +377,7 @@ impl Core {
         let expires_at_ms = now.saturating_add(timeout);
         let mut entropy = [0u8; 16];
         self.rng.fill_bytes(&mut entropy);
-        let id = SessionId::derive(&context.signer_keys, &context.id_message(), now, &entropy);
+        let id = context.session_id(now, &entropy);
         let announce = Message {
             header: Header {
                 session_id: id,
@@ -582,6 +582,18 @@ impl Core {
             return;
         };
         let contributed = result.is_ok();
+        // Our signer refused one of the session's requests for this key: the session aborts,
+        // and every nonce it may have issued for the key (a batch's other messages, requests
+        // still in flight when one was refused) is released, not left to hold the signer's
+        // capacity until its TTL (found in review: a policy refusing one message of a batch
+        // left the others' nonces behind).
+        let release = match (&result, s.key(index)) {
+            (Err(_), Some(key)) => Some(Effect::ReleaseNonces {
+                ids: s.context.item_ids(s.nonce_session()),
+                keys: vec![key],
+            }),
+            _ => None,
+        };
         let lost_pool = match &result {
             Err(e) if s.uses_slot.is_some() && e.contains("no nonce for") => {
                 Some(s.context.pool_hash())
@@ -604,6 +616,7 @@ impl Core {
             }
         };
         self.apply(now, id, actions, fx);
+        fx.extend(release);
         if contributed {
             Self::emit(fx, NodeEvent::Contributed { id });
         }
@@ -631,6 +644,13 @@ impl Core {
                     format!("session {id} is unknown"),
                 ));
             }
+            let values = values_in(&msg);
+            if self.orphan_values + values > MAX_ORPHAN_VALUES {
+                return Err(Refusal(
+                    Reason::UnknownSession,
+                    format!("session {id} is unknown"),
+                ));
+            }
             let (_, q) = self.orphans.entry(id).or_insert((now, Vec::new()));
             if q.len() >= MAX_ORPHANS_PER_SESSION {
                 return Err(Refusal(
@@ -639,6 +659,7 @@ impl Core {
                 ));
             }
             q.push((peer, msg));
+            self.orphan_values += values;
             return Ok(());
         };
         let index = s.index_of(&msg.header.sender).ok_or_else(|| {
@@ -769,13 +790,17 @@ impl Core {
                 .get(sid)
                 .is_some_and(|s| !s.phase.is_terminal() && !s.locally_joined)
         });
-        let unjoined = |p: Option<PeerId>| {
+        let unjoined = |p: Option<PeerId>| -> usize {
             self.announced_by
-                .values()
-                .filter(|by| p.is_none_or(|p| **by == p))
-                .count()
+                .iter()
+                .filter(|(_, by)| p.is_none_or(|p| **by == p))
+                .map(|(sid, _)| sessions.get(sid).map_or(1, Session::weight))
+                .sum()
         };
-        if unjoined(Some(from)) >= MAX_UNJOINED_PER_PEER || unjoined(None) >= MAX_UNJOINED {
+        let weight = Session::weight_of(a.context.signer_keys.len(), a.context.count());
+        if unjoined(Some(from)) + weight > MAX_UNJOINED_PER_PEER
+            || unjoined(None) + weight > MAX_UNJOINED
+        {
             return Err(Refusal(
                 Reason::TooManySessions,
                 format!("too many sessions announced and not joined here (session {id})"),
@@ -840,6 +865,8 @@ impl Core {
             tracing::warn!(session = %id, error = %e, "auto-join failed");
         }
         if let Some((_, orphans)) = self.orphans.remove(&id) {
+            let values: usize = orphans.iter().map(|(_, m)| values_in(m)).sum();
+            self.orphan_values = self.orphan_values.saturating_sub(values);
             for (p, m) in orphans {
                 if let Err(r) = self.on_session_message(now, p, m, fx) {
                     self.reject(now, p, &r, fx);
@@ -847,5 +874,16 @@ impl Core {
             }
         }
         Ok(())
+    }
+}
+
+/// The values (nonces, partial signatures, signatures) a message carries, at least 1: what a
+/// kept message for an unknown session costs ([`super::MAX_ORPHAN_VALUES`]).
+pub(super) fn values_in(m: &Message) -> usize {
+    match &m.body {
+        Body::NonceShare(v) => v.len(),
+        Body::PartialSigShare(v) => v.len(),
+        Body::SignatureFinalized(v) => v.len(),
+        _ => 1,
     }
 }

@@ -62,6 +62,8 @@ struct Net {
     delivered: Vec<(usize, usize, Vec<u8>)>,
     /// This node's signer answers with a wrong partial signature for this message.
     corrupt: Option<(usize, usize)>,
+    /// This node's signer issues nonces for the messages before this one, then refuses.
+    refuse_nonce: Option<(usize, usize)>,
 }
 
 /// The kind of message an envelope from `from` carries.
@@ -88,6 +90,7 @@ impl Net {
             lose: None,
             delivered: Vec::new(),
             corrupt: None,
+            refuse_nonce: None,
         };
         for i in 0..n {
             let b = u8::try_from(i).unwrap_or(0) + 1;
@@ -165,6 +168,28 @@ impl Net {
                 }
                 (_, e) => e,
             };
+            let e = match (self.refuse_nonce, e) {
+                (
+                    Some((node, item)),
+                    Effect::Nonce {
+                        id,
+                        index,
+                        key,
+                        context,
+                        pooled,
+                    },
+                ) if node == i => {
+                    for (sub, c) in context.items(id).iter().take(item) {
+                        let r = self.signers[i].nonce_as(&mut self.rng, &sub.0, &key, c, pooled);
+                        assert!(r.is_ok(), "{r:?}");
+                    }
+                    let refused = Err(format!("policy refuses message {item}"));
+                    self.cores[i].on_nonce(now, id, index, refused, &mut out);
+                    queue.extend(out.into_iter().map(|e| (i, e)));
+                    continue;
+                }
+                (_, e) => e,
+            };
             let Some(e) = self.cores[i].answer_in_memory(
                 now,
                 &mut self.signers[i],
@@ -192,6 +217,13 @@ impl Net {
                     assert!(r.is_ok(), "node {j} refused a message of node {i}: {r:?}");
                     queue.extend(out.into_iter().map(|e| (j, e)));
                     continue;
+                }
+                Effect::ReleaseNonces { ids, keys } => {
+                    for id in &ids {
+                        for key in &keys {
+                            self.signers[i].release(&id.0, key);
+                        }
+                    }
                 }
                 Effect::Attest { expires_at_ms, .. } => {
                     let a = self.attestation(i, i, expires_at_ms);

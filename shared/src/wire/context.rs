@@ -89,6 +89,12 @@ impl SessionContext {
                 ));
             }
             Self::check_batch(format, &pb.message, &pb.batch_messages)?;
+            if pb.batch_messages.len() * pb.signer_keys.len() > MAX_SESSION_VALUES {
+                return Err(WireError::TooLong {
+                    field: "batch_messages (signers × messages)",
+                    max: MAX_SESSION_VALUES,
+                });
+            }
         }
         match format {
             _ if !pb.batch_messages.is_empty() => {}
@@ -204,19 +210,20 @@ impl SessionContext {
         (0..self.count()).filter_map(|i| self.message_at(i))
     }
 
-    /// The input of the session id ([`SessionId::derive`]) for the message: the message
-    /// itself, or for a batch a digest of every message, length-prefixed and in order.
-    pub fn id_message(&self) -> std::borrow::Cow<'_, [u8]> {
+    /// The id of a session of this context created at `created_ms` with `entropy`:
+    /// [`SessionId::derive`] of the message, or for a batch [`SessionId::derive_batch`] of a
+    /// digest of every message, length-prefixed and in order.
+    pub fn session_id(&self, created_ms: i64, entropy: &[u8; 16]) -> SessionId {
         if self.batch.is_empty() {
-            return std::borrow::Cow::Borrowed(&self.message);
+            return SessionId::derive(&self.signer_keys, &self.message, created_ms, entropy);
         }
         let mut h = Sha256::new();
-        h.update(b"musig2/v1/batch");
+        h.update(b"musig2/v1/batch-messages");
         for m in &self.batch {
             h.update(u32::try_from(m.len()).unwrap_or(u32::MAX).to_be_bytes());
             h.update(m);
         }
-        std::borrow::Cow::Owned(h.finalize().to_vec())
+        SessionId::derive_batch(&self.signer_keys, &h.finalize().into(), created_ms, entropy)
     }
 
     /// What the signer is asked to sign for each message of the session with id `id`, in

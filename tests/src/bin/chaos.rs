@@ -57,14 +57,41 @@ struct Args {
     /// Extra TOML for every coordinator's configuration (e.g. `[metrics]` to watch them).
     #[arg(long, default_value = "")]
     coordinator_extra: String,
+    /// Above 1: every second session is a batch session of this many messages (issue 17),
+    /// audited per message (each is its own session in the signers' journals).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    batch: u16,
 }
 
 /// What the API told us about one session.
 #[derive(Debug, Default, Clone)]
 struct Outcome {
-    message: Vec<u8>,
-    /// Per party: the signature and output key its API returned as complete.
-    complete: BTreeMap<usize, (Vec<u8>, Vec<u8>)>,
+    /// Its messages: one, or a batch's.
+    messages: Vec<Vec<u8>>,
+    /// Per party: the signatures (one per message) and output key its API returned as complete.
+    complete: BTreeMap<usize, (Vec<Vec<u8>>, Vec<u8>)>,
+}
+
+impl Outcome {
+    fn batch(&self) -> bool {
+        self.messages.len() > 1
+    }
+
+    /// The session ids under which the signers journal this session's messages.
+    fn journal_ids(&self, id: &str) -> Vec<String> {
+        let Ok(sid) = shared::election::SessionId::from_hex(id) else {
+            return vec![id.to_string()];
+        };
+        if !self.batch() {
+            return vec![id.to_string()];
+        }
+        (0..self.messages.len())
+            .map(|i| {
+                sid.batch_item(u32::try_from(i).unwrap_or(u32::MAX))
+                    .to_string()
+            })
+            .collect()
+    }
 }
 
 struct Net {
@@ -91,7 +118,12 @@ fn lazy_client(
 
 /// Ask party `p` to sign session `id` until it answers or `deadline` passes (its coordinator
 /// may be down for a while).
-async fn sign_on(net: &Net, p: usize, id: &str, deadline: Instant) -> Option<(Vec<u8>, Vec<u8>)> {
+async fn sign_on(
+    net: &Net,
+    p: usize,
+    id: &str,
+    deadline: Instant,
+) -> Option<(Vec<Vec<u8>>, Vec<u8>)> {
     let not_found_until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let mut c = net.clients[p].clone();
@@ -106,7 +138,7 @@ async fn sign_on(net: &Net, p: usize, id: &str, deadline: Instant) -> Option<(Ve
             Ok(r) => {
                 let r = r.into_inner();
                 let out = r.session.map(|s| s.output_key).unwrap_or_default();
-                return Some((r.signature, out));
+                return Some((r.signatures, out));
             }
             // Coordinator down: try again until the deadline.
             Err(e)
@@ -135,12 +167,23 @@ async fn run_session(
     creator: usize,
     format: SignatureFormat,
     seed: u64,
+    batch: usize,
 ) -> (String, Outcome) {
-    let message: Vec<u8> =
-        <sha2::Sha256 as sha2::Digest>::digest(format!("chaos {seed} {i}").as_bytes()).to_vec();
+    let digest = |m: String| <sha2::Sha256 as sha2::Digest>::digest(m.as_bytes()).to_vec();
+    let messages: Vec<Vec<u8>> = if batch > 1 && i % 2 == 1 {
+        (0..batch)
+            .map(|m| digest(format!("chaos {seed} {i} {m}")))
+            .collect()
+    } else {
+        vec![digest(format!("chaos {seed} {i}"))]
+    };
+    let (message, batch_messages) = match messages.as_slice() {
+        [one] => (one.clone(), Vec::new()),
+        _ => (Vec::new(), messages.clone()),
+    };
     let deadline = Instant::now() + Duration::from_secs(25);
     let mut outcome = Outcome {
-        message: message.clone(),
+        messages,
         ..Outcome::default()
     };
     // Create on the creator (retrying while its coordinator is down).
@@ -153,6 +196,7 @@ async fn run_session(
             .create_session(pb::CreateSessionRequest {
                 signer_keys: net.keys.clone(),
                 message: message.clone(),
+                batch_messages: batch_messages.clone(),
                 format: shared::wire::format_to_pb(format) as i32,
                 timeout_ms: Some(30_000),
                 ..Default::default()
@@ -211,7 +255,8 @@ struct Audit {
     partial_signatures: usize,
 }
 
-fn audit_journals(parties: &[LocalParty], completed: &[String]) -> Audit {
+/// `completed`: per completed session, the ids its messages are journaled under.
+fn audit_journals(parties: &[LocalParty], completed: &[Vec<String>]) -> Audit {
     use signer_svc::journal::RecordKind;
     let mut a = Audit::default();
     for p in parties {
@@ -246,7 +291,7 @@ fn audit_journals(parties: &[LocalParty], completed: &[String]) -> Audit {
         a.nonce_reuse += signed.values().filter(|c| **c > 1).count();
         a.unjournaled += completed
             .iter()
-            .filter(|s| !signed_sessions.contains(*s))
+            .filter(|ids| ids.iter().any(|s| !signed_sessions.contains(s)))
             .count();
     }
     a
@@ -379,14 +424,14 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             next.clone(),
             creators.clone(),
         );
-        let seed = args.seed;
+        let (seed, batch) = (args.seed, usize::from(args.batch));
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= creators.len() {
                     return;
                 }
-                let r = run_session(net.clone(), i, creators[i], format, seed).await;
+                let r = run_session(net.clone(), i, creators[i], format, seed, batch).await;
                 outcomes.lock().await.push(r);
             }
         }));
@@ -508,7 +553,12 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             {
                 Ok(r) => {
                     let r = r.into_inner();
-                    if r.signature != *sig {
+                    let stored = if o.batch() {
+                        r.batch_signatures
+                    } else {
+                        vec![r.signature]
+                    };
+                    if stored != *sig {
                         lost += 1;
                     }
                 }
@@ -517,18 +567,21 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                     lost += 1;
                 }
             }
-            let ok = <[u8; 33]>::try_from(out.as_slice())
-                .ok()
-                .zip(<[u8; 64]>::try_from(sig.as_slice()).ok())
-                .is_some_and(|(k, s)| {
-                    shared::musig::verify(format, &k, &o.message, &Signature(s)).is_ok()
+            let ok = sig.len() == o.messages.len()
+                && o.messages.iter().zip(sig).all(|(m, sig)| {
+                    <[u8; 33]>::try_from(out.as_slice())
+                        .ok()
+                        .zip(<[u8; 64]>::try_from(sig.as_slice()).ok())
+                        .is_some_and(|(k, s)| {
+                            shared::musig::verify(format, &k, m, &Signature(s)).is_ok()
+                        })
                 });
             if !ok {
                 unverified += 1;
             }
         }
         if complete_somewhere && !o.complete.is_empty() {
-            completed_ids.push(id.clone());
+            completed_ids.push(o.journal_ids(id));
         }
     }
     let audit = {
@@ -539,6 +592,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "parties": n,
         "sessions": args.sessions,
         "concurrency": args.concurrency,
+        "batch": args.batch,
         "seed": args.seed,
         "format": format.as_str(),
         "completed": completed_ids.len(),

@@ -54,6 +54,9 @@ struct Args {
     /// Attestation lifetime, ms (default 7 days).
     #[arg(long = "attestation-ttl-ms")]
     attestation_ttl_ms: Option<i64>,
+    /// Messages of the batch sessions (the second of every three sessions); 1 for none.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
+    batch: u16,
 }
 
 fn main() {
@@ -95,6 +98,7 @@ fn main() {
             cfg.restart_every_ms = every;
         }
         cfg.trace = args.trace;
+        cfg.batch = usize::from(args.batch);
         if let Some(ttl) = args.attestation_ttl_ms {
             cfg.attestation_ttl_ms = ttl;
         }

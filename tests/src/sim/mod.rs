@@ -132,6 +132,9 @@ pub struct Config {
     pub restart_every_ms: i64,
     /// Print the event log to stderr as it is written.
     pub trace: bool,
+    /// Messages of the batch sessions: the second of every three sessions signs this many
+    /// (issue 17); 1 makes every session a single-message one.
+    pub batch: usize,
 }
 
 impl Config {
@@ -148,13 +151,14 @@ impl Config {
             attestation_ttl_ms: 7 * 24 * 3600 * 1000,
             restart_every_ms: 20_000,
             trace: false,
+            batch: 3,
         }
     }
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p e2e-tests --bin musig2-sim -- --seed {} --parties {} --format {} --sessions {} --every-ms {} --restart-every-ms {} --attestation-ttl-ms {} --faults {}{}",
+            "cargo run --release -p e2e-tests --bin musig2-sim -- --seed {} --parties {} --format {} --sessions {} --every-ms {} --restart-every-ms {} --attestation-ttl-ms {} --batch {} --faults {}{}",
             self.seed,
             self.parties,
             match self.format {
@@ -165,6 +169,7 @@ impl Config {
             self.session_every_ms,
             self.restart_every_ms,
             self.attestation_ttl_ms,
+            self.batch,
             self.faults.name(),
             if self.planted == PlantedBugs::default() {
                 ""

@@ -146,6 +146,8 @@ struct Plan {
     creator: usize,
     members: Vec<usize>,
     message: Vec<u8>,
+    /// A batch session's messages (then `message` is empty).
+    batch: Vec<Vec<u8>>,
 }
 
 struct Node {
@@ -244,11 +246,23 @@ impl<'a> World<'a> {
                 members.push(b);
             }
             let creator = members[rng.random_range(0..members.len())];
-            let message = Sha256::digest(format!("sim {} session {s}", cfg.seed)).to_vec();
+            let digest = |m: usize| {
+                Sha256::digest(format!("sim {} session {s} message {m}", cfg.seed)).to_vec()
+            };
+            // The second of every three sessions is a batch (drawing nothing from the RNG).
+            let (message, batch) = if s % 3 == 1 && cfg.batch > 1 {
+                (Vec::new(), (0..cfg.batch).map(digest).collect())
+            } else {
+                (
+                    Sha256::digest(format!("sim {} session {s}", cfg.seed)).to_vec(),
+                    Vec::new(),
+                )
+            };
             plans.push(Plan {
                 creator,
                 members,
                 message,
+                batch,
             });
         }
         let byz_keys = nodes

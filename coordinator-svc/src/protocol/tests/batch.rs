@@ -134,6 +134,39 @@ fn a_wrong_partial_signature_names_the_party_and_the_message() {
 }
 
 #[test]
+fn a_refused_message_releases_the_nonces_of_the_others() {
+    let mut net = Net::new(3, false);
+    // Node 1's signer issues nonces for messages 0 to 2 of 5, then refuses message 3.
+    net.refuse_nonce = Some((1, 3));
+    let ctx = batch_context(&net, SignatureFormat::Bip340, bip340_messages());
+    let id = create(&mut net, ctx.clone());
+    for c in &net.cores {
+        let v = c.session(id).unwrap_or_else(|| panic!("known everywhere"));
+        assert_eq!(v.phase, Phase::Aborted);
+    }
+    let reason = net.cores[1]
+        .session(id)
+        .and_then(|v| v.abort)
+        .map(|a| a.reason)
+        .unwrap_or_default();
+    assert!(reason.contains("policy refuses message 3"), "{reason}");
+    // Every nonce any signer issued for the session is gone: released, never left pending.
+    for (i, signer) in net.signers.iter_mut().enumerate() {
+        for (item, item_ctx) in ctx.items(id) {
+            let r = signer.nonce(&mut net.rng, &item.0, &net.keys[i], &item_ctx);
+            assert!(
+                matches!(r, Err(shared::discipline::Refused::NonceUsed) | Ok(_)),
+                "{r:?}"
+            );
+            if i == 1 && item != id.batch_item(3) && item != id.batch_item(4) {
+                // Issued before the refusal: released.
+                assert_eq!(r, Err(shared::discipline::Refused::NonceUsed), "{item}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_contribution_for_another_count_of_messages_is_refused() {
     let mut net = Net::new(3, false);
     let ctx = batch_context(&net, SignatureFormat::Bip340, bip340_messages());
@@ -213,4 +246,80 @@ fn a_batch_survives_the_store_in_every_phase() {
         .unwrap_or_else(|| panic!("restored"));
     assert_eq!(v.phase, Phase::PartialSigExchange);
     assert_eq!(v.nonce_keys.len(), 3);
+}
+
+/// What peers can make a node hold is bounded as before batches: a peer's unjoined batch
+/// sessions count by their values in its budget, and messages kept for unknown sessions by
+/// the values they carry.
+#[test]
+fn a_peer_s_batches_count_by_their_values() {
+    use super::super::{MAX_ORPHAN_VALUES, MAX_UNJOINED_PER_PEER};
+    use shared::wire::{Header, Message};
+    let mut net = Net::new(2, true);
+    let now = net.now;
+    let from = net.peers[1];
+    let messages: Vec<Vec<u8>> = (0..256u16).map(|i| i.to_be_bytes().repeat(16)).collect();
+    // Two signers, 256 messages: 512 values, the weight of 6 sessions.
+    let weight = Session::weight_of(2, 256);
+    assert_eq!(weight, 6);
+    assert_eq!(Session::weight_of(100, 1), 1);
+    let fits = MAX_UNJOINED_PER_PEER / weight;
+    for k in 0..fits + 2 {
+        let at = now + i64::try_from(k).unwrap_or(0);
+        let mut ctx = batch_context(&net, SignatureFormat::Bip340, messages.clone());
+        ctx.batch[0] = vec![u8::try_from(k).unwrap_or(0); 32];
+        let mut fx = Vec::new();
+        net.cores[1]
+            .create(at, ctx, None, None, &mut fx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Some(announce) = fx.iter().find_map(|e| match e {
+            Effect::Send { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        }) else {
+            panic!("no announcement")
+        };
+        let r = net.cores[0].on_direct(at, from, Frame::Bytes(&announce), &mut Vec::new());
+        if k < fits {
+            assert!(r.is_ok(), "batch {k}: {r:?}");
+        } else {
+            assert!(
+                matches!(&r, Err(e) if e.0 == shared::security::Reason::TooManySessions),
+                "batch {k}: {r:?}"
+            );
+        }
+    }
+    // Messages of 256 nonces for unknown sessions: kept up to MAX_ORPHAN_VALUES values.
+    let ctx = batch_context(&net, SignatureFormat::Bip340, messages);
+    let sk = SecretKey::from_bytes(&[2; 32]).unwrap_or_else(|_| unreachable!());
+    let key_agg = ctx.key_agg().unwrap_or_else(|e| panic!("{e}"));
+    let (_, nonce) = shared::musig::nonce_gen(&mut net.rng, &sk, &key_agg, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kept = MAX_ORPHAN_VALUES / 256;
+    for k in 0..kept + 1 {
+        let msg = Message {
+            header: Header {
+                // 64 per unknown session (MAX_ORPHANS_PER_SESSION).
+                session_id: SessionId([u8::try_from(k / 64).unwrap_or(0xFF); 16]),
+                sender: net.keys[1],
+                sequence: 2,
+                timestamp_ms: now,
+            },
+            body: Body::NonceShare(vec![nonce; 256]),
+        };
+        let bytes = net.cores[1]
+            .envelope(&msg.to_pb(), &net.keys[1])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = net.cores[0].on_direct(now, from, Frame::Bytes(&bytes), &mut Vec::new());
+        if k < kept {
+            assert!(r.is_ok(), "message {k}: {r:?}");
+        } else {
+            assert!(
+                matches!(&r, Err(e) if e.0 == shared::security::Reason::UnknownSession),
+                "message {k}: {r:?}"
+            );
+        }
+    }
+    // Room again once they expire.
+    net.cores[0].on_cleanup(now + super::super::ORPHAN_TTL_MS, &mut Vec::new());
+    assert_eq!(net.cores[0].orphan_values, 0);
 }

@@ -231,7 +231,7 @@ impl World<'_> {
             message: p.message.clone(),
             format: self.cfg.format,
             tweaks: Vec::new(),
-            batch: Vec::new(),
+            batch: p.batch.clone(),
         };
         let mut created = None;
         self.with_core(p.creator, None, |c, now, fx| {
