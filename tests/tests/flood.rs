@@ -46,6 +46,7 @@ fn settings() -> Settings {
         attestation_renew_before_ms: 24 * HOUR,
         retention_ms: 90 * 24 * HOUR,
         finished_in_memory_ms: HOUR,
+        finished_in_memory_values: coordinator_svc::protocol::MAX_FINISHED_VALUES,
     }
 }
 

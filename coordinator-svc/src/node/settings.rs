@@ -101,6 +101,7 @@ impl NodeConfig {
             attestation_renew_before_ms: ms(self.attestation_renew_before),
             retention_ms: ms(self.retention),
             finished_in_memory_ms: ms(self.finished_in_memory),
+            finished_in_memory_values: crate::protocol::MAX_FINISHED_VALUES,
         }
     }
 }

@@ -65,6 +65,12 @@ pub const MAX_ORPHAN_VALUES: usize = 65_536;
 /// How long finished sessions stay in memory by default, ms (then they are read from the
 /// store): [`Settings::finished_in_memory_ms`].
 pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
+/// Values (signers × messages) of the finished sessions kept in memory, by default: about
+/// 180 MB at the ~700 bytes a value costs there (its nonce, partial signature and signature,
+/// the messages kept, the view). Without it, memory grew with the rate for an hour (found by
+/// `musig2-bench --messages 256 --duration-s`: +84 MB per coordinator in 50 s; and 200
+/// sessions/s of three parties for the hour would hold ~3.6 GB, past the deployment's 1 GiB).
+pub const MAX_FINISHED_VALUES: usize = 262_144;
 /// How long a join of an unknown session waits for its announcement, ms.
 pub const JOIN_WAIT_MS: i64 = 2_000;
 /// Unknown sessions joins may wait for at once.
@@ -115,6 +121,9 @@ pub struct Settings {
     pub retention_ms: i64,
     /// Finished sessions stay in memory this long, ms (then they are read from the store).
     pub finished_in_memory_ms: i64,
+    /// ... and the oldest leave earlier once those in memory hold more values (signers ×
+    /// messages each) than this: [`MAX_FINISHED_VALUES`] by default.
+    pub finished_in_memory_values: usize,
 }
 
 /// Milliseconds of a duration, saturating.
@@ -479,17 +488,30 @@ impl Core {
         // A session whose broadcast clock still runs stays (its failover must go on); one a
         // peer announced that ended without our application joining goes at once (it holds
         // nothing, and announcements must not fill memory for an hour).
-        let expired: Vec<SessionId> = self
+        let (mut expired, mut kept): (Vec<_>, Vec<_>) = self
             .finished_at
             .iter()
-            .filter(|(id, t)| {
-                let s = self.sessions.get(id);
-                (now - **t > self.settings.finished_in_memory_ms
-                    || s.is_some_and(|s| !s.locally_joined))
-                    && !s.is_some_and(failover::running)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+            .filter(|(id, _)| !self.sessions.get(id).is_some_and(failover::running))
+            .map(|(id, t)| (*t, *id))
+            .partition(|(t, id)| {
+                now - *t > self.settings.finished_in_memory_ms
+                    || self.sessions.get(id).is_some_and(|s| !s.locally_joined)
+            });
+        // The oldest of the others leave once they hold too many values (they are read from
+        // the store from then on, like those past their time).
+        let values = |id: &SessionId| self.sessions.get(id).map_or(0, Session::values);
+        let mut held: usize = kept.iter().map(|(_, id)| values(id)).sum();
+        if held > self.settings.finished_in_memory_values {
+            kept.sort_unstable();
+            for (t, id) in kept {
+                if held <= self.settings.finished_in_memory_values {
+                    break;
+                }
+                held = held.saturating_sub(values(&id));
+                expired.push((t, id));
+            }
+        }
+        let expired: Vec<SessionId> = expired.into_iter().map(|(_, id)| id).collect();
         if now - self.pruned_at >= PRUNE_EVERY_MS {
             self.pruned_at = now;
             fx.push(Effect::Prune {

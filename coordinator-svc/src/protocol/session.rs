@@ -309,6 +309,11 @@ impl Session {
         self.context.count()
     }
 
+    /// Values the session holds per round: signers × messages.
+    pub fn values(&self) -> usize {
+        self.n() * self.count()
+    }
+
     /// What the session counts for in the budgets of unjoined sessions: 1 for a session of one
     /// message, and a batch as many sessions as its values (signers × messages) would fill
     /// at 100 signers each. Keeps what peers can make a node hold as before batches.

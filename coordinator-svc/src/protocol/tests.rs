@@ -44,6 +44,7 @@ fn settings(failover: bool) -> Settings {
         attestation_renew_before_ms: 24 * 3600 * 1000,
         retention_ms: 90 * 24 * 3600 * 1000,
         finished_in_memory_ms: FINISHED_RETENTION_MS,
+        finished_in_memory_values: super::MAX_FINISHED_VALUES,
     }
 }
 

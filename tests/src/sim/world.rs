@@ -63,6 +63,7 @@ pub fn settings(cfg: &Config) -> Settings {
         attestation_renew_before_ms: cfg.attestation_ttl_ms / 7,
         retention_ms: 90 * 24 * 3600 * 1000,
         finished_in_memory_ms: coordinator_svc::protocol::FINISHED_RETENTION_MS,
+        finished_in_memory_values: coordinator_svc::protocol::MAX_FINISHED_VALUES,
     }
 }
 

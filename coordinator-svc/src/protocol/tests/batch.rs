@@ -323,3 +323,29 @@ fn a_peer_s_batches_count_by_their_values() {
     net.cores[0].on_cleanup(now + super::super::ORPHAN_TTL_MS, &mut Vec::new());
     assert_eq!(net.cores[0].orphan_values, 0);
 }
+
+/// Finished sessions leave memory, oldest first, once they hold more values than the setting
+/// allows (they are read from the store from then on), whatever their age.
+#[test]
+fn finished_batches_leave_memory_by_their_values() {
+    let mut s = settings(false);
+    // Two finished batches of 3 signers × 5 messages.
+    s.finished_in_memory_values = 30;
+    let mut net = Net::with_settings(3, s);
+    let mut ids = Vec::new();
+    for k in 0..4u8 {
+        net.now += 10;
+        let mut messages = bip340_messages();
+        messages[0] = vec![k];
+        let ctx = batch_context(&net, SignatureFormat::Bip340, messages);
+        ids.push(create(&mut net, ctx));
+    }
+    for c in &mut net.cores {
+        for id in &ids {
+            assert_eq!(c.session(*id).map(|v| v.phase), Some(Phase::Complete));
+        }
+        c.on_cleanup(net.now + 1, &mut Vec::new());
+        let held: Vec<bool> = ids.iter().map(|id| c.session(*id).is_some()).collect();
+        assert_eq!(held, [false, false, true, true]);
+    }
+}
