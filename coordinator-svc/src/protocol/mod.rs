@@ -66,11 +66,11 @@ pub const MAX_ORPHAN_VALUES: usize = 65_536;
 /// store): [`Settings::finished_in_memory_ms`].
 pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
 /// Values (signers × messages) of the finished sessions kept in memory, by default: about
-/// 180 MB at the ~700 bytes a value costs there (its nonce, partial signature and signature,
+/// 90 MB at the ~700 bytes a value costs there (its nonce, partial signature and signature,
 /// the messages kept, the view). Without it, memory grew with the rate for an hour (found by
 /// `musig2-bench --messages 256 --duration-s`: +84 MB per coordinator in 50 s; and 200
 /// sessions/s of three parties for the hour would hold ~3.6 GB, past the deployment's 1 GiB).
-pub const MAX_FINISHED_VALUES: usize = 262_144;
+pub const MAX_FINISHED_VALUES: usize = 131_072;
 /// How long a join of an unknown session waits for its announcement, ms.
 pub const JOIN_WAIT_MS: i64 = 2_000;
 /// Unknown sessions joins may wait for at once.
