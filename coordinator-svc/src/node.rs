@@ -70,6 +70,11 @@ enum Internal {
         result: Result<Vec<PartialSignature>, SignerError>,
     },
     Attested(Result<Vec<pb::PeerAttestation>, SignerError>),
+    /// A session read back from the store ([`Effect::Load`]).
+    Loaded {
+        id: shared::election::SessionId,
+        record: Option<Box<crate::store::SessionRecord>>,
+    },
 }
 
 /// How long a failed `connect` waits for another connection to the same peer.
@@ -340,7 +345,16 @@ impl Node {
                 self.core
                     .on_attestations(now, result.map_err(|e| e.to_string()), fx);
             }
+            Internal::Loaded { id, record } => self.core.on_loaded(now, id, record.map(|r| *r), fx),
         }
+    }
+
+    /// A stored session, for [`Core::on_loaded`] (`None` when absent or unreadable: logged).
+    pub(super) fn read_record(&self, id: SessionId) -> Option<crate::store::SessionRecord> {
+        self.store.get(&id.0).unwrap_or_else(|e| {
+            tracing::error!(session = %id, error = %e, "stored session not readable");
+            None
+        })
     }
 
     /// Answer a command once its batch is performed: the caller never hears of a change that

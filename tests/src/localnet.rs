@@ -54,7 +54,10 @@ impl Binaries {
             signer: std::env::var_os("MUSIG2_SIGNER_BIN")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| dir.join("musig2-signer")),
-            coordinator: dir.join("musig2-coordinator"),
+            // ... or wrap the coordinator (e.g. in a heap profiler).
+            coordinator: std::env::var_os("MUSIG2_COORDINATOR_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| dir.join("musig2-coordinator")),
         };
         for p in [&b.signer, &b.coordinator] {
             if !p.exists() {

@@ -309,6 +309,8 @@ fn a_thousand_fresh_identities_flooding_for_an_hour_stay_under_every_cap() {
             assert_within_caps(&t, now);
             peak = TableSizes {
                 sessions: peak.sessions.max(t.sessions),
+                unloaded: peak.unloaded.max(t.unloaded),
+                departed: peak.departed.max(t.departed),
                 unjoined: peak.unjoined.max(t.unjoined),
                 orphans: (
                     peak.orphans.0.max(t.orphans.0),

@@ -122,6 +122,9 @@ fn all_faults() {
     totals("all faults", &reports);
     assert!(reports.iter().any(|r| r.crashes.0 > 0 && r.crashes.1 > 0));
     assert!(reports.iter().any(|r| r.messages.2 > 0));
+    // Finished sessions left memory with their clocks running and came back (invariant 7
+    // checks that their clocks stopped by the end).
+    assert!(reports.iter().filter(|r| r.loads > 0).count() > reports.len() / 5);
 }
 
 #[test]

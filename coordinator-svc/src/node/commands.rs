@@ -161,6 +161,10 @@ impl Node {
                 reference,
                 reply,
             } => {
+                if self.core.needs_load(id) {
+                    let record = self.read_record(id);
+                    self.core.on_loaded(now, id, record, fx);
+                }
                 let r = self.core.notify_broadcast(now, id, reference, fx);
                 self.answer(fx, reply, r);
             }

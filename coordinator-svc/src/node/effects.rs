@@ -217,6 +217,13 @@ impl Node {
                     }
                 }
             }
+            Effect::Load(id) => {
+                // A point read (no fsync); the answer is an input like a signer's.
+                let (record, tx) = (self.read_record(id).map(Box::new), self.internal_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(Internal::Loaded { id, record }).await;
+                });
+            }
             Effect::Block(peer) => {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
                 self.outbox.remove(&peer);

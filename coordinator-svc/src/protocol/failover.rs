@@ -57,74 +57,99 @@ impl Core {
     /// Deadlines that passed: the responsible party did not confirm; the next one takes over.
     pub(super) fn on_failover_due(&mut self, now: i64, fx: &mut Vec<Effect>) {
         for id in self.failover.pop_due(now) {
-            let timeout = self.settings.broadcast_timeout_ms;
-            let Some(s) = self.sessions.get_mut(&id) else {
-                continue;
-            };
-            if s.failover.confirmed.is_some() || s.failover.deadline_ms.is_none() {
+            // Out of memory: read back first; the step runs once it is (its deadline passed).
+            if !self.sessions.contains_key(&id) {
+                self.load(id, fx);
                 continue;
             }
-            let failed_index = s
-                .election
-                .responsible_after(s.failover.attempt)
-                .unwrap_or(0);
-            s.failover.attempt += 1;
-            let attempt = s.failover.attempt;
-            let mut out = Vec::new();
-            match s.election.responsible_after(attempt) {
-                Some(next_index) => {
-                    let deadline = now.saturating_add(timeout);
-                    s.failover.deadline_ms = Some(deadline);
-                    self.failover.schedule(deadline, id);
-                    tracing::warn!(session = %id, failed_index, attempt, next_index, "coordinator failed to confirm the broadcast");
-                    Self::emit(
-                        &mut out,
-                        NodeEvent::CoordinatorFailed {
-                            id,
-                            failed_index,
-                            attempt,
-                            next_index,
-                        },
-                    );
-                    if let (Some(index), Some(signatures)) =
-                        (responsible_is_local(s, attempt), s.signatures.clone())
-                    {
-                        Self::emit(
-                            &mut out,
-                            NodeEvent::ShouldBroadcast {
-                                id,
-                                index,
-                                attempt,
-                                signatures,
-                            },
-                        );
-                    }
-                }
-                None => {
-                    s.failover.deadline_ms = None;
-                    s.failover.exhausted = true;
-                    tracing::error!(session = %id, attempts = attempt, "failover exhausted: nobody confirmed the broadcast");
-                    Self::emit(
-                        &mut out,
-                        NodeEvent::CoordinatorFailed {
-                            id,
-                            failed_index,
-                            attempt,
-                            next_index: failed_index,
-                        },
-                    );
-                    Self::emit(
-                        &mut out,
-                        NodeEvent::FailoverExhausted {
-                            id,
-                            attempts: attempt,
-                        },
-                    );
-                }
-            }
-            self.persist(id, fx);
-            fx.extend(out);
+            self.failover_step(now, id, fx);
         }
+    }
+
+    /// Ask for a session that left memory with its clock running (once per absence).
+    pub(super) fn load(&mut self, id: SessionId, fx: &mut Vec<Effect>) {
+        if let Some((_, asked)) = self.unloaded.get_mut(&id)
+            && !*asked
+        {
+            *asked = true;
+            fx.push(Effect::Load(id));
+        }
+    }
+
+    /// A deadline passed: the responsible party did not confirm; the next one takes over.
+    pub(super) fn failover_step(&mut self, now: i64, id: SessionId, fx: &mut Vec<Effect>) {
+        let timeout = self.settings.broadcast_timeout_ms;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.failover.confirmed.is_some() || s.failover.deadline_ms.is_none() {
+            return;
+        }
+        let failed_index = s
+            .election
+            .responsible_after(s.failover.attempt)
+            .unwrap_or(0);
+        s.failover.attempt += 1;
+        let attempt = s.failover.attempt;
+        let mut out = Vec::new();
+        match s.election.responsible_after(attempt) {
+            Some(next_index) => {
+                let deadline = now.saturating_add(timeout);
+                s.failover.deadline_ms = Some(deadline);
+                self.failover.schedule(deadline, id);
+                tracing::warn!(session = %id, failed_index, attempt, next_index, "coordinator failed to confirm the broadcast");
+                Self::emit(
+                    &mut out,
+                    NodeEvent::CoordinatorFailed {
+                        id,
+                        failed_index,
+                        attempt,
+                        next_index,
+                    },
+                );
+                if let (Some(index), Some(signatures)) =
+                    (responsible_is_local(s, attempt), s.signatures.clone())
+                {
+                    Self::emit(
+                        &mut out,
+                        NodeEvent::ShouldBroadcast {
+                            id,
+                            index,
+                            attempt,
+                            signatures,
+                        },
+                    );
+                }
+            }
+            None => {
+                s.failover.deadline_ms = None;
+                s.failover.exhausted = true;
+                tracing::error!(session = %id, attempts = attempt, "failover exhausted: nobody confirmed the broadcast");
+                Self::emit(
+                    &mut out,
+                    NodeEvent::CoordinatorFailed {
+                        id,
+                        failed_index,
+                        attempt,
+                        next_index: failed_index,
+                    },
+                );
+                Self::emit(
+                    &mut out,
+                    NodeEvent::FailoverExhausted {
+                        id,
+                        attempts: attempt,
+                    },
+                );
+            }
+        }
+        self.persist(id, fx);
+        fx.extend(out);
+    }
+
+    /// Whether the session's broadcast clock still runs here (in memory or out of it).
+    pub fn clock_running(&self, id: SessionId) -> bool {
+        self.unloaded.contains_key(&id) || self.sessions.get(&id).is_some_and(running)
     }
 
     /// The application broadcast the transaction: tell every participant (signed

@@ -242,6 +242,10 @@ pub enum Effect {
     /// Delete a stored session (one announced by a peer, never joined here, that ended: it
     /// holds nothing worth keeping, and keeping it would let announcements fill the store).
     Forget(SessionId),
+    /// Read a finished session back from the store (it left memory while its broadcast clock
+    /// still runs, and the clock fired or a message for it came); the record, or `None`, goes
+    /// to [`Core::on_loaded`].
+    Load(SessionId),
     /// Delete stored sessions that finished before this time (up to [`PRUNE_BATCH`]).
     Prune {
         /// Cut-off, ms.
@@ -287,6 +291,10 @@ pub struct PlantedBugs {
 pub struct TableSizes {
     /// Sessions in memory.
     pub sessions: usize,
+    /// Finished sessions out of memory whose broadcast clock still runs.
+    pub unloaded: usize,
+    /// Finished sessions out of memory whose announcement has not expired.
+    pub departed: usize,
     /// Of them, announced by peers and not joined here.
     pub unjoined: usize,
     /// Unknown sessions with buffered messages, and the messages.
@@ -326,6 +334,15 @@ pub struct Core {
     /// that connect later.
     sent: BTreeMap<SessionId, (Vec<Vec<u8>>, BTreeSet<PeerId>)>,
     finished_at: BTreeMap<SessionId, i64>,
+    /// Finished sessions that left memory while their broadcast clock still runs (its
+    /// deadline stays in `failover`): read back from the store when it fires or a message for
+    /// them comes. When they finished, and `true` once the read is asked for.
+    unloaded: HashMap<SessionId, (i64, bool)>,
+    /// Finished sessions that left memory, until their announcement expires: the announcement
+    /// again (re-delivered, replayed, a DHT answer) must not start one over, which would
+    /// overwrite its stored outcome (found by the simulator: a COMPLETE record replaced by a
+    /// new INIT one, then ABORTED by its timeout). ~28 bytes each.
+    departed: HashMap<SessionId, i64>,
     /// Peers sent the final signature of a session they had not completed.
     finalized_to: BTreeSet<(SessionId, PeerId)>,
     /// When the store was last pruned.
@@ -395,6 +412,8 @@ impl Core {
             requests: std::collections::HashMap::new(),
             sent: BTreeMap::new(),
             finished_at: BTreeMap::new(),
+            unloaded: HashMap::new(),
+            departed: HashMap::new(),
             finalized_to: BTreeSet::new(),
             pruned_at: now_ms,
             orphans: BTreeMap::new(),
@@ -485,13 +504,15 @@ impl Core {
 
     /// Periodic housekeeping (cleanupInterval): retention, expired bans and tables.
     pub fn on_cleanup(&mut self, now: i64, fx: &mut Vec<Effect>) {
-        // A session whose broadcast clock still runs stays (its failover must go on); one a
-        // peer announced that ended without our application joining goes at once (it holds
-        // nothing, and announcements must not fill memory for an hour).
+        // One a peer announced that ended without our application joining goes at once (it
+        // holds nothing, and announcements must not fill memory for an hour). A session whose
+        // broadcast clock still runs leaves like the others: its deadline stays, and it is read
+        // back from the store when the deadline passes or a message for it comes (kept in
+        // memory, sessions nobody confirms pinned every value for the whole failover, N × 5
+        // minutes: found by an 11-minute batch run, +263 KB per session on every coordinator).
         let (mut expired, mut kept): (Vec<_>, Vec<_>) = self
             .finished_at
             .iter()
-            .filter(|(id, _)| !self.sessions.get(id).is_some_and(failover::running))
             .map(|(id, t)| (*t, *id))
             .partition(|(t, id)| {
                 now - *t > self.settings.finished_in_memory_ms
@@ -511,18 +532,29 @@ impl Core {
                 expired.push((t, id));
             }
         }
-        let expired: Vec<SessionId> = expired.into_iter().map(|(_, id)| id).collect();
         if now - self.pruned_at >= PRUNE_EVERY_MS {
             self.pruned_at = now;
             fx.push(Effect::Prune {
                 finished_before_ms: now.saturating_sub(self.settings.retention_ms),
             });
         }
-        for id in expired {
+        for (t, id) in expired {
             self.finished_at.remove(&id);
             let gone = self.sessions.remove(&id);
+            if let Some(s) = &gone {
+                self.departed.insert(id, s.expires_at_ms);
+            }
             if let Some(rid) = gone.as_ref().and_then(|s| s.request_id.as_ref()) {
                 self.requests.remove(rid);
+            }
+            if let Some(s) = &gone
+                && failover::running(s)
+            {
+                if s.locally_joined {
+                    self.unloaded.insert(id, (t, false));
+                } else {
+                    self.failover.cancel(id);
+                }
             }
             if gone.is_some_and(|s| !s.locally_joined) {
                 fx.push(Effect::Forget(id));
@@ -530,6 +562,7 @@ impl Core {
             self.sent.remove(&id);
             self.timeouts.cancel(id);
         }
+        self.departed.retain(|_, expires| *expires > now);
         let sessions = &self.sessions;
         self.orphans
             .retain(|id, (since, _)| !sessions.contains_key(id) && now - *since < ORPHAN_TTL_MS);
@@ -688,6 +721,8 @@ impl Core {
     pub fn table_sizes(&self) -> TableSizes {
         TableSizes {
             sessions: self.sessions.len(),
+            unloaded: self.unloaded.len(),
+            departed: self.departed.len(),
             unjoined: self
                 .sessions
                 .values()

@@ -33,6 +33,71 @@ impl Core {
         }
     }
 
+    /// Whether a finished session is out of memory with its broadcast clock running: a
+    /// command for it reads it back first ([`Core::on_loaded`]).
+    pub fn needs_load(&self, id: SessionId) -> bool {
+        self.unloaded.contains_key(&id)
+    }
+
+    /// A finished session read back from the store ([`Effect::Load`], or before a command):
+    /// it is in memory again, a broadcast deadline that passed meanwhile takes its step now,
+    /// and the messages kept for it are handled.
+    pub fn on_loaded(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        record: Option<SessionRecord>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some((finished_at, _)) = self.unloaded.remove(&id) else {
+            return;
+        };
+        if self.sessions.contains_key(&id) {
+            return;
+        }
+        let restored = record
+            .ok_or_else(|| "not in the store".to_string())
+            .and_then(|r| Session::from_record(id, &r, &self.keys, now));
+        let s = match restored {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::error!(session = %id, error = %e, "a finished session could not be read back; its broadcast clock stops");
+                self.failover.cancel(id);
+                return;
+            }
+        };
+        let due = s
+            .failover
+            .deadline_ms
+            .filter(|d| *d <= now && super::failover::running(&s));
+        self.finished_at.insert(id, finished_at);
+        if let Some(rid) = &s.request_id {
+            self.requests.entry(rid.clone()).or_insert(id);
+        }
+        self.insert_session(s);
+        if due.is_some() {
+            self.failover.cancel(id);
+            self.failover_step(now, id, fx);
+        }
+        self.replay_orphans(now, id, fx);
+    }
+
+    /// The messages kept for a session before it was known (or while it was out of memory).
+    pub(super) fn replay_orphans(&mut self, now: i64, id: SessionId, fx: &mut Vec<Effect>) {
+        if let Some((_, orphans)) = self.orphans.remove(&id) {
+            let values: usize = orphans
+                .iter()
+                .map(|(_, m)| super::sessions::values_in(m))
+                .sum();
+            self.orphan_values = self.orphan_values.saturating_sub(values);
+            for (p, m) in orphans {
+                if let Err(r) = self.on_session_message(now, p, m, fx) {
+                    self.reject(now, p, &r, fx);
+                }
+            }
+        }
+    }
+
     /// Rebuild sessions from the store; resume unfinished ones by asking the signer again
     /// (it answers the same nonce / partial signature if it still holds the nonce, otherwise
     /// the session aborts with the reason).

@@ -660,6 +660,9 @@ impl Core {
             }
             q.push((peer, msg));
             self.orphan_values += values;
+            // A finished session out of memory (its broadcast clock runs): read it back, and
+            // the kept message is handled then.
+            self.load(id, fx);
             return Ok(());
         };
         let index = s.index_of(&msg.header.sender).ok_or_else(|| {
@@ -773,6 +776,10 @@ impl Core {
                 ))
             };
         }
+        // A finished session out of memory (read from the store): nothing to start.
+        if self.departed.contains_key(&id) || self.unloaded.contains_key(&id) {
+            return Ok(());
+        }
         let local: Vec<usize> = (0..a.context.signer_keys.len())
             .filter(|i| self.keys.contains(&a.context.signer_keys[*i]))
             .collect();
@@ -864,15 +871,7 @@ impl Core {
         {
             tracing::warn!(session = %id, error = %e, "auto-join failed");
         }
-        if let Some((_, orphans)) = self.orphans.remove(&id) {
-            let values: usize = orphans.iter().map(|(_, m)| values_in(m)).sum();
-            self.orphan_values = self.orphan_values.saturating_sub(values);
-            for (p, m) in orphans {
-                if let Err(r) = self.on_session_message(now, p, m, fx) {
-                    self.reject(now, p, &r, fx);
-                }
-            }
-        }
+        self.replay_orphans(now, id, fx);
         Ok(())
     }
 }

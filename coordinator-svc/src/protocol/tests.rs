@@ -3,7 +3,7 @@
 //! real nonce discipline. Faults and randomness are the simulator's business
 //! (`e2e_tests::sim`); here each test states exact effects.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use libp2p_identity::{Keypair, PeerId};
 use rand::SeedableRng as _;
@@ -65,6 +65,8 @@ struct Net {
     corrupt: Option<(usize, usize)>,
     /// This node's signer issues nonces for the messages before this one, then refuses.
     refuse_nonce: Option<(usize, usize)>,
+    /// What each node's store holds (`Effect::Persist`, read back by `Effect::Load`).
+    stores: Vec<HashMap<SessionId, crate::store::SessionRecord>>,
 }
 
 /// The kind of message an envelope from `from` carries.
@@ -92,6 +94,7 @@ impl Net {
             delivered: Vec::new(),
             corrupt: None,
             refuse_nonce: None,
+            stores: vec![HashMap::new(); n],
         };
         for i in 0..n {
             let b = u8::try_from(i).unwrap_or(0) + 1;
@@ -218,6 +221,13 @@ impl Net {
                     assert!(r.is_ok(), "node {j} refused a message of node {i}: {r:?}");
                     queue.extend(out.into_iter().map(|e| (j, e)));
                     continue;
+                }
+                Effect::Persist { id, record } => {
+                    self.stores[i].insert(id, *record);
+                }
+                Effect::Load(id) => {
+                    let record = self.stores[i].get(&id).cloned();
+                    self.cores[i].on_loaded(now, id, record, &mut out);
                 }
                 Effect::ReleaseNonces { ids, keys } => {
                     for id in &ids {
@@ -809,6 +819,7 @@ fn sessions_announced_by_a_peer_have_their_own_budget() {
 }
 
 mod batch;
+mod finished;
 mod pools;
 mod requests;
 mod uptime;

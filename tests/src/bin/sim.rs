@@ -110,7 +110,7 @@ fn main() {
         }
         if args.seeds == 1 {
             println!(
-                "seed {seed}: {parties} parties, {format:?}, faults {}: {} events, {:.1} virtual s, {} sessions ({} complete, {} aborted), messages delivered/lost/duplicated {:?}, crashes/signer restarts {:?}, log {}",
+                "seed {seed}: {parties} parties, {format:?}, faults {}: {} events, {:.1} virtual s, {} sessions ({} complete, {} aborted), messages delivered/lost/duplicated {:?}, crashes/signer restarts {:?}, sessions read back {}, log {}",
                 faults.name(),
                 report.events,
                 report.virtual_ms as f64 / 1000.0,
@@ -119,6 +119,7 @@ fn main() {
                 report.aborted,
                 report.messages,
                 report.crashes,
+                report.loads,
                 hex::encode(report.log_hash)
             );
             for b in &report.honest_bans {

@@ -11,6 +11,8 @@
 //!    aborted), and one it has not seen end is still known to it: nothing unfinished is
 //!    forgotten (finished ones may be pruned by retention) and nothing is stuck.
 //! 6. With no faults, every session completes on every member.
+//! 7. At the end, no broadcast clock runs on an honest live node for a session complete there:
+//!    each was confirmed or ran out, whether the session stayed in memory or left it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -214,6 +216,12 @@ impl Checker {
                         ),
                     ),
                     Some(_) => {}
+                }
+                if complete.contains(&node) && core.clock_running(id) {
+                    self.fail(
+                        at,
+                        format!("node {node}: the broadcast clock of session {id} still runs"),
+                    );
                 }
             }
             if no_faults {

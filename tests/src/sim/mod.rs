@@ -206,6 +206,9 @@ pub struct Report {
     pub messages: (u64, u64, u64),
     /// Crashes and signer restarts.
     pub crashes: (u64, u64),
+    /// Finished sessions read back from a store (they had left memory while their broadcast
+    /// clocks ran).
+    pub loads: u64,
 }
 
 impl Report {

@@ -23,8 +23,9 @@ use super::{Config, Report};
 
 /// Virtual time at the start (a fixed date), ms since the epoch.
 const T0: i64 = 1_800_000_000_000;
-/// Housekeeping interval of every node, ms.
-const CLEANUP_MS: i64 = 60_000;
+/// Housekeeping interval of every node, ms (the real node's is 60 s; more often here, so that
+/// finished sessions leave memory while their broadcast clocks run, and come back).
+const CLEANUP_MS: i64 = 10_000;
 /// Messages kept per link while it is down (the real outbox's limit).
 const MAX_OUTBOX: usize = 1024;
 
@@ -63,7 +64,9 @@ pub fn settings(cfg: &Config) -> Settings {
         attestation_renew_before_ms: cfg.attestation_ttl_ms / 7,
         retention_ms: 90 * 24 * 3600 * 1000,
         finished_in_memory_ms: coordinator_svc::protocol::FINISHED_RETENTION_MS,
-        finished_in_memory_values: coordinator_svc::protocol::MAX_FINISHED_VALUES,
+        // A few sessions' worth: finished sessions leave memory while their broadcast clocks
+        // run, and are read back from the store when a clock fires or a message comes.
+        finished_in_memory_values: 4,
     }
 }
 
@@ -122,6 +125,12 @@ enum Ev {
         id: SessionId,
     },
     Confirm {
+        node: usize,
+        epoch: u64,
+        id: SessionId,
+    },
+    /// A finished session read back from the store (`Effect::Load`).
+    Load {
         node: usize,
         epoch: u64,
         id: SessionId,
@@ -193,6 +202,7 @@ pub(super) struct World<'a> {
     check: Checker,
     messages: (u64, u64, u64),
     crashes: (u64, u64),
+    loads: u64,
     end: i64,
 }
 
@@ -292,6 +302,7 @@ impl<'a> World<'a> {
             check: Checker::new(byz_keys, honest_peers),
             messages: (0, 0, 0),
             crashes: (0, 0),
+            loads: 0,
             end: T0,
         }
     }
@@ -369,6 +380,7 @@ impl<'a> World<'a> {
             honest_bans: self.check.honest_bans.clone(),
             messages: self.messages,
             crashes: self.crashes,
+            loads: self.loads,
         }
     }
 
@@ -699,6 +711,10 @@ impl<'a> World<'a> {
                         },
                     );
                 }
+                Effect::Load(id) => {
+                    let (t, epoch) = (self.now + 1, self.nodes[i].epoch);
+                    self.at(t, Ev::Load { node: i, epoch, id });
+                }
                 Effect::Forget(id) => {
                     self.nodes[i].store.remove(&id.0);
                 }
@@ -771,7 +787,13 @@ impl<'a> World<'a> {
                         .rng
                         .random_bool(self.cfg.faults.confirm.clamp(0.0, 1.0)) =>
             {
-                let d = self.rng.random_range(10..2_000);
+                // Half confirm at once, half late: after a cleanup may have sent the session
+                // out of memory with its clock running.
+                let d = if self.rng.random_bool(0.5) {
+                    self.rng.random_range(10..2_000)
+                } else {
+                    self.rng.random_range(2_000..2 * CLEANUP_MS)
+                };
                 self.at(self.now + d, Ev::Confirm { node: i, epoch, id });
             }
             _ => {}

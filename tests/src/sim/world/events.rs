@@ -159,6 +159,12 @@ impl World<'_> {
                     return;
                 }
                 self.with_core(node, Some(epoch), |c, now, fx| c.on_cleanup(now, fx));
+                if let Some(t) = self.nodes[node].core.as_ref().map(Core::table_sizes) {
+                    self.note(&format!(
+                        "cleanup {node}: {} sessions in memory, {} out with their clocks running",
+                        t.sessions, t.unloaded
+                    ));
+                }
                 self.at(self.now + CLEANUP_MS, Ev::Cleanup { node, epoch });
             }
             Ev::Create { plan } => self.create(plan),
@@ -176,8 +182,20 @@ impl World<'_> {
             }
             Ev::Confirm { node, epoch, id } => {
                 let reference = format!("tx-{id}");
+                // As the node does: a session out of memory is read back first.
+                let record = self.nodes[node].store.get(&id.0).cloned();
                 self.with_core(node, Some(epoch), |c, now, fx| {
+                    if c.needs_load(id) {
+                        c.on_loaded(now, id, record, fx);
+                    }
                     let _ = c.notify_broadcast(now, id, reference, fx);
+                });
+            }
+            Ev::Load { node, epoch, id } => {
+                self.loads += 1;
+                let record = self.nodes[node].store.get(&id.0).cloned();
+                self.with_core(node, Some(epoch), |c, now, fx| {
+                    c.on_loaded(now, id, record, fx);
                 });
             }
             Ev::Crash { node } => {
