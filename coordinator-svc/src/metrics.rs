@@ -32,6 +32,8 @@ pub struct Metrics {
     pub signer_calls: Family<NameLabel, Histogram>,
     failovers: Counter,
     attestation_failures: Counter,
+    /// The node's session tables at the last cleanup.
+    tables: Family<NameLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,12 @@ impl Metrics {
         let rounds = Family::<NameLabel, Histogram>::new_with_constructor(buckets);
         let signer_calls = Family::<NameLabel, Histogram>::new_with_constructor(buckets);
         let failovers = Counter::default();
+        let tables = Family::<NameLabel, Gauge>::default();
+        registry.register(
+            "memory_tables",
+            "Entries of the node's session tables at the last cleanup: sessions (in memory), clocks_out_of_memory (finished sessions whose broadcast clock runs, read back from the store when it fires), departed (finished sessions remembered until their announcement expires)",
+            tables.clone(),
+        );
         let attestation_failures = Counter::default();
         registry.register("sessions", "Sessions in memory by phase", sessions.clone());
         registry.register(
@@ -103,6 +111,16 @@ impl Metrics {
             signer_calls,
             failovers,
             attestation_failures,
+            tables,
+        }
+    }
+
+    /// Set the memory-table gauges ([`NodeHandle::memory_tables`]).
+    pub fn note_tables(&self, node: &NodeHandle) {
+        for (name, v) in node.memory_tables() {
+            self.tables
+                .get_or_create(&NameLabel { name: name.into() })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
         }
     }
 

@@ -129,6 +129,8 @@ struct Node {
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Store transactions committed, and session records they wrote.
     writes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// The core's memory tables after the last cleanup ([`NodeHandle::memory_tables`]).
+    tables: std::sync::Arc<[std::sync::atomic::AtomicU64; 3]>,
 }
 
 /// Start a node: ask the signer for its keys and attestations, bind, dial bootstrap peers and
@@ -218,6 +220,9 @@ pub async fn start(
         std::sync::atomic::AtomicU64::new(0),
         std::sync::atomic::AtomicU64::new(0),
     ]);
+    let tables = std::sync::Arc::new(std::array::from_fn(|_| {
+        std::sync::atomic::AtomicU64::new(0)
+    }));
     let (events, _) = broadcast::channel(4096);
     let log = std::sync::Arc::new(events::EventLog::new(now, events::RETAINED_EVENTS));
     let (internal_tx, internal_rx) = mpsc::channel(1024);
@@ -239,7 +244,9 @@ pub async fn start(
         log: log.clone(),
         accepted: accepted.clone(),
         writes: writes.clone(),
+        tables: tables.clone(),
     };
+    node.note_tables();
     node.execute(fx);
     let task = tokio::spawn(node.run(rx, internal_rx, cfg.cleanup_interval, shutdown));
     Ok((
@@ -247,6 +254,7 @@ pub async fn start(
             tx,
             accepted,
             writes,
+            tables,
             events,
             log,
             peer_id,
@@ -289,6 +297,7 @@ impl Node {
                 _ = cleanup.tick() => {
                     self.core.on_cleanup(now_ms(), &mut fx);
                     self.purge_expired_records();
+                    self.note_tables();
                 }
                 () = sleep, if deadline.is_some() => self.core.on_deadline(now_ms(), &mut fx),
                 () = tokio::time::sleep_until(parked.unwrap_or_else(tokio::time::Instant::now)), if parked.is_some() => {
@@ -346,6 +355,14 @@ impl Node {
                     .on_attestations(now, result.map_err(|e| e.to_string()), fx);
             }
             Internal::Loaded { id, record } => self.core.on_loaded(now, id, record.map(|r| *r), fx),
+        }
+    }
+
+    /// Publish the sizes of the core's session tables (metrics).
+    fn note_tables(&self) {
+        let t = self.core.table_sizes();
+        for (cell, v) in self.tables.iter().zip([t.sessions, t.unloaded, t.departed]) {
+            cell.store(v as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -108,10 +108,14 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
         Some(m) => {
             let metrics = metrics.clone();
             let ready = ready.clone();
+            let node = node.clone();
             Some(
                 musig2_proto::transport::serve_metrics(
                     m.listen,
-                    move || metrics.render(),
+                    move || {
+                        metrics.note_tables(&node);
+                        metrics.render()
+                    },
                     move || ready.load(std::sync::atomic::Ordering::Relaxed),
                     shutdown.clone(),
                 )

@@ -419,3 +419,113 @@ async fn a_party_restarted_without_bootstrap_peers_is_dialled_again_and_the_sess
         wait_for_phase(p, &id, pb::SessionPhase::Complete).await;
     }
 }
+
+/// A gauge of the coordinator's `/metrics` (plain HTTP/1.0 GET on loopback).
+async fn gauge(p: &ProcParty, series: &str) -> Option<i64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(p.metrics.as_deref()?)
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Wait until a gauge has the value (re-read every 50 ms, up to `within`).
+async fn until_gauge(p: &ProcParty, series: &str, want: i64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = gauge(p, series).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {got:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A finished session whose broadcast clock runs leaves memory (found by a heap profile: kept
+/// for the whole failover, such sessions grew every coordinator by 263 KB per 256-message
+/// batch); its clock goes on from the store, and a confirmation for it still lands, on the
+/// party that confirms (read back before the command) and on the others (read back when the
+/// confirmation comes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sessions_leave_memory_and_their_clocks_go_on() {
+    let base = tempfile::tempdir().unwrap();
+    let extra = "broadcast_timeout_ms = 2500\nfinished_in_memory_ms = 1000\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let mut ps = Vec::new();
+    for s in 91..94u8 {
+        ps.push(ProcParty::start(base.path(), s, extra).await);
+    }
+    mesh(&ps).await;
+    let mut streams = Vec::new();
+    for p in &ps {
+        streams.push(watch(&mut p.client().await).await);
+    }
+    let out = "musig2_coordinator_memory_tables{name=\"clocks_out_of_memory\"}";
+    let (id, _) = session(&ps, SignatureFormat::Bip340, [9; 32], false).await;
+    for p in &ps {
+        until_gauge(p, out, 1, Duration::from_secs(10)).await;
+    }
+    // Out of memory on every party, the first deadline passes: read back, the backup is told.
+    let backup = (0..3).find(|i| sorted_index(&ps, *i) == 1).unwrap();
+    let evs = collect(
+        &mut streams[backup],
+        &id,
+        Duration::from_secs(10),
+        |e| matches!(e, Ev::ShouldBroadcast(x) if x.attempt == 1),
+    )
+    .await;
+    assert!(
+        evs.iter().any(
+            |e| matches!(e, Ev::CoordinatorFailed(x) if (x.failed_index, x.attempt) == (0, 1))
+        ),
+        "{evs:?}"
+    );
+    // Out of memory again (its hour in memory is long past), the backup's application confirms.
+    for p in &ps {
+        until_gauge(p, out, 1, Duration::from_secs(10)).await;
+    }
+    let mut c = ps[backup].client().await;
+    c.notify_broadcast_complete(pb::NotifyBroadcastCompleteRequest {
+        session_id: id.clone(),
+        broadcast_reference: "txid-9".into(),
+    })
+    .await
+    .unwrap();
+    for (i, s) in streams.iter_mut().enumerate() {
+        let evs = collect(s, &id, Duration::from_secs(10), |e| {
+            matches!(e, Ev::BroadcastConfirmed(_))
+        })
+        .await;
+        assert!(
+            evs.iter().any(
+                |e| matches!(e, Ev::BroadcastConfirmed(x) if x.broadcast_reference == "txid-9")
+            ),
+            "party {i}: {evs:?}"
+        );
+    }
+    // Every clock stopped, and the sessions leave memory for good.
+    for p in &ps {
+        until_gauge(p, out, 0, Duration::from_secs(10)).await;
+        let s = p
+            .client()
+            .await
+            .get_session(pb::GetSessionRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap();
+        assert!(s.broadcast_confirmed);
+    }
+}

@@ -157,6 +157,7 @@ pub struct NodeHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(super) writes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    pub(super) tables: std::sync::Arc<[std::sync::atomic::AtomicU64; 3]>,
     pub(super) events: broadcast::Sender<NodeEvent>,
     pub(super) log: std::sync::Arc<EventLog>,
     pub(super) peer_id: PeerId,
@@ -174,6 +175,15 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The core's session tables after the last cleanup: sessions in memory, finished sessions
+    /// out of memory whose broadcast clock runs, departed sessions remembered until their
+    /// announcement expires.
+    pub fn memory_tables(&self) -> [(&'static str, u64); 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let names = ["sessions", "clocks_out_of_memory", "departed"];
+        std::array::from_fn(|i| (names[i], self.tables[i].load(Relaxed)))
     }
 
     /// Store transactions committed so far, and the session records they wrote (group commit:
