@@ -210,10 +210,18 @@ pub async fn start(
         .into_iter()
         .filter_map(|(p, b)| Some((p.parse::<PeerId>().ok()?, b)))
         .collect();
-    // Unfinished and recently finished sessions; older ones are read from the store on demand.
-    let records = store.live(now - ms(cfg.finished_in_memory))?;
+    // Unfinished sessions, and the newest finished ones within the memory cap; the others
+    // are read from the store on demand. One record at a time: of a finished one only a few
+    // numbers are kept (all of the last hour's records at once could exceed the memory limit).
     let mut fx = Vec::new();
-    core.restore(now, records, bans, &mut fx);
+    let since = now - ms(cfg.finished_in_memory);
+    core.restart(
+        now,
+        |f| store.scan_live(since, f),
+        |id| store.get(id),
+        bans,
+        &mut fx,
+    )?;
     let (tx, rx) = mpsc::channel(256);
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writes = std::sync::Arc::new([

@@ -286,6 +286,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Every session except those finished before `finished_since_ms`, one record at a time
+    /// (a restart keeps only what it needs of each: the whole list at once held every recent
+    /// record in memory together).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn scan_live(
+        &self,
+        finished_since_ms: i64,
+        mut f: impl FnMut([u8; 16], SessionRecord),
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let t = txn.open_table(SESSIONS).map_err(dberr)?;
+        let done = txn.open_table(FINISHED).map_err(dberr)?;
+        for entry in t.iter().map_err(dberr)? {
+            let (k, v) = entry.map_err(dberr)?;
+            if done
+                .get(k.value())
+                .map_err(dberr)?
+                .is_some_and(|at| at.value() < finished_since_ms)
+            {
+                continue;
+            }
+            let (id, rec) = decode(k.value(), v.value())?;
+            f(id, rec);
+        }
+        Ok(())
+    }
+
     /// A page of sessions, newest first: those created before `before` (None: from the
     /// newest) for which `keep` holds, at most `limit`, looking at no more than `max_scan`
     /// records. Returns the page and where the next one starts (None: nothing older).
@@ -490,6 +519,11 @@ mod tests {
             .map(|(id, _)| id)
             .collect();
         assert_eq!(live, vec![ids[0], ids[3]]);
+        let mut scanned = Vec::new();
+        store
+            .scan_live(150_000, |id, _| scanned.push(id))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(scanned, live, "one at a time, the same records");
         // Not loaded, still readable.
         assert!(
             store

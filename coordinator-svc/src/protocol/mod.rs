@@ -43,6 +43,7 @@ pub mod sessions;
 mod tests;
 pub mod types;
 
+pub use session::Departed;
 pub use types::{ErrorReason, NodeError, NodeEvent, PeerStatus, SessionView};
 
 use session::Session;

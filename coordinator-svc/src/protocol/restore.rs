@@ -3,7 +3,7 @@
 use libp2p_identity::PeerId;
 use shared::election::SessionId;
 
-use super::session::{Action, Phase, Session};
+use super::session::{Action, Departed, Phase, Session};
 use super::{Core, Effect};
 use crate::store::SessionRecord;
 
@@ -29,6 +29,75 @@ impl Core {
                     peer,
                     bytes: bytes.clone(),
                 });
+            }
+        }
+    }
+
+    /// A restart from a store: `scan` hands over its records one at a time (unfinished ones
+    /// and those finished recently), `get` reads one back. Unfinished sessions are restored
+    /// whole, finished ones as [`Core::finished_to_restore`] chooses; of the others only their
+    /// ids, expiries and running clocks are kept ([`Core::restore_departed`]).
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn restart<E>(
+        &mut self,
+        now: i64,
+        scan: impl FnOnce(&mut dyn FnMut([u8; 16], SessionRecord)) -> Result<(), E>,
+        get: impl Fn(&[u8; 16]) -> Result<Option<SessionRecord>, E>,
+        bans: Vec<(PeerId, crate::store::BanRecord)>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), E> {
+        let (mut records, mut departed) = (Vec::new(), Vec::new());
+        scan(&mut |id, rec| match Departed::of(SessionId(id), &rec) {
+            Ok(Some(d)) => departed.push(d),
+            // Unfinished, or not decodable (the restore logs it).
+            Ok(None) | Err(_) => records.push((id, rec)),
+        })?;
+        for id in self.finished_to_restore(now, &mut departed) {
+            if let Some(rec) = get(&id.0)? {
+                records.push((id.0, rec));
+            }
+        }
+        self.restore(now, records, bans, fx);
+        self.restore_departed(now, departed);
+        Ok(())
+    }
+
+    /// A restart's choice among the finished sessions it found (`departed`): the newest,
+    /// finished within `finished_in_memory_ms` and holding at most `finished_in_memory_values`
+    /// between them, come back into memory (their ids are returned and they leave the list);
+    /// the others stay in the store ([`Core::restore_departed`]). Before, a restart read every
+    /// session of the last hour back into memory, whatever the cap.
+    pub fn finished_to_restore(&self, now: i64, departed: &mut Vec<Departed>) -> Vec<SessionId> {
+        departed.sort_unstable_by_key(|d| std::cmp::Reverse((d.finished_at_ms, d.id)));
+        let since = now.saturating_sub(self.settings.finished_in_memory_ms);
+        let mut held = 0usize;
+        let mut keep = 0;
+        for d in departed.iter() {
+            if d.finished_at_ms < since || held + d.values > self.settings.finished_in_memory_values
+            {
+                break;
+            }
+            held += d.values;
+            keep += 1;
+        }
+        departed.drain(..keep).map(|d| d.id).collect()
+    }
+
+    /// Finished sessions a restart left in the store: their announcements start nothing until
+    /// they expire, and broadcast clocks that still run go on (read back when they fire).
+    pub fn restore_departed(&mut self, now: i64, departed: Vec<Departed>) {
+        for d in departed {
+            if self.sessions.contains_key(&d.id) {
+                continue;
+            }
+            if d.expires_at_ms > now {
+                self.departed.insert(d.id, d.expires_at_ms);
+            }
+            if let Some(deadline) = d.clock_ms {
+                self.unloaded.insert(d.id, (d.finished_at_ms, false));
+                self.failover.schedule(deadline, d.id);
             }
         }
     }

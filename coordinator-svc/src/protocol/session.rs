@@ -17,6 +17,7 @@ use crate::store::{FailoverRecord, SessionRecord};
 
 mod pool;
 mod record;
+pub use record::Departed;
 mod rounds;
 
 /// Session phase.

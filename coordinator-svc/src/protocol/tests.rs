@@ -303,6 +303,42 @@ impl Net {
         }
     }
 
+    /// Node `i` restarts from its store (as `Node` does: [`Core::restart`]).
+    fn restart(&mut self, i: usize) {
+        let b = u8::try_from(i).unwrap_or(0) + 1;
+        let kp = Keypair::ed25519_from_bytes([b; 32]).unwrap_or_else(|_| unreachable!());
+        let key = self.keys[i];
+        let att = self.attestation(i, i, T0 + 7 * 24 * 3600 * 1000);
+        let settings = self.cores[i].settings.clone();
+        let mut core = Core::new(
+            settings,
+            kp,
+            vec![key],
+            BTreeMap::from([(key, att)]),
+            [b; 32],
+            self.now,
+        );
+        let mut fx = Vec::new();
+        let store = &self.stores[i];
+        let restarted = core.restart(
+            self.now,
+            |f| {
+                for (id, rec) in store {
+                    f(id.0, rec.clone());
+                }
+                Ok::<(), std::convert::Infallible>(())
+            },
+            |id| Ok(store.get(&SessionId(*id)).cloned()),
+            Vec::new(),
+            &mut fx,
+        );
+        if let Err(e) = restarted {
+            match e {}
+        }
+        self.cores[i] = core;
+        self.run(i, fx);
+    }
+
     /// Failover events since the last call, per node, in a compact form.
     fn take_failover(&mut self) -> Vec<Vec<String>> {
         self.events

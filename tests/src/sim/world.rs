@@ -440,12 +440,26 @@ impl<'a> World<'a> {
         if !node.byzantine {
             core.plant(cfg.planted);
         }
-        let records: Vec<([u8; 16], SessionRecord)> =
-            node.store.iter().map(|(k, v)| (*k, v.clone())).collect();
         let bans: Vec<(PeerId, BanRecord)> =
             node.bans.iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut fx = Vec::new();
-        core.restore(now, records, bans, &mut fx);
+        // As the node restarts: unfinished sessions and the newest finished ones in memory.
+        let store = &node.store;
+        let restarted = core.restart(
+            now,
+            |f| {
+                for (k, v) in store {
+                    f(*k, v.clone());
+                }
+                Ok::<(), std::convert::Infallible>(())
+            },
+            |id| Ok(store.get(id).cloned()),
+            bans,
+            &mut fx,
+        );
+        if let Err(e) = restarted {
+            match e {}
+        }
         node.core = Some(core);
         node.epoch += 1;
         node.timer_at = None;

@@ -87,6 +87,69 @@ impl ToBytes<64> for Signature {
     }
 }
 
+/// A stored announcement: its bytes, its sender and what it says.
+type Announcement = (Vec<u8>, [u8; 33], Box<shared::wire::Announce>);
+
+/// The stored announcement of session `id`.
+fn announcement(id: SessionId, rec: &SessionRecord) -> Result<Announcement, String> {
+    use prost::Message as _;
+    let announce = hex::decode(&rec.announce).map_err(|e| e.to_string())?;
+    let env =
+        shared::wire::pb::SignedEnvelope::decode(announce.as_slice()).map_err(|e| e.to_string())?;
+    let pbm =
+        shared::wire::pb::WireMessage::decode(env.payload.as_slice()).map_err(|e| e.to_string())?;
+    let msg = shared::wire::Message::from_pb(&pbm, pbm.timestamp_ms).map_err(|e| e.to_string())?;
+    let Body::Announce(a) = msg.body else {
+        return Err("not an announcement".into());
+    };
+    if msg.header.session_id != id {
+        return Err("announcement of another session".into());
+    }
+    Ok((announce, msg.header.sender, a))
+}
+
+/// A finished session a restart leaves in the store: what the core keeps of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departed {
+    /// Session.
+    pub id: SessionId,
+    /// When it finished (while its broadcast clock runs the record has no finish time: its
+    /// creation then).
+    pub finished_at_ms: i64,
+    /// When its announcement expires.
+    pub expires_at_ms: i64,
+    /// Its broadcast deadline while its clock runs here.
+    pub clock_ms: Option<i64>,
+    /// Signers × messages (the unit of the memory cap).
+    pub values: usize,
+}
+
+impl Departed {
+    /// What a restart keeps of a finished session's record; `None` for an unfinished one
+    /// (restored whole).
+    ///
+    /// # Errors
+    /// A description of what does not decode.
+    pub fn of(id: SessionId, rec: &SessionRecord) -> Result<Option<Departed>, String> {
+        if !phase_of(&rec.phase).ok_or("unknown phase")?.is_terminal() {
+            return Ok(None);
+        }
+        let (_, _, a) = announcement(id, rec)?;
+        let f = &rec.failover;
+        let running = f.deadline_ms.is_some() && f.confirmed.is_none() && !f.exhausted;
+        Ok(Some(Departed {
+            id,
+            finished_at_ms: rec
+                .finished_at_ms
+                .or(rec.created_at_ms)
+                .unwrap_or(a.created_at_ms),
+            expires_at_ms: a.expires_at_ms,
+            clock_ms: f.deadline_ms.filter(|_| running && rec.locally_joined),
+            values: a.context.signer_keys.len() * a.context.count(),
+        }))
+    }
+}
+
 impl Session {
     /// The record the store keeps.
     pub fn to_record(&self, sent: &[Vec<u8>]) -> SessionRecord {
@@ -138,20 +201,7 @@ impl Session {
         local_keys: &[[u8; 33]],
         now_ms: i64,
     ) -> Result<(Session, Vec<Vec<u8>>), String> {
-        use prost::Message as _;
-        let announce = hex::decode(&rec.announce).map_err(|e| e.to_string())?;
-        let env = shared::wire::pb::SignedEnvelope::decode(announce.as_slice())
-            .map_err(|e| e.to_string())?;
-        let pbm = shared::wire::pb::WireMessage::decode(env.payload.as_slice())
-            .map_err(|e| e.to_string())?;
-        let msg =
-            shared::wire::Message::from_pb(&pbm, pbm.timestamp_ms).map_err(|e| e.to_string())?;
-        let Body::Announce(a) = msg.body else {
-            return Err("not an announcement".into());
-        };
-        if msg.header.session_id != id {
-            return Err("announcement of another session".into());
-        }
+        let (announce, sender, a) = announcement(id, rec)?;
         let key_agg = a.context.key_agg().map_err(|e| e.to_string())?;
         let election = shared::election::elect(a.election_method, &a.context.signer_keys)
             .map_err(|e| e.to_string())?;
@@ -163,7 +213,7 @@ impl Session {
             a.context.clone(),
             key_agg,
             election,
-            msg.header.sender,
+            sender,
             a.created_at_ms,
             a.expires_at_ms,
             announce,

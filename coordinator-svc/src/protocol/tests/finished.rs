@@ -184,3 +184,48 @@ fn a_departed_session_is_not_started_over_by_its_announcement() {
         assert_eq!(phase.as_deref(), Some("COMPLETE"));
     }
 }
+
+/// A restart holds in memory the newest finished sessions within the cap, not every session of
+/// the last hour (all of them at once could exceed the memory limit right after a crash); of
+/// the others it keeps their ids: their clocks go on and their announcements start nothing.
+#[test]
+fn a_restart_holds_only_what_the_cap_allows() {
+    let mut net = net_keeping_one();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        net.now += 10;
+        ids.push(net.complete_a_session());
+    }
+    net.take_failover();
+    net.now += 10;
+    net.restart(1);
+    let c = &net.cores[1];
+    let held: Vec<bool> = ids.iter().map(|id| c.session(*id).is_some()).collect();
+    assert_eq!(held, [false, false, false, true]);
+    let t = c.table_sizes();
+    assert_eq!((t.unloaded, t.departed), (3, 3));
+    assert!(ids.iter().all(|id| c.clock_running(*id)));
+    // The announcement again starts nothing (node 0 created the sessions).
+    let (from, bytes) = net
+        .delivered
+        .iter()
+        .find(|(i, j, b)| *j == 1 && kind(net.peers[*i], b) == "SESSION_ANNOUNCE")
+        .map(|(i, _, b)| (*i, b.clone()))
+        .unwrap_or_else(|| unreachable!());
+    let mut fx = Vec::new();
+    let (now, peer) = (net.now, net.peers[from]);
+    let r = net.cores[1].on_direct(now, peer, Frame::Bytes(&bytes), &mut fx);
+    assert!(r.is_ok(), "{r:?}");
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Persist { .. })),
+        "{fx:?}"
+    );
+    // Every clock takes its first step, read back from the store.
+    let last = net.now;
+    net.advance(last + TIMEOUT);
+    let steps = net.take_failover()[1]
+        .iter()
+        .filter(|e| e.starts_with("failed 0->1@1"))
+        .count();
+    assert_eq!(steps, 4);
+}
