@@ -142,6 +142,8 @@ fn announce(p: &Party, ctx: SessionContext, now: i64, entropy: [u8; 16]) -> (Ses
 fn assert_within_caps(t: &TableSizes, at: i64) {
     let at = (at - T0) / 1000;
     assert!(t.unjoined <= MAX_UNJOINED, "at {at} s: {t:?}");
+    // Sessions the victim's application never joined leave nothing behind when they end.
+    assert_eq!((t.unloaded, t.departed), (0, 0), "at {at} s: {t:?}");
     // Unjoined sessions that ended leave at the next cleanup: at most one more budget's worth.
     assert!(t.sessions <= 2 * MAX_UNJOINED + 1, "at {at} s: {t:?}");
     assert!(t.orphans.0 <= MAX_ORPHAN_SESSIONS, "at {at} s: {t:?}");

@@ -342,7 +342,8 @@ pub struct Core {
     /// Finished sessions that left memory, until their announcement expires: the announcement
     /// again (re-delivered, replayed, a DHT answer) must not start one over, which would
     /// overwrite its stored outcome (found by the simulator: a COMPLETE record replaced by a
-    /// new INIT one, then ABORTED by its timeout). ~28 bytes each.
+    /// new INIT one, then ABORTED by its timeout). Sessions our application joined only,
+    /// ~28 bytes each.
     departed: HashMap<SessionId, i64>,
     /// Peers sent the final signature of a session they had not completed.
     finalized_to: BTreeSet<(SessionId, PeerId)>,
@@ -542,7 +543,12 @@ impl Core {
         for (t, id) in expired {
             self.finished_at.remove(&id);
             let gone = self.sessions.remove(&id);
-            if let Some(s) = &gone {
+            // Only sessions our application joined: one a peer announced and nobody joined
+            // holds nothing (its record is forgotten), and a remembered id per such session,
+            // kept until an expiry the peer chooses, would let peers grow this table forever.
+            if let Some(s) = &gone
+                && s.locally_joined
+            {
                 self.departed.insert(id, s.expires_at_ms);
             }
             if let Some(rid) = gone.as_ref().and_then(|s| s.request_id.as_ref()) {

@@ -92,7 +92,7 @@ impl Core {
             if self.sessions.contains_key(&d.id) {
                 continue;
             }
-            if d.expires_at_ms > now {
+            if d.joined && d.expires_at_ms > now {
                 self.departed.insert(d.id, d.expires_at_ms);
             }
             if let Some(deadline) = d.clock_ms {

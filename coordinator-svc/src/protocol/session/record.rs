@@ -122,6 +122,9 @@ pub struct Departed {
     pub clock_ms: Option<i64>,
     /// Signers × messages (the unit of the memory cap).
     pub values: usize,
+    /// Our application joined it (only then is it remembered: [`crate::protocol::Core`]'s
+    /// departed table).
+    pub joined: bool,
 }
 
 impl Departed {
@@ -146,6 +149,7 @@ impl Departed {
             expires_at_ms: a.expires_at_ms,
             clock_ms: f.deadline_ms.filter(|_| running && rec.locally_joined),
             values: a.context.signer_keys.len() * a.context.count(),
+            joined: rec.locally_joined,
         }))
     }
 }
