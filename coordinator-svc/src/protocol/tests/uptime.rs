@@ -261,8 +261,21 @@ fn announcements_are_stored_under_the_configured_resource_type() {
         c.settings.dht = true;
         c.settings.session_resource_type = "lotus-sessions".into();
     }
+    // Every member connected: the direct announcement reaches them, no record is put.
     let mut fx = Vec::new();
     let ctx = net.context();
+    net.cores[0]
+        .create(net.now, ctx.clone(), None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::PutRecord { .. })),
+        "{fx:?}"
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::Send { .. })));
+    // A member not connected: the record is how it finds the session.
+    let peer = net.peers[1];
+    net.cores[0].on_disconnected(net.now, peer);
+    let mut fx = Vec::new();
     let id = net.cores[0]
         .create(net.now, ctx, None, None, &mut fx)
         .unwrap_or_else(|e| panic!("{e}"))
