@@ -340,7 +340,7 @@ impl CoordinatorService for Api {
                 &[("session_id", id.to_string())],
             ));
         }
-        // Round 1 starts by itself once every signer joined.
+        // Round 1 starts by itself with the join: the signer's nonces are asked for at once.
         let v = self
             .round(
                 id,
@@ -348,9 +348,9 @@ impl CoordinatorService for Api {
                 |v| !v.local_keys.is_empty() && v.local_nonces.len() == v.local_keys.len(),
                 |v| {
                     format!(
-                        "{} of {} signers joined",
-                        v.joined.len(),
-                        v.context.signer_keys.len()
+                        "this party's signer has given {} of {} nonces",
+                        v.local_nonces.len(),
+                        v.local_keys.len()
                     )
                 },
             )

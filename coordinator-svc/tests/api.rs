@@ -268,7 +268,8 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    // A valid session in INIT: wrong-phase calls are FAILED_PRECONDITION.
+    // A valid session waiting for the other signer: calls of later phases are
+    // FAILED_PRECONDITION.
     let s = c
         .create_session(good)
         .await
@@ -277,31 +278,34 @@ async fn malformed_api_calls_get_specific_errors_and_change_nothing() {
         .session
         .unwrap();
     let id = s.session_id;
-    // Round 1 cannot start while a signer is missing: at once without a wait, after the
-    // stated wait with one, saying what is missing.
+    // The creator joined with the creation, so round 1 has started for it: StartRound1
+    // returns its nonce (one per local key) once its signer answered. Round 2 cannot start
+    // while a nonce is missing: at once without a wait, after the stated wait with one,
+    // saying what is missing.
+    let r1 = c
+        .start_round1(pb::StartRound1Request {
+            session_id: id.clone(),
+            wait_ms: 10_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r1.public_nonces.len(), 1);
+    assert_eq!(r1.public_nonces[0].len(), 66);
     for wait_ms in [0, 300] {
         let e = c
-            .start_round1(pb::StartRound1Request {
+            .start_round2(pb::StartRound2Request {
                 session_id: id.clone(),
                 wait_ms,
             })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
-        assert!(e.message().contains("1 of 2 signers joined"), "{e}");
+        assert!(e.message().contains("1 of 2 nonces in"), "{e}");
         let (reason, meta) = procs::error_info(&e);
         assert_eq!(reason, "ROUND_NOT_READY");
         assert_eq!(meta.get("session_id"), Some(&id));
     }
-    let e = c
-        .start_round2(pb::StartRound2Request {
-            session_id: id.clone(),
-            wait_ms: 0,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert_eq!(procs::error_info(&e).0, "WRONG_PHASE");
     assert_eq!(
         c.get_final_signature(pb::GetFinalSignatureRequest {
             session_id: id.clone()

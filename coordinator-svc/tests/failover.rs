@@ -244,19 +244,23 @@ async fn a_signer_killed_mid_session_aborts_it_cleanly_and_the_next_session_succ
         .session
         .unwrap()
         .session_id;
-    // Party 0's signer dies before round 1.
+    // Party 0's signer dies right after the creation (its nonce may or may not be out: the
+    // creator asks for it at once).
     ps[0].signer = None;
     for i in 1..3 {
         let sid = id.clone();
         procs::next_event(&mut streams[i], |e| matches!(e, Ev::SessionCreated(s) if s.session.as_ref().is_some_and(|s| s.session_id == sid)).then_some(())).await;
-        ps[i]
+        let joined = ps[i]
             .client()
             .await
             .join_session(pb::JoinSessionRequest {
                 session_id: id.clone(),
             })
-            .await
-            .unwrap();
+            .await;
+        // The creator's abort may be here first: joining an ended session says so.
+        if let Err(e) = joined {
+            assert_eq!(procs::error_info(&e).0, "SESSION_ENDED", "{e}");
+        }
     }
     for (i, s) in streams.iter_mut().enumerate() {
         let sid = id.clone();
@@ -311,8 +315,9 @@ async fn a_created_session_survives_an_immediate_sigkill() {
         .into_inner()
         .session
         .unwrap();
-    assert_eq!(after.phase, pb::SessionPhase::Init as i32);
-    assert_eq!(after.joined_keys, created.joined_keys);
+    // The creator's join (said by its nonce share) started round 1 with the creation.
+    assert_eq!(after.phase, pb::SessionPhase::NonceExchange as i32);
+    assert_eq!(after.joined_keys, vec![ps[0].key.to_vec()]);
     mesh(&ps).await;
     join_when_known(&ps[1], &created.session_id).await;
     for p in &ps {

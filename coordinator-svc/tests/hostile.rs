@@ -63,8 +63,10 @@ async fn bad_messages_are_refused_and_counted() {
         matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
     })
     .await;
-    b.node.join_session(id).await.unwrap(); // B's Join is B's sequence 1
     let (pa, pb_, px) = (a.node.peer_id(), b.node.peer_id(), x.node.peer_id());
+    // B joins by hand (its node would send its nonce share, which says the join): a Join is
+    // B's sequence 1, and A holds no nonce of B's.
+    assert_eq!(send(&b, pa, msg(id, b.key, 1, now_ms(), join())).await, "");
     wait_until(|| async { a.node.session(id).await.unwrap().unwrap().joined.len() == 2 }).await;
 
     // Replayed message: sequence 1 again (a nonce share, allowed in INIT).
@@ -87,12 +89,20 @@ async fn bad_messages_are_refused_and_counted() {
     let r = send(&b, pa, msg(id, b.key, 102, now_ms(), share())).await;
     assert!(r.contains("replay_or_sequence"), "{r}");
     assert_eq!(count(&a, pb_, "replay_or_sequence").await, 2);
-    // Out of phase: a partial signature in INIT.
+    // Out of phase: a partial signature in INIT. A joined with the creation (its phase is
+    // NONCE_EXCHANGE, where a partial signature that comes early is kept); C never joins.
     let psig = pb::wire_message::Body::PartialSigShare(pb::PartialSigShare {
         partial_signature: vec![1; 32],
     });
-    let r = send(&b, pa, msg(id, b.key, 2, now_ms(), psig)).await;
+    let pc = c.node.peer_id();
+    wait_until(|| async { c.node.session(id).await.unwrap().is_some() }).await;
+    let r = send(&b, pc, msg(id, b.key, 2, now_ms(), psig)).await;
     assert!(r.contains("out_of_phase"), "{r}");
+    assert_eq!(count(&c, pb_, "out_of_phase").await, 1);
+    assert_eq!(
+        c.node.session(id).await.unwrap().unwrap().phase,
+        Phase::Init
+    );
     // Stale and future timestamps.
     let r = send(&b, pa, msg(id, b.key, 3, now_ms() - 6 * 60_000, share())).await;
     assert!(r.contains("timestamp_skew"), "{r}");
@@ -169,14 +179,24 @@ async fn bad_messages_are_refused_and_counted() {
         count(&a, px, "invalid_signature").await + count(&b, px, "invalid_signature").await >= 2
     })
     .await;
-    // Every refusal left the session as it was.
+    // Every refusal left the session as it was: A's own nonce is the only one in.
+    wait_until(|| async {
+        !a.node
+            .session(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .nonce_keys
+            .is_empty()
+    })
+    .await;
     let v = a.node.session(id).await.unwrap().unwrap();
-    assert_eq!(v.phase, Phase::Init);
+    assert_eq!(v.phase, Phase::NonceExchange);
     assert_eq!(v.joined.len(), 2);
-    assert!(v.nonce_keys.is_empty());
+    assert_eq!(v.nonce_keys, vec![a.key]);
     let all = a.node.rejections().await.unwrap();
     let total: u64 = all.values().flat_map(|m| m.values()).sum();
-    assert!(total >= 12, "{all:?}");
+    assert!(total >= 11, "{all:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,8 +610,10 @@ async fn honest_duplicates_and_late_aborts_cost_nothing() {
         matches!(e, NodeEvent::SessionCreated(v) if v.id == id).then_some(())
     })
     .await;
-    b.node.join_session(id).await.unwrap(); // B's Join is B's sequence 1
     let pb_ = b.node.peer_id();
+    // B joins by hand (its node would send its own nonce share): B's sequence 1.
+    let pa = a.node.peer_id();
+    assert_eq!(send(&b, pa, msg(id, b.key, 1, now_ms(), join())).await, "");
     wait_until(|| async { a.node.session(id).await.unwrap().unwrap().joined.len() == 2 }).await;
     // B's nonce share (sequence 2), then the very same bytes again, as after B's restart.
     let nonce = shared::musig::nonce_gen(
@@ -612,7 +634,6 @@ async fn honest_duplicates_and_late_aborts_cost_nothing() {
         }),
     );
     let env = b.node.envelope(share, b.key).await.unwrap();
-    let pa = a.node.peer_id();
     assert_eq!(
         String::from_utf8(b.node.send_raw(pa, env.clone()).await.unwrap()).unwrap(),
         ""

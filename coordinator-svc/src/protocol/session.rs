@@ -397,13 +397,14 @@ impl Session {
             }
             return actions;
         }
+        // The join is not sent on its own: our nonce share says it (a received nonce share
+        // implies its sender's join). The nonces are asked for at once, not after every
+        // member joined, which took a whole round trip (with a commit on each side) off every
+        // session's critical path (issue 15). A session another member never joins costs its
+        // signer one nonce, which expires unused in its journal.
         for i in self.local.clone() {
             if let (Some(false), Some(key)) = (self.joined.get(i).copied(), self.key(i)) {
                 self.joined[i] = true;
-                actions.push(Action::Broadcast {
-                    from: key,
-                    body: Body::Join,
-                });
                 actions.push(Action::Joined(key));
             }
         }
@@ -412,7 +413,7 @@ impl Session {
     }
 
     fn after_join(&mut self, actions: &mut Vec<Action>) {
-        if self.phase == Phase::Init && self.locally_joined && self.joined.iter().all(|j| *j) {
+        if self.phase == Phase::Init && self.locally_joined {
             self.set_phase(Phase::NonceExchange, actions);
             actions.push(Action::RequestNonces);
         }
