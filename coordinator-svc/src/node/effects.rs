@@ -1,5 +1,6 @@
-//! Effects of the core performed: the batch's store writes first, in one transaction (group
-//! commit), then sends, DHT operations, signer calls and events, in order.
+//! Effects of the core performed: signer requests at once, then the batch's store writes, in
+//! one transaction (group commit), then sends, DHT operations, the other signer calls and
+//! events, in order.
 
 use super::*;
 
@@ -23,6 +24,14 @@ impl Node {
                         pending.push((id, record));
                     }
                 },
+                // Signer requests start before the batch's records are durable, so the
+                // signer's round trip overlaps the fsync (both were on every session's critical
+                // path, one after the other). Safe: the answer is a new input, handled after
+                // this batch (its records on disk by then), and the signer answers a repeated
+                // request (after a crash here) with the same nonce or partial signature. A
+                // one-round partial signature waits: its pool slot's use must be on disk first.
+                e @ Effect::Nonce { .. } => self.perform(e),
+                e @ Effect::PartialSign { .. } if early_partial_sign(&e) => self.perform(e),
                 e @ (Effect::Forget(_)
                 | Effect::Prune { .. }
                 | Effect::PersistBan { .. }
@@ -306,4 +315,10 @@ impl Node {
             tracing::debug!(%peer, error = %e, "redial");
         }
     }
+}
+
+/// A partial-signature request that may start before the batch's records are durable: one
+/// whose nonce is the session's own (not a pool slot's).
+fn early_partial_sign(e: &Effect) -> bool {
+    matches!(e, Effect::PartialSign { id, nonce_session, .. } if id == nonce_session)
 }

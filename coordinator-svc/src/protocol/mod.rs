@@ -7,7 +7,9 @@
 //!
 //! Ordering rule of every batch: an [`Effect::Persist`] comes before the messages, events and
 //! replies that depend on it, and the executor drops the rest of a batch when a write fails, so
-//! nobody hears of a state that is not on disk.
+//! nobody hears of a state that is not on disk. Requests to the party's own signer are the
+//! exception: the event loop may start them before the batch's records are durable, since their
+//! answers come back as new inputs and the signer answers a repeated request alike.
 //!
 //! Parts: the session registry ([`sessions`]: create, join, announce, orphans, history replay,
 //! retention), failover ([`failover`], on a [`deadlines::DeadlineQueue`]), discovery

@@ -376,9 +376,14 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     };
     let n = usize::from(args.parties);
     let bins = Binaries::beside_current_exe()?;
-    let dir = tempfile::tempdir_in(
+    let mut dir = tempfile::tempdir_in(
         std::env::var_os("MUSIG2_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into),
     )?;
+    // The parties' files and logs stay for a post-mortem when asked.
+    dir.disable_cleanup(std::env::var_os("MUSIG2_BENCH_KEEP").is_some());
+    if std::env::var_os("MUSIG2_BENCH_KEEP").is_some() {
+        eprintln!("bench: keeping {}", dir.path().display());
+    }
     eprintln!("bench: starting {n} signers and {n} coordinators …");
     let mut parties = Vec::new();
     for i in 0..n {
