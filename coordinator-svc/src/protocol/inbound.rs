@@ -179,13 +179,17 @@ impl Core {
         let Some(sid) = self.dht_joins.remove(&query) else {
             return;
         };
-        // Not found (yet): the join keeps waiting for the announcement until its deadline.
-        if found.is_err() && self.awaited.contains_key(&sid) {
+        // Not found (yet): the join keeps waiting for the announcement until its deadline, and
+        // the DHT is asked again a little later.
+        if found.is_err()
+            && let Some(a) = self.awaited.get_mut(&sid)
+        {
+            a.lookup_at = Some(now.saturating_add(super::DHT_LOOKUP_AFTER_MS));
             return;
         }
-        if let Some((_, queries)) = self.awaited.get_mut(&sid) {
-            queries.retain(|q| *q != query);
-            if queries.is_empty() {
+        if let Some(a) = self.awaited.get_mut(&sid) {
+            a.queries.retain(|q| *q != query);
+            if a.queries.is_empty() {
                 self.awaited.remove(&sid);
             }
         }

@@ -1,13 +1,33 @@
 //! Joins by the local application: a known session at once, an unknown one after waiting up
-//! to [`JOIN_WAIT_MS`] for its announcement (or its DHT record).
+//! to [`JOIN_WAIT_MS`] for its announcement (or its DHT record, looked up after
+//! [`DHT_LOOKUP_AFTER_MS`]).
 
 use shared::election::SessionId;
 
 use super::sessions::session_record_key;
 use super::{
-    Core, Effect, ErrorReason, JOIN_WAIT_MS, MAX_AWAITED_JOINS, MAX_JOINS_PER_AWAITED, NodeError,
-    Pending, SessionView,
+    Core, DHT_LOOKUP_AFTER_MS, Effect, ErrorReason, JOIN_WAIT_MS, MAX_AWAITED_JOINS,
+    MAX_JOINS_PER_AWAITED, NodeError, Pending, SessionView,
 };
+
+/// Joins waiting for an unknown session.
+#[derive(Debug)]
+pub(super) struct Awaited {
+    /// When they fail.
+    pub deadline: i64,
+    /// The waiting joins' queries.
+    pub queries: Vec<u64>,
+    /// When the session is looked up in the DHT (`None`: done, or discovery off).
+    pub lookup_at: Option<i64>,
+}
+
+impl Awaited {
+    /// Its next deadline.
+    pub fn next(&self) -> i64 {
+        self.lookup_at
+            .map_or(self.deadline, |at| at.min(self.deadline))
+    }
+}
 
 impl Core {
     /// Join a session. An unknown one may be announced in a moment (an application that
@@ -31,12 +51,17 @@ impl Core {
             )));
         }
         let query = self.query();
-        let deadline = now.saturating_add(JOIN_WAIT_MS);
+        let lookup_at = (self.settings.dht && self.settings.enable_session_discovery)
+            .then(|| now.saturating_add(DHT_LOOKUP_AFTER_MS));
         let waiting = &mut self
             .awaited
             .entry(id)
-            .or_insert_with(|| (deadline, Vec::new()))
-            .1;
+            .or_insert_with(|| Awaited {
+                deadline: now.saturating_add(JOIN_WAIT_MS),
+                queries: Vec::new(),
+                lookup_at,
+            })
+            .queries;
         if waiting.len() >= MAX_JOINS_PER_AWAITED {
             return Pending::Ready(Err(NodeError::ResourceExhausted(
                 ErrorReason::TooManyRequests,
@@ -44,19 +69,12 @@ impl Core {
             )));
         }
         waiting.push(query);
-        if self.settings.dht && self.settings.enable_session_discovery {
-            self.dht_joins.insert(query, id);
-            fx.push(Effect::GetRecord {
-                query,
-                key: session_record_key(&self.settings.session_resource_type, &id),
-            });
-        }
         Pending::Waiting(query)
     }
 
     /// The session is known now: joins waiting for it go on.
     pub(super) fn answer_awaited(&mut self, now: i64, id: SessionId, fx: &mut Vec<Effect>) {
-        let Some((_, queries)) = self.awaited.remove(&id) else {
+        let Some(Awaited { queries, .. }) = self.awaited.remove(&id) else {
             return;
         };
         for query in queries {
@@ -69,16 +87,34 @@ impl Core {
         }
     }
 
-    /// Joins whose session did not appear in time fail.
+    /// Joins whose session did not appear in time fail; those waiting long enough look it up
+    /// in the DHT (one lookup per session, answered through its first join's query).
     pub(super) fn expire_awaited(&mut self, now: i64, fx: &mut Vec<Effect>) {
+        for (id, a) in &mut self.awaited {
+            if a.lookup_at.is_some_and(|at| at <= now)
+                && let Some(&query) = a.queries.first()
+            {
+                a.lookup_at = None;
+                self.dht_joins.insert(query, *id);
+                fx.push(Effect::GetRecord {
+                    query,
+                    key: session_record_key(&self.settings.session_resource_type, id),
+                });
+            }
+        }
         let due: Vec<SessionId> = self
             .awaited
             .iter()
-            .filter(|(_, (d, _))| *d <= now)
+            .filter(|(_, a)| a.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            for query in self.awaited.remove(&id).map(|a| a.1).unwrap_or_default() {
+            for query in self
+                .awaited
+                .remove(&id)
+                .map(|a| a.queries)
+                .unwrap_or_default()
+            {
                 self.dht_joins.remove(&query);
                 fx.push(Effect::JoinAnswer {
                     query,

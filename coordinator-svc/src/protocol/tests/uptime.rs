@@ -295,3 +295,69 @@ fn announcements_are_stored_under_the_configured_resource_type() {
     let other = format!("musig2-session:{id}").into_bytes();
     assert!(!net.cores[1].on_dht_put(now, from, &other, &value, &mut fx));
 }
+
+/// A join that overtakes its session's announcement waits for it without asking the DHT (the
+/// announcement usually comes within milliseconds); only after `DHT_LOOKUP_AFTER_MS` is the
+/// session looked up, once per session, and again a little later when the DHT has no record.
+#[test]
+fn a_join_ahead_of_its_announcement_looks_the_dht_up_only_after_a_while() {
+    let mut net = Net::new(2, false);
+    for c in &mut net.cores {
+        c.settings.dht = true;
+        c.settings.enable_session_discovery = true;
+    }
+    let lookups = |fx: &[Effect]| {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::GetRecord { query, .. } => Some(*query),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let id = SessionId([7; 16]);
+    let now = net.now;
+    let mut fx = Vec::new();
+    let first = net.cores[1].join(now, id, &mut fx);
+    let second = net.cores[1].join(now, id, &mut fx);
+    assert!(matches!(first, Pending::Waiting(_)));
+    assert!(matches!(second, Pending::Waiting(_)));
+    assert!(lookups(&fx).is_empty(), "{fx:?}");
+    assert_eq!(
+        net.cores[1].next_deadline(),
+        Some(now + super::super::DHT_LOOKUP_AFTER_MS)
+    );
+    net.cores[1].on_deadline(now + super::super::DHT_LOOKUP_AFTER_MS - 1, &mut fx);
+    assert!(lookups(&fx).is_empty(), "{fx:?}");
+    let mut fx = Vec::new();
+    let at = now + super::super::DHT_LOOKUP_AFTER_MS;
+    net.cores[1].on_deadline(at, &mut fx);
+    let asked = lookups(&fx);
+    assert_eq!(asked.len(), 1, "one lookup for both joins: {fx:?}");
+    // Not found: asked again later, and the joins still wait.
+    let mut fx = Vec::new();
+    net.cores[1].on_record(at + 5, asked[0], Err("not found".into()), &mut fx);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::JoinAnswer { .. })));
+    net.cores[1].on_deadline(at + 5 + super::super::DHT_LOOKUP_AFTER_MS, &mut fx);
+    assert_eq!(lookups(&fx).len(), 1, "{fx:?}");
+    // The join deadline still ends the wait.
+    let mut fx = Vec::new();
+    net.cores[1].on_deadline(now + super::super::JOIN_WAIT_MS, &mut fx);
+    let failed = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::JoinAnswer { result, .. } if result.is_err()))
+        .count();
+    assert_eq!(failed, 2);
+
+    // The announcement first: the join goes on at once, nothing is looked up.
+    let ctx = net.context();
+    let mut fx = Vec::new();
+    let view = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut fx2 = Vec::new();
+    let joining = net.cores[1].join(net.now, view.id, &mut fx2);
+    assert!(matches!(joining, Pending::Waiting(_)));
+    net.run(0, fx);
+    assert!(lookups(&fx2).is_empty(), "{fx2:?}");
+    assert!(net.cores[1].session(view.id).is_some());
+}
