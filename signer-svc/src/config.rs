@@ -82,8 +82,8 @@ pub struct NonceConfig {
     /// Seconds a pooled nonce (one-round signing) lives unused.
     #[serde(default = "default_pool_ttl_secs")]
     pub pool_ttl_secs: u64,
-    /// Most pooled nonces held at once (they count within `capacity` too); 0 refuses every
-    /// pooled nonce.
+    /// Most secret pooled nonces held at once (unused ones; all count within `capacity` too,
+    /// answered ones only there); 0 refuses every pooled nonce.
     #[serde(default = "default_pool_capacity")]
     pub pool_capacity: usize,
 }

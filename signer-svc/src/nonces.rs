@@ -186,14 +186,18 @@ impl NonceStore {
         }
         if map.slots.len() >= self.capacity {
             let cutoffs = self.answered_cutoffs(now);
-            Self::evict_answered(&mut map, (self.capacity / 16).max(1), false, cutoffs);
+            Self::evict_answered(&mut map, (self.capacity / 16).max(1), cutoffs);
         }
         if map.slots.len() >= self.capacity {
             return Err(InsertError::Full(self.capacity));
         }
         if pooled && map.pooled.len() >= self.pool_capacity {
-            let cutoffs = self.answered_cutoffs(now);
-            Self::evict_answered(&mut map, (self.pool_capacity / 16).max(1), true, cutoffs);
+            // The pool's cap bounds the *secret* pooled nonces: an answered one (used, or its
+            // secret taken) keeps only its public answer for a retry, within the total
+            // capacity like any answer. (Found by `musig2-bench --one-round --concurrency 8`:
+            // answers held the cap for their 60 s, so one-round signing stopped dead past
+            // 1,024 / 60 ≈ 17 pooled nonces per second.)
+            Self::forget_answered_pooled(&mut map);
         }
         if pooled && map.pooled.len() >= self.pool_capacity {
             return Err(InsertError::PoolFull(self.pool_capacity));
@@ -219,19 +223,28 @@ impl NonceStore {
         Ok((slot, true))
     }
 
+    /// Take answered slots out of the pooled set (they stay in the store for retries). A slot
+    /// a request holds right now counts as still secret.
+    fn forget_answered_pooled(map: &mut Map) {
+        let Map { slots, pooled, .. } = map;
+        pooled.retain(|key| {
+            slots.get(key).is_some_and(|s| {
+                s.state
+                    .try_lock()
+                    .map_or(true, |st| matches!(*st, SlotState::Pending { .. }))
+            })
+        });
+    }
+
     /// Make room: drop up to `n` answered slots (used or burned: no secret left, kept only so
-    /// a retry gets the same answer; only pooled ones when `pool_only`) issued before the
+    /// a retry gets the same answer) issued before the
     /// `cutoffs` (ordinary, pooled expiries), oldest first. Unused nonces, slots in use by a
     /// request and recent answers stay. (Found by the soak run: answered slots held the
     /// capacity for their whole TTL, so the defaults refused every nonce past capacity / TTL =
     /// 16.7 sessions/s.)
-    fn evict_answered(map: &mut Map, n: usize, pool_only: bool, cutoffs: (Instant, Instant)) {
+    fn evict_answered(map: &mut Map, n: usize, cutoffs: (Instant, Instant)) {
         let mut gone = Vec::new();
-        let ordinary = map
-            .order
-            .iter()
-            .take(if pool_only { 0 } else { usize::MAX })
-            .take_while(|(exp, _)| *exp <= cutoffs.0);
+        let ordinary = map.order.iter().take_while(|(exp, _)| *exp <= cutoffs.0);
         let pooled = map
             .pool_order
             .iter()
