@@ -158,6 +158,9 @@ impl Core {
         }
         let first = !s.locally_joined;
         let actions = s.join_local(now);
+        if !s.pool_slot {
+            self.joined_live.insert(id);
+        }
         if first && actions.is_empty() {
             // Joining changed the session without anything to tell (the creator's own join):
             // still state a restart must find.

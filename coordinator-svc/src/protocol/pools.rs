@@ -162,6 +162,9 @@ impl Core {
         {
             self.pool_slots.entry(hash).or_default().insert(s.id);
         }
+        if s.locally_joined && !s.pool_slot && !s.phase.is_terminal() {
+            self.joined_live.insert(s.id);
+        }
         self.sessions.insert(s.id, s);
     }
 

@@ -357,11 +357,13 @@ impl Core {
         }
         // Sessions this party takes part in; sessions peers announced and nobody here joined
         // have their own budget and cannot crowd out the party's own work.
-        let active = self
-            .sessions
-            .values()
-            .filter(|s| !s.phase.is_terminal() && s.locally_joined && !s.pool_slot)
-            .count();
+        let sessions = &self.sessions;
+        self.joined_live.retain(|id| {
+            sessions
+                .get(id)
+                .is_some_and(|s| !s.phase.is_terminal() && s.locally_joined && !s.pool_slot)
+        });
+        let active = self.joined_live.len();
         if active >= self.settings.max_active_sessions && pool != PoolRole::Slot {
             return Err(NodeError::ResourceExhausted(
                 ErrorReason::TooManySessions,
