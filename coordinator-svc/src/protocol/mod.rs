@@ -28,6 +28,7 @@ use shared::wire::{self, Message, SessionContext, pb};
 
 use crate::store::{BanRecord, SessionRecord};
 
+mod announce;
 pub mod attestations;
 pub mod deadlines;
 pub mod discovery;
