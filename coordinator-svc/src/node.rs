@@ -80,6 +80,9 @@ enum Internal {
 /// How long a failed `connect` waits for another connection to the same peer.
 const DIAL_GRACE: Duration = Duration::from_secs(2);
 
+/// The answer to a frame accepted but not stored: the sender must send it again.
+const UNSTORED: &[u8] = b"unavailable: not stored; send again";
+
 struct ParkedDial {
     peer: PeerId,
     until: tokio::time::Instant,
@@ -96,13 +99,33 @@ enum Deferred {
         channel: request_response::ResponseChannel<Vec<u8>>,
         verdict: Result<(), crate::envelope::Refusal>,
     },
+    /// A held frame no write covered: the sender sends it again.
+    SendAgain(request_response::ResponseChannel<Vec<u8>>),
 }
 
 /// Inputs handled together before their effects are performed (one commit for all).
 const MAX_BATCH: usize = 64;
 
+/// A held answer not covered by a write this long (its session left memory some other way)
+/// tells the sender to send again. A safety net: the core writes held contributions within
+/// [`crate::protocol::unstored::HOLD_MS`].
+const HELD_AT_MOST: Duration = Duration::from_secs(5);
+
+/// The answer to a peer's accepted frame whose change is in memory only: it waits for a write
+/// of its session placed after it (`batch`, `pos` in that batch's effects).
+struct HeldFrame {
+    channel: request_response::ResponseChannel<Vec<u8>>,
+    batch: u64,
+    pos: usize,
+    since: tokio::time::Instant,
+}
+
 struct Node {
     deferred: Vec<Deferred>,
+    /// Answers waiting for a write of their session ([`crate::protocol::unstored`]).
+    held: HashMap<SessionId, Vec<HeldFrame>>,
+    /// Batches performed so far.
+    batch: u64,
     swarm: Swarm<Behaviour>,
     core: Core,
     signer: SignerClient,
@@ -236,6 +259,8 @@ pub async fn start(
     let (internal_tx, internal_rx) = mpsc::channel(1024);
     let mut node = Node {
         deferred: Vec::new(),
+        held: HashMap::new(),
+        batch: 0,
         swarm,
         core,
         signer,
@@ -332,6 +357,7 @@ impl Node {
                     break;
                 }
             }
+            self.release_held(&fx);
             let stored = self.execute(fx);
             self.settle(stored);
         }
@@ -403,14 +429,60 @@ impl Node {
         })));
     }
 
+    /// Before a batch is performed: held answers its writes cover join what waits for it
+    /// (answered once they are durable); those no write covered for [`HELD_AT_MOST`] are
+    /// told to send again.
+    fn release_held(&mut self, fx: &[Effect]) {
+        let batch = self.batch;
+        self.batch += 1;
+        if self.held.is_empty() {
+            return;
+        }
+        let mut written: HashMap<SessionId, usize> = HashMap::new();
+        for (i, e) in fx.iter().enumerate() {
+            if let Effect::Persist { id, .. } = e
+                && self.held.contains_key(id)
+            {
+                written.insert(*id, i);
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let deferred = &mut self.deferred;
+        self.held.retain(|id, frames| {
+            let at = written.get(id).copied();
+            for f in frames.extract_if(.., |f| {
+                at.is_some_and(|p| f.batch < batch || f.pos <= p)
+                    || now.duration_since(f.since) >= HELD_AT_MOST
+            }) {
+                if at.is_some_and(|p| f.batch < batch || f.pos <= p) {
+                    deferred.push(Deferred::Frame {
+                        channel: f.channel,
+                        verdict: Ok(()),
+                    });
+                } else {
+                    tracing::warn!(session = %id, "a held answer was not covered by a write: the peer sends again");
+                    deferred.push(Deferred::SendAgain(f.channel));
+                }
+            }
+            !frames.is_empty()
+        });
+    }
+
     /// The batch was performed (`stored`: its writes are on disk): answer what waited for it.
     fn settle(&mut self, stored: bool) {
         for d in std::mem::take(&mut self.deferred) {
             match d {
                 Deferred::Reply(f) => f(stored),
+                Deferred::SendAgain(channel) => {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_response(channel, UNSTORED.to_vec());
+                }
                 Deferred::Frame { channel, verdict } => {
                     let answer = match verdict {
-                        Ok(()) if !stored => b"unavailable: not stored; send again".to_vec(),
+                        Ok(()) if !stored => UNSTORED.to_vec(),
                         Ok(()) => {
                             self.accepted
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -556,7 +628,15 @@ impl Node {
                     // that it was accepted: the answer waits for the batch.
                     let verdict = self.core.on_direct(now, peer, frame, fx);
                     tracing::trace!(%peer, ok = verdict.is_ok(), "frame received");
-                    self.deferred.push(Deferred::Frame { channel, verdict });
+                    match (self.core.take_hold(), verdict) {
+                        (Some(id), Ok(())) => self.held.entry(id).or_default().push(HeldFrame {
+                            channel,
+                            batch: self.batch,
+                            pos: fx.len(),
+                            since: tokio::time::Instant::now(),
+                        }),
+                        (_, verdict) => self.deferred.push(Deferred::Frame { channel, verdict }),
+                    }
                 }
                 request_response::Message::Response {
                     request_id,
@@ -618,10 +698,12 @@ impl Node {
         // An answer, even a refusal, means the message arrived and was handled; a failure
         // (closed connection, failed dial, timeout) sends it again later. A peer that does not
         // speak the protocol never will: that message is dropped.
-        let delivered = matches!(
-            result,
-            Ok(_) | Err(request_response::OutboundFailure::UnsupportedProtocols)
-        );
+        // "Not stored, send again" (the peer's write failed, or it never wrote what it
+        // held) is not delivered either: found in review, such messages were dropped.
+        let delivered = match &result {
+            Ok(answer) => !answer.starts_with(UNSTORED),
+            Err(e) => matches!(e, request_response::OutboundFailure::UnsupportedProtocols),
+        };
         self.outbox.done(&peer, id, delivered);
         tracing::trace!(%peer, request = %id, delivered, "frame answered");
         match result {

@@ -62,6 +62,7 @@ impl Core {
         frame: Frame<'_>,
         fx: &mut Vec<Effect>,
     ) -> Result<(), Refusal> {
+        self.swap_hold(None);
         let outcome = match frame {
             Frame::Bytes(bytes) => self.on_request(now, peer, bytes, fx),
             Frame::TooLarge(n) => Err(Refusal(
@@ -71,7 +72,10 @@ impl Core {
         };
         match &outcome {
             Ok(()) => self.guard.accept(peer),
-            Err(r) => self.reject(now, peer, r, fx),
+            Err(r) => {
+                self.swap_hold(None);
+                self.reject(now, peer, r, fx);
+            }
         }
         outcome
     }

@@ -9,7 +9,9 @@
 //! replies that depend on it, and the executor drops the rest of a batch when a write fails, so
 //! nobody hears of a state that is not on disk. Requests to the party's own signer are the
 //! exception: the event loop may start them before the batch's records are durable, since their
-//! answers come back as new inputs and the signer answers a repeated request alike.
+//! answers come back as new inputs and the signer answers a repeated request alike. A peer's
+//! contribution that completes nothing is written with its session's next record, not at once;
+//! its answer and events wait for that write ([`unstored`]).
 //!
 //! Parts: the session registry ([`sessions`]: create, join, announce, orphans, history replay,
 //! retention), failover ([`failover`], on a [`deadlines::DeadlineQueue`]), discovery
@@ -45,6 +47,7 @@ pub mod sessions;
 #[cfg(test)]
 mod tests;
 pub mod types;
+pub mod unstored;
 
 pub use session::Departed;
 pub use types::{ErrorReason, NodeError, NodeEvent, PeerStatus, SessionView};
@@ -388,6 +391,8 @@ pub struct Core {
     pool_slots: HashMap<[u8; 32], BTreeSet<SessionId>>,
     /// Peer attestations whose signature verified (checked once, not per message).
     verified: shared::wire::VerifiedAttestations,
+    /// Peers' contributions accepted but not stored yet, and answers waiting for their write.
+    unstored: unstored::Unstored,
 }
 
 impl std::fmt::Debug for Core {
@@ -448,6 +453,7 @@ impl Core {
             verified: shared::wire::VerifiedAttestations::default(),
             awaited: BTreeMap::new(),
             unlisted: BTreeSet::new(),
+            unstored: unstored::Unstored::default(),
         }
     }
 
@@ -494,6 +500,7 @@ impl Core {
             self.redial.next(),
             self.pool_deadline(),
             self.awaited.values().map(joins::Awaited::next).min(),
+            self.unstored_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -516,6 +523,7 @@ impl Core {
         self.on_renewal_due(now, fx);
         self.on_redial_due(now, fx);
         self.expire_awaited(now, fx);
+        self.flush_unstored(now, fx);
         self.refill(now, fx);
     }
 
@@ -557,6 +565,10 @@ impl Core {
         }
         for (t, id) in expired {
             self.finished_at.remove(&id);
+            // Never out of memory with an answer to a peer waiting for its write.
+            if self.is_unstored(&id) {
+                self.persist(id, fx);
+            }
             let gone = self.sessions.remove(&id);
             // Only sessions our application joined: one a peer announced and nobody joined
             // holds nothing (its record is forgotten), and a remembered id per such session,

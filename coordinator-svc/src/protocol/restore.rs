@@ -159,11 +159,17 @@ impl Core {
                 .map(|(_, m)| super::sessions::values_in(m))
                 .sum();
             self.orphan_values = self.orphan_values.saturating_sub(values);
+            // Their senders heard back when they were kept: what they change is written now.
+            let outer = self.swap_hold(None);
             for (p, m) in orphans {
                 if let Err(r) = self.on_session_message(now, p, m, fx) {
                     self.reject(now, p, &r, fx);
                 }
             }
+            if self.is_unstored(&id) {
+                self.persist(id, fx);
+            }
+            self.swap_hold(outer);
         }
     }
 

@@ -419,6 +419,27 @@ impl Session {
         }
     }
 
+    /// A contribution we already hold, sent again (the peer restarted and re-sends, or we
+    /// restarted and it re-delivers): nothing to do and no offence, in any phase. A
+    /// *different* nonce or partial signature for the same signer stays an offence.
+    pub fn already_holds(&self, index: usize, body: &Body) -> bool {
+        match body {
+            Body::Join => self.joined.get(index).copied().unwrap_or(false),
+            Body::NonceShare(n) => self
+                .nonces
+                .get(index)
+                .is_some_and(|x| x.as_ref() == Some(n)),
+            Body::PartialSigShare(p) => {
+                self.psigs.get(index).is_some_and(|x| x.as_ref() == Some(p))
+                    || self
+                        .pending_psigs
+                        .get(index)
+                        .is_some_and(|x| x.as_ref() == Some(p))
+            }
+            _ => false,
+        }
+    }
+
     /// A message from signer `index` (authenticated, attested, a member), with its sequence
     /// number.
     ///
@@ -442,25 +463,7 @@ impl Session {
             kind,
             phase: self.phase.as_str(),
         };
-        // A contribution we already hold, sent again (the peer restarted and re-sends, or we
-        // restarted and it re-delivers): nothing to do and no offence, in any phase. A
-        // *different* nonce or partial signature for the same signer stays an offence below.
-        let already_held = match body {
-            Body::Join => self.joined.get(index).copied().unwrap_or(false),
-            Body::NonceShare(n) => self
-                .nonces
-                .get(index)
-                .is_some_and(|x| x.as_ref() == Some(n)),
-            Body::PartialSigShare(p) => {
-                self.psigs.get(index).is_some_and(|x| x.as_ref() == Some(p))
-                    || self
-                        .pending_psigs
-                        .get(index)
-                        .is_some_and(|x| x.as_ref() == Some(p))
-            }
-            _ => false,
-        };
-        if already_held {
+        if self.already_holds(index, body) {
             return Ok(Vec::new());
         }
         // The session has ended here (aborted when our signer was down, closed, completed)

@@ -119,13 +119,15 @@ impl Core {
         }
     }
 
-    /// Persist a session now (first in what follows).
-    pub(super) fn persist(&self, id: SessionId, fx: &mut Vec<Effect>) {
+    /// Persist a session now (first in what follows), with the events that waited for it
+    /// ([`super::unstored`]).
+    pub(super) fn persist(&mut self, id: SessionId, fx: &mut Vec<Effect>) {
         if let Some(record) = self.record(id) {
             fx.push(Effect::Persist {
                 id,
                 record: Box::new(record),
             });
+            self.now_stored(id, fx);
         }
     }
 
@@ -704,11 +706,15 @@ impl Core {
         s.skip_partial_signature_check = self.planted.skip_partial_signature_check;
         // A member still sending contributions of a session complete here has not completed:
         // it missed messages (a lost connection, a restart). It gets the final signature.
+        let terminal = s.phase.is_terminal();
         let behind = s.phase == Phase::Complete
             && matches!(
                 msg.body,
                 Body::Join | Body::NonceShare(_) | Body::PartialSigShare(_)
             );
+        // A copy of a contribution held already changes nothing: answered once what the
+        // first changed is on disk.
+        let copy = !behind && s.already_holds(index, &msg.body);
         let actions = match s.on_remote(
             now,
             index,
@@ -731,12 +737,26 @@ impl Core {
             self.send_finalized(now, id, peer, fx);
             return Ok(());
         }
-        let Some(actions) = actions else {
+        let Some(actions) = actions.filter(|_| !copy) else {
+            self.hold_if_unstored(id);
             return Ok(());
         };
-        if actions.is_empty() {
-            // Accepted without visible effect (a buffered contribution, a sequence number):
-            // still state to keep.
+        let only_joins = actions.iter().all(|a| matches!(a, Action::Joined(_)));
+        if only_joins && !terminal {
+            // A contribution that completes nothing (a member's nonce or partial signature
+            // while others are missing): kept in memory and written with the session's next
+            // record; its answer and its events wait for that write.
+            let events = actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Joined(key) => Some(NodeEvent::Joined { id, key }),
+                    _ => None,
+                })
+                .collect();
+            self.keep_unstored(now, id, events);
+            self.schedule_timeout(id);
+        } else if actions.is_empty() {
+            // Accepted without visible effect in an ended session: still state to keep.
             self.persist(id, fx);
         } else {
             self.apply(now, id, actions, fx);

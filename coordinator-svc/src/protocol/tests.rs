@@ -860,4 +860,5 @@ mod batch;
 mod finished;
 mod pools;
 mod requests;
+mod unstored;
 mod uptime;

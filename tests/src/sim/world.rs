@@ -204,6 +204,10 @@ pub(super) struct World<'a> {
     crashes: (u64, u64),
     loads: u64,
     end: i64,
+    /// Frames a node accepted without storing them yet, unanswered until a write of their
+    /// session (`from`, `to`, session, bytes): the sender sends them again when the receiver
+    /// crashes first, as its outbox does.
+    held: Vec<(usize, usize, SessionId, Vec<u8>)>,
 }
 
 fn peer_index(nodes: &[Node], peer: &PeerId) -> Option<usize> {
@@ -303,6 +307,7 @@ impl<'a> World<'a> {
             messages: (0, 0, 0),
             crashes: (0, 0),
             loads: 0,
+            held: Vec::new(),
             end: T0,
         }
     }
@@ -640,6 +645,7 @@ impl<'a> World<'a> {
                 Effect::Persist { id, record } => {
                     self.note(&format!("persist {i} {id} {}", record.phase));
                     self.nodes[i].store.insert(id.0, *record);
+                    self.held.retain(|h| !(h.1 == i && h.2 == id));
                 }
                 Effect::PersistBan { peer, ban } => {
                     self.nodes[i].bans.insert(peer, ban);

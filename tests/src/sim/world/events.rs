@@ -49,10 +49,14 @@ impl World<'_> {
                 self.messages.0 += 1;
                 let peer = self.nodes[from].peer;
                 self.note(&format!("deliver {from}->{to}"));
-                let mut refusal = None;
+                let (mut refusal, mut hold) = (None, None);
                 self.with_core(to, None, |c, now, fx| {
                     refusal = c.on_direct(now, peer, Frame::Bytes(&bytes), fx).err();
+                    hold = c.take_hold();
                 });
+                if let Some(id) = hold {
+                    self.held.push((from, to, id, bytes));
+                }
                 if let Some(r) = refusal {
                     self.note(&format!("refused {from}->{to} {}", r.0));
                 }
@@ -206,6 +210,21 @@ impl World<'_> {
                 self.note(&format!("crash {node}"));
                 for j in 0..self.nodes.len() {
                     self.disconnect(node, j);
+                }
+                // Unanswered frames it held: their senders send them again once it is back;
+                // those it sent are gone with its outbox.
+                let dropped: Vec<_> = self
+                    .held
+                    .extract_if(.., |h| h.0 == node || h.1 == node)
+                    .collect();
+                for (from, to, _, bytes) in dropped {
+                    if to == node && self.alive(from) {
+                        self.links
+                            .entry((from, to))
+                            .or_default()
+                            .outbox
+                            .push_back(bytes);
+                    }
                 }
                 let n = &mut self.nodes[node];
                 n.core = None;
