@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 
 use coordinator_svc::protocol::inbound::Frame;
 use coordinator_svc::protocol::{
-    Core, Effect, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED, NodeEvent, Settings,
-    TableSizes,
+    Core, Effect, MAX_ENDED_REMEMBERED, MAX_ORPHAN_SESSIONS, MAX_ORPHANS_PER_SESSION, MAX_UNJOINED,
+    NodeEvent, Settings, TableSizes,
 };
 use coordinator_svc::protocol::{discovery, guard, matchmaking};
 use libp2p::PeerId;
@@ -146,6 +146,7 @@ fn assert_within_caps(t: &TableSizes, at: i64) {
     assert_eq!((t.unloaded, t.departed), (0, 0), "at {at} s: {t:?}");
     // Unjoined sessions that ended leave at the next cleanup: at most one more budget's worth.
     assert!(t.sessions <= 2 * MAX_UNJOINED + 1, "at {at} s: {t:?}");
+    assert!(t.ended <= MAX_ENDED_REMEMBERED, "at {at} s: {t:?}");
     assert!(t.orphans.0 <= MAX_ORPHAN_SESSIONS, "at {at} s: {t:?}");
     assert!(
         t.orphans.1 <= MAX_ORPHAN_SESSIONS * MAX_ORPHANS_PER_SESSION,
@@ -313,6 +314,7 @@ fn a_thousand_fresh_identities_flooding_for_an_hour_stay_under_every_cap() {
                 sessions: peak.sessions.max(t.sessions),
                 unloaded: peak.unloaded.max(t.unloaded),
                 departed: peak.departed.max(t.departed),
+                ended: peak.ended.max(t.ended),
                 unjoined: peak.unjoined.max(t.unjoined),
                 orphans: (
                     peak.orphans.0.max(t.orphans.0),

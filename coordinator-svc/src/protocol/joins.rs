@@ -7,7 +7,7 @@ use shared::election::SessionId;
 use super::sessions::session_record_key;
 use super::{
     Core, DHT_LOOKUP_AFTER_MS, Effect, ErrorReason, JOIN_WAIT_MS, MAX_AWAITED_JOINS,
-    MAX_JOINS_PER_AWAITED, NodeError, Pending, SessionView,
+    MAX_ENDED_REMEMBERED, MAX_JOINS_PER_AWAITED, NodeError, Pending, SessionView,
 };
 
 /// Joins waiting for an unknown session.
@@ -44,6 +44,12 @@ impl Core {
         if self.sessions.contains_key(&id) {
             return Pending::Ready(self.join_known(now, id, fx));
         }
+        if self.departed.contains_key(&id) || self.ended.0.contains(&id) {
+            return Pending::Ready(Err(NodeError::FailedPrecondition(
+                ErrorReason::SessionEnded,
+                format!("session {id} has ended"),
+            )));
+        }
         if self.awaited.len() >= MAX_AWAITED_JOINS && !self.awaited.contains_key(&id) {
             return Pending::Ready(Err(NodeError::NotFound(
                 ErrorReason::SessionNotFound,
@@ -70,6 +76,20 @@ impl Core {
         }
         waiting.push(query);
         Pending::Waiting(query)
+    }
+
+    /// An ended session left memory: remember its id for joins (bounded, oldest forgotten).
+    pub(super) fn remember_ended(&mut self, id: SessionId) {
+        let (set, order) = &mut self.ended;
+        if !set.insert(id) {
+            return;
+        }
+        order.push_back(id);
+        while order.len() > MAX_ENDED_REMEMBERED {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
     }
 
     /// The session is known now: joins waiting for it go on.

@@ -18,7 +18,7 @@
 //! ([`discovery`]), matchmaking ([`matchmaking`]), the guard ([`guard`]: keys per peer,
 //! refusals, reputation, bans) and the inbound checks ([`inbound`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use libp2p_identity::{Keypair, PeerId};
@@ -65,6 +65,9 @@ pub const ORPHAN_TTL_MS: i64 = 120_000;
 pub const MAX_UNJOINED_PER_PEER: usize = 64;
 /// Sessions announced by peers and not joined here yet, in total (weighed the same way).
 pub const MAX_UNJOINED: usize = 1024;
+/// Ids of ended sessions that left memory remembered so that a join of one says it ended
+/// rather than waiting for an announcement that will not come (oldest forgotten first).
+pub const MAX_ENDED_REMEMBERED: usize = 1024;
 /// Values (nonces, partial signatures, signatures) in messages kept for unknown sessions, in
 /// total: a batch's messages carry up to 256 each (found in review: 256 × 64 such messages
 /// could hold half a gigabyte).
@@ -307,6 +310,8 @@ pub struct TableSizes {
     pub unloaded: usize,
     /// Finished sessions out of memory whose announcement has not expired.
     pub departed: usize,
+    /// Ended sessions out of memory remembered for joins ([`MAX_ENDED_REMEMBERED`]).
+    pub ended: usize,
     /// Of them, announced by peers and not joined here.
     pub unjoined: usize,
     /// Unknown sessions with buffered messages, and the messages.
@@ -356,6 +361,9 @@ pub struct Core {
     /// new INIT one, then ABORTED by its timeout). Sessions our application joined only,
     /// ~28 bytes each.
     departed: HashMap<SessionId, i64>,
+    /// Ended sessions that left memory, newest last ([`MAX_ENDED_REMEMBERED`]): a join of one
+    /// says it ended. Unlike `departed`, also those announced by peers and not joined here.
+    ended: (HashSet<SessionId>, VecDeque<SessionId>),
     /// Peers sent the final signature of a session they had not completed.
     finalized_to: BTreeSet<(SessionId, PeerId)>,
     /// When the store was last pruned.
@@ -435,6 +443,7 @@ impl Core {
             finished_at: BTreeMap::new(),
             unloaded: HashMap::new(),
             departed: HashMap::new(),
+            ended: (HashSet::new(), VecDeque::new()),
             finalized_to: BTreeSet::new(),
             pruned_at: now_ms,
             orphans: BTreeMap::new(),
@@ -570,6 +579,9 @@ impl Core {
                 self.persist(id, fx);
             }
             let gone = self.sessions.remove(&id);
+            if gone.is_some() {
+                self.remember_ended(id);
+            }
             // Only sessions our application joined: one a peer announced and nobody joined
             // holds nothing (its record is forgotten), and a remembered id per such session,
             // kept until an expiry the peer chooses, would let peers grow this table forever.
@@ -757,6 +769,7 @@ impl Core {
             sessions: self.sessions.len(),
             unloaded: self.unloaded.len(),
             departed: self.departed.len(),
+            ended: self.ended.1.len(),
             unjoined: self
                 .sessions
                 .values()

@@ -857,6 +857,7 @@ fn sessions_announced_by_a_peer_have_their_own_budget() {
 }
 
 mod batch;
+mod ended;
 mod finished;
 mod pools;
 mod requests;
