@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures::{FutureExt as _, StreamExt};
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, Record, RecordKey};
-use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, identity};
 use shared::election::SessionId;
@@ -24,6 +23,7 @@ use shared::wire::{MAX_KEYS_PER_PEER, pb};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::net::{self, Behaviour, BehaviourEvent, DirectRequest};
+use crate::p2p::lanes::{Answer, LaneEvent, Lanes, RequestId, SendError};
 use crate::protocol::inbound::{Acceptance, Frame};
 use crate::protocol::{Core, Effect, Pending, ms};
 use crate::signer::{SignerClient, SignerError};
@@ -96,11 +96,11 @@ enum Deferred {
     Reply(Box<dyn FnOnce(bool) + Send>),
     /// A peer's frame: accepted (once stored) or refused.
     Frame {
-        channel: request_response::ResponseChannel<Vec<u8>>,
+        channel: Answer,
         verdict: Result<(), crate::envelope::Refusal>,
     },
     /// A held frame no write covered: the sender sends it again.
-    SendAgain(request_response::ResponseChannel<Vec<u8>>),
+    SendAgain(Answer),
 }
 
 /// Inputs handled together before their effects are performed (one commit for all).
@@ -114,7 +114,7 @@ const HELD_AT_MOST: Duration = Duration::from_secs(5);
 /// The answer to a peer's accepted frame whose change is in memory only: it waits for a write
 /// of its session placed after it (`batch`, `pos` in that batch's effects).
 struct HeldFrame {
-    channel: request_response::ResponseChannel<Vec<u8>>,
+    channel: Answer,
     batch: u64,
     pos: usize,
     since: tokio::time::Instant,
@@ -131,8 +131,10 @@ struct Node {
     signer: SignerClient,
     store: crate::store::Store,
     outbox: crate::p2p::outbox::Outboxes,
+    /// The streams direct messages travel on.
+    lanes: Lanes,
     addresses: crate::p2p::addresses::AddressBook,
-    raw_replies: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NodeError>>>,
+    raw_replies: HashMap<RequestId, oneshot::Sender<Result<Vec<u8>, NodeError>>>,
     /// Dials of `connect` callers by connection: the reply goes to the caller when any
     /// connection to the peer opens, or when *this* dial fails (a failed redial of an old
     /// address, e.g. by Kademlia, must not answer a dial that may still succeed).
@@ -257,6 +259,8 @@ pub async fn start(
     let (events, _) = broadcast::channel(4096);
     let log = std::sync::Arc::new(events::EventLog::new(now, events::RETAINED_EVENTS));
     let (internal_tx, internal_rx) = mpsc::channel(1024);
+    let (lane_tx, lane_rx) = mpsc::channel(1024);
+    let lanes = Lanes::start(swarm.behaviour().lanes.new_control(), lane_tx)?;
     let mut node = Node {
         deferred: Vec::new(),
         held: HashMap::new(),
@@ -266,6 +270,7 @@ pub async fn start(
         signer,
         store,
         outbox: Default::default(),
+        lanes,
         addresses: Default::default(),
         raw_replies: HashMap::new(),
         dials: HashMap::new(),
@@ -281,7 +286,7 @@ pub async fn start(
     };
     node.note_tables();
     node.execute(fx);
-    let task = tokio::spawn(node.run(rx, internal_rx, cfg.cleanup_interval, shutdown));
+    let task = tokio::spawn(node.run(rx, internal_rx, lane_rx, cfg.cleanup_interval, shutdown));
     Ok((
         NodeHandle {
             tx,
@@ -308,6 +313,7 @@ impl Node {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut internal: mpsc::Receiver<Internal>,
+        mut lane_events: mpsc::Receiver<LaneEvent>,
         cleanup_interval: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
@@ -327,6 +333,7 @@ impl Node {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev, &mut fx),
                 Some(cmd) = commands.recv() => self.on_command(cmd, &mut fx),
                 Some(i) = internal.recv() => self.on_internal(i, &mut fx),
+                Some(ev) = lane_events.recv() => self.on_lane(ev, &mut fx),
                 _ = cleanup.tick() => {
                     self.core.on_cleanup(now_ms(), &mut fx);
                     self.purge_expired_records();
@@ -351,6 +358,8 @@ impl Node {
                     self.on_command(cmd, &mut fx);
                 } else if let Ok(i) = internal.try_recv() {
                     self.on_internal(i, &mut fx);
+                } else if let Ok(ev) = lane_events.try_recv() {
+                    self.on_lane(ev, &mut fx);
                 } else if let Some(ev) = self.swarm.select_next_some().now_or_never() {
                     self.on_swarm(ev, &mut fx);
                 } else {
@@ -474,11 +483,7 @@ impl Node {
             match d {
                 Deferred::Reply(f) => f(stored),
                 Deferred::SendAgain(channel) => {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .direct
-                        .send_response(channel, UNSTORED.to_vec());
+                    let _ = channel.send(UNSTORED.to_vec());
                 }
                 Deferred::Frame { channel, verdict } => {
                     let answer = match verdict {
@@ -494,11 +499,7 @@ impl Node {
                             .take(net::MAX_RESPONSE_BYTES)
                             .collect(),
                     };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .direct
-                        .send_response(channel, answer);
+                    let _ = channel.send(answer);
                 }
             }
         }
@@ -579,6 +580,7 @@ impl Node {
             } => {
                 self.core.on_disconnected(now, peer_id);
                 self.outbox.disconnected(&peer_id);
+                self.lanes.disconnected(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -612,45 +614,6 @@ impl Node {
                     }
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Direct(request_response::Event::Message {
-                peer,
-                message,
-                ..
-            })) => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let frame = match &request {
-                        DirectRequest::Frame(bytes) => Frame::Bytes(bytes),
-                        DirectRequest::TooLarge(n) => Frame::TooLarge(*n),
-                    };
-                    // What the message changed is performed (stored) before the sender hears
-                    // that it was accepted: the answer waits for the batch.
-                    let verdict = self.core.on_direct(now, peer, frame, fx);
-                    tracing::trace!(%peer, ok = verdict.is_ok(), "frame received");
-                    match (self.core.take_hold(), verdict) {
-                        (Some(id), Ok(())) => self.held.entry(id).or_default().push(HeldFrame {
-                            channel,
-                            batch: self.batch,
-                            pos: fx.len(),
-                            since: tokio::time::Instant::now(),
-                        }),
-                        (_, verdict) => self.deferred.push(Deferred::Frame { channel, verdict }),
-                    }
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => self.on_outbound_done(peer, request_id, Ok(response)),
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Direct(
-                request_response::Event::OutboundFailure {
-                    peer,
-                    request_id,
-                    error,
-                    ..
-                },
-            )) => self.on_outbound_done(peer, request_id, Err(error)),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(now, ev, fx),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
                 libp2p::gossipsub::Event::Message {
@@ -683,11 +646,41 @@ impl Node {
         }
     }
 
+    /// A peer's frame, or the answer to one of ours.
+    fn on_lane(&mut self, ev: LaneEvent, fx: &mut Vec<Effect>) {
+        match ev {
+            LaneEvent::Request {
+                peer,
+                frame,
+                answer: channel,
+            } => {
+                let frame = match &frame {
+                    DirectRequest::Frame(bytes) => Frame::Bytes(bytes),
+                    DirectRequest::TooLarge(n) => Frame::TooLarge(*n),
+                };
+                // What the message changed is performed (stored) before the sender hears
+                // that it was accepted: the answer waits for the batch.
+                let verdict = self.core.on_direct(now_ms(), peer, frame, fx);
+                tracing::trace!(%peer, ok = verdict.is_ok(), "frame received");
+                match (self.core.take_hold(), verdict) {
+                    (Some(id), Ok(())) => self.held.entry(id).or_default().push(HeldFrame {
+                        channel,
+                        batch: self.batch,
+                        pos: fx.len(),
+                        since: tokio::time::Instant::now(),
+                    }),
+                    (_, verdict) => self.deferred.push(Deferred::Frame { channel, verdict }),
+                }
+            }
+            LaneEvent::Answered { peer, id, result } => self.on_outbound_done(peer, id, result),
+        }
+    }
+
     fn on_outbound_done(
         &mut self,
         peer: PeerId,
-        id: OutboundRequestId,
-        result: Result<Vec<u8>, request_response::OutboundFailure>,
+        id: RequestId,
+        result: Result<Vec<u8>, SendError>,
     ) {
         if let Some(reply) = self.raw_replies.remove(&id) {
             let _ = reply.send(result.map_err(|e| {
@@ -702,7 +695,7 @@ impl Node {
         // held) is not delivered either: found in review, such messages were dropped.
         let delivered = match &result {
             Ok(answer) => !answer.starts_with(UNSTORED),
-            Err(e) => matches!(e, request_response::OutboundFailure::UnsupportedProtocols),
+            Err(e) => *e == SendError::Unsupported,
         };
         self.outbox.done(&peer, id, delivered);
         tracing::trace!(%peer, request = %id, delivered, "frame answered");

@@ -31,7 +31,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/musig2.v1.rs"));
 }
 
-/// Largest message on a direct (request-response) stream, bytes.
+/// Largest direct message (a frame on a lane between two coordinators), bytes.
 pub const MAX_DIRECT_MESSAGE_BYTES: usize = 100_000;
 /// Largest message on GossipSub, bytes.
 pub const MAX_GOSSIP_MESSAGE_BYTES: usize = 10_000;

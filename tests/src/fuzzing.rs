@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use libp2p::{PeerId, StreamProtocol, identity};
+use libp2p::{PeerId, identity};
 use prost::Message as _;
 use shared::wire::{self, MAX_DIRECT_MESSAGE_BYTES, Message, pb};
 
@@ -91,21 +91,34 @@ pub fn session_context(data: &[u8]) {
     }
 }
 
-/// The direct-stream frame codec reading a request and a response from a byte stream.
+/// The lanes' frame reader ([`coordinator_svc::p2p::lanes::read_frame`]) on a byte stream, with
+/// the requests' limit and the answers' limit.
 pub fn direct_frame(data: &[u8]) {
-    use libp2p::request_response::Codec;
-    let proto = StreamProtocol::new("/musig2/direct/1.0.0");
-    let mut codec = coordinator_svc::net::DirectCodec;
-    let req = futures::executor::block_on(
-        codec.read_request(&proto, &mut futures::io::Cursor::new(data)),
-    );
-    if let Ok(coordinator_svc::net::DirectRequest::Frame(f)) = req {
-        assert!(f.len() <= MAX_DIRECT_MESSAGE_BYTES);
-        assert_eq!(f.as_slice(), &data[4..4 + f.len()]);
+    use coordinator_svc::net::DirectRequest;
+    use coordinator_svc::p2p::lanes::read_frame;
+    for limit in [
+        MAX_DIRECT_MESSAGE_BYTES,
+        coordinator_svc::net::MAX_RESPONSE_BYTES,
+    ] {
+        let mut cursor = futures::io::Cursor::new(data);
+        // Every frame in the input, as a lane reads them one after the other.
+        while let Ok(Some((id, frame))) =
+            futures::executor::block_on(read_frame(&mut cursor, limit))
+        {
+            let at = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+            match frame {
+                DirectRequest::Frame(f) => {
+                    assert!(f.len() <= limit);
+                    assert_eq!(f.as_slice(), &data[at - f.len()..at]);
+                    assert_eq!(id.to_be_bytes(), data[at - f.len() - 12..at - f.len() - 4]);
+                }
+                DirectRequest::TooLarge(n) => {
+                    assert!(n > limit);
+                    break;
+                }
+            }
+        }
     }
-    let _ = futures::executor::block_on(
-        codec.read_response(&proto, &mut futures::io::Cursor::new(data)),
-    );
 }
 
 struct FuzzSigner {
@@ -317,7 +330,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             let bytes = m.encode();
             out.push(("wire_message", bytes));
             let sealed = coordinator_svc::envelope::seal(keypair, &m.to_pb(), att.clone()).unwrap();
-            let mut frame = (sealed.len() as u32).to_be_bytes().to_vec();
+            // A lane frame: request id, length, envelope.
+            let mut frame = (i as u64 + 1).to_be_bytes().to_vec();
+            frame.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
             frame.extend_from_slice(&sealed);
             out.push(("direct_frame", frame));
             if matches!(m.body, Body::Announce(_)) {
@@ -442,7 +457,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         [&[2u8][..], &attest.encode_to_vec()].concat(),
     ));
     out.push(("signer_request", vec![4u8]));
-    out.push(("direct_frame", 200_000u32.to_be_bytes().to_vec()));
+    out.push((
+        "direct_frame",
+        [&7u64.to_be_bytes()[..], &200_000u32.to_be_bytes()].concat(),
+    ));
 
     // A journal with every record kind, and a key file, made by the real code.
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,6 @@ use tokio::sync::oneshot;
 
 use super::handle::Command;
 use super::{ErrorReason, Node, NodeError, NodeHandle};
-use crate::net::DirectRequest;
 
 impl NodeHandle {
     /// Diagnostics: send raw bytes on the direct protocol to a connected peer and return its
@@ -82,11 +81,7 @@ impl Node {
             )));
             return;
         }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .direct
-            .send_request(&peer, DirectRequest::Frame(bytes));
+        let id = self.lanes.send(peer, bytes);
         self.raw_replies.insert(id, reply);
     }
 

@@ -66,6 +66,7 @@ impl Node {
         let records: Vec<([u8; 16], &crate::store::SessionRecord)> =
             pending.iter().map(|(id, r)| (id.0, r.as_ref())).collect();
         let store = &self.store;
+        let started = std::time::Instant::now();
         // The fsync blocks this thread: let the runtime move its other tasks elsewhere.
         let result = if tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread
@@ -76,6 +77,11 @@ impl Node {
         };
         drop(records);
         let sessions = pending.len();
+        tracing::trace!(
+            sessions,
+            us = started.elapsed().as_micros(),
+            "records committed"
+        );
         pending.clear();
         match result {
             Ok(()) => {
@@ -151,8 +157,10 @@ impl Node {
                 pooled,
             } => {
                 let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
+                tracing::trace!(session = %id, "signer asked for nonces");
                 tokio::spawn(async move {
                     let result = signer.nonces(&key, &id, &context, pooled).await;
+                    tracing::trace!(session = %id, ok = result.is_ok(), "signer gave nonces");
                     let _ = tx.send(Internal::Nonce { id, index, result }).await;
                 });
             }
@@ -165,10 +173,12 @@ impl Node {
                 nonce_session,
             } => {
                 let (signer, tx) = (self.signer.clone(), self.internal_tx.clone());
+                tracing::trace!(session = %id, "signer asked for partial signatures");
                 tokio::spawn(async move {
                     let result = signer
                         .partial_signs(&key, &nonce_session, &context, &nonces)
                         .await;
+                    tracing::trace!(session = %id, ok = result.is_ok(), "signer gave partial signatures");
                     let _ = tx.send(Internal::Psig { id, index, result }).await;
                 });
             }
@@ -292,11 +302,7 @@ impl Node {
             return;
         }
         while let Some(picked) = self.outbox.next(&peer, std::time::Instant::now()) {
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .direct
-                .send_request(&peer, DirectRequest::Frame(picked.bytes.clone()));
+            let id = self.lanes.send(peer, picked.bytes.clone());
             tracing::trace!(%peer, request = %id, "frame sent");
             self.outbox.sent(peer, picked, id);
         }

@@ -1,58 +1,25 @@
 //! The libp2p stack: TCP + Noise + Yamux, Identify, Ping, Kademlia (application-validated
-//! records), GossipSub (signed, strict, application validation) and a request-response protocol
-//! for direct session messages, behind connection, memory and block-list limits.
+//! records), GossipSub (signed, strict, application validation) and long-lived streams for
+//! direct session messages ([`crate::p2p::lanes`]), behind connection, memory and block-list limits.
 // `#[derive(NetworkBehaviour)]` generates an undocumented event enum without Debug.
 #![allow(missing_docs, missing_debug_implementations)]
 
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, identity, kad,
-    memory_connection_limits, noise, ping, request_response, tcp, yamux,
+    memory_connection_limits, noise, ping, tcp, yamux,
 };
 use shared::wire::{MAX_DIRECT_MESSAGE_BYTES, MAX_GOSSIP_MESSAGE_BYTES};
 
-/// Protocol of direct session messages.
-pub const DIRECT_PROTOCOL: &str = "/musig2/direct/1.0.0";
 /// Identify protocol version.
 pub const IDENTIFY_PROTOCOL: &str = "/musig2/1.0.0";
-/// Longest response on the direct protocol.
+/// Longest answer to a direct message.
 pub const MAX_RESPONSE_BYTES: usize = 1024;
 
-/// Length-prefixed byte frames with hard size limits: a peer cannot make us buffer more than
-/// [`MAX_DIRECT_MESSAGE_BYTES`] per request.
-#[derive(Debug, Clone, Default)]
-pub struct DirectCodec;
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(
-    io: &mut T,
-    limit: usize,
-) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes over {limit}"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(data.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(data).await?;
-    io.close().await
-}
-
-/// A request on the direct protocol.
+/// A frame from a peer's lane ([`crate::p2p::lanes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectRequest {
     /// A frame within the limit.
@@ -60,59 +27,6 @@ pub enum DirectRequest {
     /// A peer announced a frame over the limit: it is not read, only reported (so that it can
     /// be counted against the peer) and answered with a refusal.
     TooLarge(usize),
-}
-
-impl request_response::Codec for DirectCodec {
-    type Protocol = StreamProtocol;
-    type Request = DirectRequest;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<DirectRequest> {
-        let mut len = [0u8; 4];
-        io.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_DIRECT_MESSAGE_BYTES {
-            return Ok(DirectRequest::TooLarge(len));
-        }
-        let mut buf = vec![0u8; len];
-        io.read_exact(&mut buf).await?;
-        Ok(DirectRequest::Frame(buf))
-    }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        read_frame(io, MAX_RESPONSE_BYTES).await
-    }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: DirectRequest,
-    ) -> std::io::Result<()> {
-        match req {
-            DirectRequest::Frame(data) => write_frame(io, &data).await,
-            DirectRequest::TooLarge(n) => {
-                // Diagnostics only: announce a frame of `n` bytes and send nothing after it.
-                io.write_all(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes())
-                    .await?;
-                io.close().await
-            }
-        }
-    }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()> {
-        write_frame(io, &res).await
-    }
 }
 
 /// Every behaviour of the node.
@@ -132,8 +46,8 @@ pub struct Behaviour {
     pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     /// GossipSub.
     pub gossipsub: gossipsub::Behaviour,
-    /// Direct session messages.
-    pub direct: request_response::Behaviour<DirectCodec>,
+    /// Direct session messages: long-lived streams ([`crate::p2p::lanes`]).
+    pub lanes: libp2p_stream::Behaviour,
 }
 
 /// Network settings.
@@ -239,22 +153,14 @@ pub fn build(keypair: identity::Keypair, cfg: &NetConfig) -> anyhow::Result<Swar
                 ping: ping::Behaviour::default(),
                 kad: Toggle::from(kad),
                 gossipsub,
-                direct: request_response::Behaviour::with_codec(
-                    DirectCodec,
-                    [(
-                        StreamProtocol::new(DIRECT_PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(30))
-                        .with_max_concurrent_streams(64),
-                ),
+                lanes: libp2p_stream::Behaviour::new(),
             })
         })?
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(Duration::from_secs(3600))
-                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
-        })
+        // Protocol negotiation is plain multistream-select V1 (one round trip per stream):
+        // direct messages travel on long-lived lanes, so no message waits for it, and the
+        // lazy variant panics in multistream-select when a peer refuses a protocol after
+        // bytes were written optimistically (found by the lanes' attack test).
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     Ok(swarm)
 }

@@ -6,5 +6,6 @@
 pub mod addresses;
 pub mod behaviour;
 pub mod envelope;
+pub mod lanes;
 pub mod names;
 pub mod outbox;

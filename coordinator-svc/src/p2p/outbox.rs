@@ -17,8 +17,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::p2p::lanes::RequestId;
 use libp2p::PeerId;
-use libp2p::request_response::OutboundRequestId;
 
 /// Messages kept per peer waiting to be sent.
 pub const MAX_OUTBOX: usize = 1024;
@@ -58,7 +58,7 @@ pub fn lane(bytes: &[u8]) -> Lane {
 #[derive(Debug, Default)]
 struct Queue {
     waiting: VecDeque<(Lane, Vec<u8>)>,
-    in_flight: HashMap<OutboundRequestId, (Lane, Vec<u8>)>,
+    in_flight: HashMap<RequestId, (Lane, Vec<u8>)>,
     failures: u32,
     retry_at: Option<Instant>,
     failing_since: Option<Instant>,
@@ -129,7 +129,7 @@ impl Outboxes {
     }
 
     /// The message [`Outboxes::next`] picked left as request `id`.
-    pub fn sent(&mut self, peer: PeerId, picked: Picked, id: OutboundRequestId) {
+    pub fn sent(&mut self, peer: PeerId, picked: Picked, id: RequestId) {
         let q = self.queues.entry(peer).or_default();
         if let Some(m) = q.waiting.remove(picked.index) {
             q.in_flight.insert(id, m);
@@ -137,7 +137,7 @@ impl Outboxes {
     }
 
     /// Request `id` to `peer` was answered (`delivered`) or failed. `false` if it was not ours.
-    pub fn done(&mut self, peer: &PeerId, id: OutboundRequestId, delivered: bool) -> bool {
+    pub fn done(&mut self, peer: &PeerId, id: RequestId, delivered: bool) -> bool {
         let now = Instant::now();
         let Some(q) = self.queues.get_mut(peer) else {
             return false;
@@ -173,7 +173,7 @@ impl Outboxes {
     /// sent again when a connection opens.
     pub fn disconnected(&mut self, peer: &PeerId) {
         if let Some(q) = self.queues.get_mut(peer) {
-            let mut back: Vec<(OutboundRequestId, (Lane, Vec<u8>))> = q.in_flight.drain().collect();
+            let mut back: Vec<(RequestId, (Lane, Vec<u8>))> = q.in_flight.drain().collect();
             // Request ids increase: the oldest goes first again.
             back.sort_by_key(|(id, _)| *id);
             for (_, m) in back.into_iter().rev() {
@@ -217,23 +217,9 @@ impl Outboxes {
 mod tests {
     use super::*;
 
-    /// The `n`th request id (ids are numbered per behaviour, from 1).
-    fn id(n: u64) -> OutboundRequestId {
-        let mut behaviour = libp2p::request_response::Behaviour::with_codec(
-            crate::p2p::behaviour::DirectCodec,
-            [(
-                libp2p::StreamProtocol::new("/t"),
-                libp2p::request_response::ProtocolSupport::Full,
-            )],
-            libp2p::request_response::Config::default(),
-        );
-        let peer = PeerId::random();
-        let mut last = None;
-        for _ in 0..=n {
-            last =
-                Some(behaviour.send_request(&peer, crate::net::DirectRequest::Frame(Vec::new())));
-        }
-        last.unwrap_or_else(|| unreachable!())
+    /// The `n`th request id.
+    fn id(n: u64) -> RequestId {
+        RequestId(n)
     }
 
     /// An envelope of a session message (`session` = None: an advertisement).
