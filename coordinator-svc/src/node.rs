@@ -23,7 +23,7 @@ use shared::wire::{MAX_KEYS_PER_PEER, pb};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::net::{self, Behaviour, BehaviourEvent, DirectRequest};
-use crate::p2p::lanes::{Answer, LaneEvent, Lanes, RequestId, SendError};
+use crate::p2p::lanes::{Answer, LaneEvent, Lanes, RequestId, SendError, UNSTORED};
 use crate::protocol::inbound::{Acceptance, Frame};
 use crate::protocol::{Core, Effect, Pending, ms};
 use crate::signer::{SignerClient, SignerError};
@@ -79,9 +79,6 @@ enum Internal {
 
 /// How long a failed `connect` waits for another connection to the same peer.
 const DIAL_GRACE: Duration = Duration::from_secs(2);
-
-/// The answer to a frame accepted but not stored: the sender must send it again.
-const UNSTORED: &[u8] = b"unavailable: not stored; send again";
 
 struct ParkedDial {
     peer: PeerId,

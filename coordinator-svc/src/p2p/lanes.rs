@@ -12,12 +12,18 @@
 //! as `[id][len][answer]`, in any order (an answer the receiver holds until its write does not
 //! hold up the others). The receiver reads a stream's frames one after the other and hands
 //! them to its event loop in that order, so what a sender wrote in order is handled in order.
-//! A lane that breaks (connection closed, no answer within [`ANSWER_TIMEOUT`]) fails every
-//! request in flight on it, which the outbox sends again, and the next request opens a new
-//! stream. Limits: [`MAX_INBOUND_STREAMS_PER_PEER`] streams from one peer,
-//! [`MAX_UNANSWERED`] frames of one stream handed over and not yet answered (the reader waits
-//! beyond it), frames of at most [`MAX_DIRECT_MESSAGE_BYTES`] (a longer one is reported as
-//! [`DirectRequest::TooLarge`], answered, and ends the stream: what follows it is not read).
+//! A lane that breaks (connection closed, a write or an answer not done within
+//! [`ANSWER_TIMEOUT`]) fails every request in flight on it, which the outbox sends again, and
+//! the next request opens a new stream. Every request handed to [`Lanes::send`] gets exactly
+//! one [`LaneEvent::Answered`]: whoever takes it out of the lane's table of accepted requests
+//! reports it (the lane's task, or, if that task ends some other way, its supervisor). A lane
+//! unused for [`LANE_IDLE`] closes its stream, which ends the peer's side of it too: an open
+//! stream keeps its connection alive on both sides, so a connection idles (and closes after the
+//! swarm's idle timeout) only once neither side has sent for that long. Limits:
+//! [`MAX_INBOUND_STREAMS_PER_PEER`] streams from one peer, [`MAX_UNANSWERED`] frames of one
+//! stream handed over and not yet answered (the reader waits beyond it), frames of at most
+//! [`MAX_DIRECT_MESSAGE_BYTES`] (a longer one is reported as [`DirectRequest::TooLarge`],
+//! answered, and ends the stream: what follows it is not read).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +49,8 @@ pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 4;
 pub const MAX_UNANSWERED: usize = 64;
 /// Requests waiting for a lane's writer.
 const LANE_QUEUE: usize = 256;
+/// An outbound lane with nothing in flight for this long closes its stream.
+pub const LANE_IDLE: Duration = Duration::from_secs(300);
 
 /// A request's number, unique in this process and increasing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,13 +99,27 @@ pub enum LaneEvent {
     },
 }
 
-/// The answer a receiver gives when its event loop dropped a frame's answer (it stopped).
-pub const DROPPED_ANSWER: &[u8] = b"unavailable: not stored; send again";
+/// The answer to a frame accepted but not stored (or whose answer the event loop dropped): the
+/// sender must send it again.
+pub const UNSTORED: &[u8] = b"unavailable: not stored; send again";
+
+/// Requests a lane accepted, by id: `None` while queued, the answer's deadline once written.
+type Accepted = Arc<Mutex<HashMap<u64, Option<tokio::time::Instant>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One peer's outbound lane as [`Lanes`] holds it.
+struct Lane {
+    requests: mpsc::Sender<(RequestId, Vec<u8>)>,
+    accepted: Accepted,
+}
 
 /// Our lanes: one writer task per peer we send to, and the acceptor of peers' lanes.
 pub struct Lanes {
     control: libp2p_stream::Control,
-    out: HashMap<PeerId, mpsc::Sender<(RequestId, Vec<u8>)>>,
+    out: HashMap<PeerId, Lane>,
     events: mpsc::Sender<LaneEvent>,
     next: u64,
 }
@@ -136,54 +158,106 @@ impl Lanes {
     pub fn send(&mut self, peer: PeerId, bytes: Vec<u8>) -> RequestId {
         self.next += 1;
         let id = RequestId(self.next);
-        let lane = self.out.entry(peer).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(LANE_QUEUE);
-            let in_flight = InFlight::default();
-            let events = self.events.clone();
-            let task = tokio::spawn(outbound(
-                self.control.clone(),
-                peer,
-                rx,
-                events.clone(),
-                in_flight.clone(),
-            ));
-            // A lane task that panicked would leave its requests unanswered for good (the
-            // outbox never sends them again): they fail, and the next request opens a lane.
-            tokio::spawn(async move {
-                if task.await.is_err() {
-                    let ids: Vec<RequestId> = lock(&in_flight).drain().map(|(id, _)| RequestId(id)).collect();
-                    tracing::error!(%peer, requests = ids.len(), "a lane task failed; its messages are sent again");
-                    fail_all(&events, peer, ids, &SendError::Failed("the lane failed".into())).await;
-                }
-            });
-            tx
-        });
-        if let Err(e) = lane.try_send((id, bytes)) {
-            let reason = match e {
-                mpsc::error::TrySendError::Full(_) => "the lane's queue is full",
-                mpsc::error::TrySendError::Closed(_) => "the lane stopped",
-            };
+        let (control, events) = (&self.control, &self.events);
+        let lane = self
+            .out
+            .entry(peer)
+            .or_insert_with(|| open_lane(control.clone(), peer, events.clone()));
+        lock(&lane.accepted).insert(id.0, None);
+        let closed = match lane.requests.try_send((id, bytes)) {
+            Ok(()) => return id,
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        };
+        let accepted = lane.accepted.clone();
+        if closed {
             self.out.remove(&peer);
-            let events = self.events.clone();
-            let result = Err(SendError::Failed(reason.into()));
-            tokio::spawn(async move {
-                let _ = events.send(LaneEvent::Answered { peer, id, result }).await;
-            });
         }
+        let reason = if closed {
+            "the lane stopped"
+        } else {
+            "the lane's queue is full"
+        };
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            fail(&events, &accepted, peer, [id.0], reason).await;
+        });
         id
     }
 
-    /// The last connection to `peer` closed: its lane ends (what was in flight fails).
+    /// The last connection to `peer` closed: its lane ends, and what it had accepted fails
+    /// without being sent (the outbox sends it again on the next connection).
     pub fn disconnected(&mut self, peer: &PeerId) {
         self.out.remove(peer);
     }
 }
 
-/// Requests written on a lane and not answered yet, with their deadlines.
-type InFlight = Arc<Mutex<HashMap<u64, tokio::time::Instant>>>;
+/// Start a peer's lane task, and its supervisor: whatever the task leaves in the table when it
+/// ends (a panic included) is reported failed.
+fn open_lane(
+    control: libp2p_stream::Control,
+    peer: PeerId,
+    events: mpsc::Sender<LaneEvent>,
+) -> Lane {
+    let (tx, rx) = mpsc::channel(LANE_QUEUE);
+    let accepted = Accepted::default();
+    let task = tokio::spawn(outbound(
+        control,
+        peer,
+        rx,
+        events.clone(),
+        accepted.clone(),
+    ));
+    let table = accepted.clone();
+    tokio::spawn(async move {
+        if let Err(e) = task.await
+            && e.is_panic()
+        {
+            tracing::error!(%peer, "a lane task panicked; its messages are sent again");
+        }
+        let ids: Vec<u64> = lock(&table).keys().copied().collect();
+        fail(&events, &table, peer, ids, "the lane stopped").await;
+    });
+    Lane {
+        requests: tx,
+        accepted,
+    }
+}
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Report the requests `ids` failed, each only if it is still in `accepted` (taken out here).
+async fn fail(
+    events: &mpsc::Sender<LaneEvent>,
+    accepted: &Accepted,
+    peer: PeerId,
+    ids: impl IntoIterator<Item = u64>,
+    reason: &str,
+) {
+    let taken: Vec<u64> = {
+        let mut table = lock(accepted);
+        ids.into_iter()
+            .filter(|id| table.remove(id).is_some())
+            .collect()
+    };
+    for id in taken {
+        let result = Err(SendError::Failed(reason.to_string()));
+        let id = RequestId(id);
+        let _ = events.send(LaneEvent::Answered { peer, id, result }).await;
+    }
+}
+
+/// Fail everything queued on the lane now (its ids, taken from the channel).
+async fn fail_queued(
+    requests: &mut mpsc::Receiver<(RequestId, Vec<u8>)>,
+    events: &mpsc::Sender<LaneEvent>,
+    accepted: &Accepted,
+    peer: PeerId,
+    reason: &str,
+) {
+    let mut ids = Vec::new();
+    while let Ok((id, _)) = requests.try_recv() {
+        ids.push(id.0);
+    }
+    fail(events, accepted, peer, ids, reason).await;
 }
 
 /// Write one frame: id, length and bytes in one write (one Yamux and one Noise frame).
@@ -234,107 +308,192 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some((id, DirectRequest::Frame(buf))))
 }
 
-/// Report `result` for every request in `ids`.
-async fn fail_all(
-    events: &mpsc::Sender<LaneEvent>,
-    peer: PeerId,
-    ids: impl IntoIterator<Item = RequestId>,
-    error: &SendError,
-) {
-    for id in ids {
-        let result = Err(error.clone());
-        let _ = events.send(LaneEvent::Answered { peer, id, result }).await;
-    }
-}
-
 /// One peer's outbound lane: writes requests in the order given, reports answers as they come.
 async fn outbound(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     mut requests: mpsc::Receiver<(RequestId, Vec<u8>)>,
     events: mpsc::Sender<LaneEvent>,
-    in_flight: InFlight,
+    accepted: Accepted,
 ) {
     let protocol = StreamProtocol::new(LANE_PROTOCOL);
     while let Some((first, bytes)) = requests.recv().await {
+        if requests.is_closed() {
+            // The peer disconnected: nothing more is sent on this lane.
+            fail(&events, &accepted, peer, [first.0], "the peer disconnected").await;
+            fail_queued(
+                &mut requests,
+                &events,
+                &accepted,
+                peer,
+                "the peer disconnected",
+            )
+            .await;
+            return;
+        }
         let opened =
             tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol.clone())).await;
         let stream = match opened {
             Ok(Ok(s)) => s,
             Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
-                fail_all(&events, peer, [first], &SendError::Unsupported).await;
+                // Never delivered, and never will be: each is answered "unsupported".
+                let mut ids = vec![first];
+                while let Ok((id, _)) = requests.try_recv() {
+                    ids.push(id);
+                }
+                let ids: Vec<RequestId> = {
+                    let mut table = lock(&accepted);
+                    ids.into_iter()
+                        .filter(|id| table.remove(&id.0).is_some())
+                        .collect()
+                };
+                for id in ids {
+                    let result = Err(SendError::Unsupported);
+                    let _ = events.send(LaneEvent::Answered { peer, id, result }).await;
+                }
                 continue;
             }
             Ok(Err(e)) => {
-                fail_all(&events, peer, [first], &SendError::Failed(e.to_string())).await;
+                // What waits fails at once, so the outbox's backoff applies to all of it.
+                let reason = e.to_string();
+                fail(&events, &accepted, peer, [first.0], &reason).await;
+                fail_queued(&mut requests, &events, &accepted, peer, &reason).await;
                 continue;
             }
             Err(_) => {
-                let e = SendError::Failed("opening the lane timed out".into());
-                fail_all(&events, peer, [first], &e).await;
+                let reason = "opening the lane timed out";
+                fail(&events, &accepted, peer, [first.0], reason).await;
+                fail_queued(&mut requests, &events, &accepted, peer, reason).await;
                 continue;
             }
         };
-        let (mut reader, mut writer) = stream.split();
-        // Answers, read by a task of their own (a read is not cancel-safe in a select).
-        let (answers_tx, mut answers) = mpsc::channel::<std::io::Result<(u64, Vec<u8>)>>(64);
-        let read_task = tokio::spawn(async move {
-            loop {
-                let r = match read_frame(&mut reader, MAX_RESPONSE_BYTES).await {
-                    Ok(Some((id, DirectRequest::Frame(a)))) => Ok((id, a)),
-                    Ok(Some((_, DirectRequest::TooLarge(n)))) => Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("answer of {n} bytes over {MAX_RESPONSE_BYTES}"),
-                    )),
-                    Ok(None) => Err(std::io::ErrorKind::UnexpectedEof.into()),
-                    Err(e) => Err(e),
-                };
-                let stop = r.is_err();
-                if answers_tx.send(r).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-        let mut next = Some((first, bytes));
-        let error = loop {
-            if let Some((id, bytes)) = next.take() {
-                lock(&in_flight).insert(id.0, tokio::time::Instant::now() + ANSWER_TIMEOUT);
-                if let Err(e) = write_frame(&mut writer, id.0, &bytes).await {
-                    break SendError::Failed(e.to_string());
-                }
-            }
-            let oldest = lock(&in_flight).values().min().copied();
-            tokio::select! {
-                r = requests.recv() => match r {
-                    Some(req) => next = Some(req),
-                    // The lane is no longer wanted (the peer disconnected).
-                    None => break SendError::Failed("the lane closed".into()),
-                },
-                a = answers.recv() => match a {
-                    Some(Ok((id, answer))) => {
-                        let ours = lock(&in_flight).remove(&id).is_some();
-                        if ours {
-                            let (id, result) = (RequestId(id), Ok(answer));
-                            let _ = events.send(LaneEvent::Answered { peer, id, result }).await;
-                        }
-                    }
-                    Some(Err(e)) => break SendError::Failed(e.to_string()),
-                    None => break SendError::Failed("the lane's reader stopped".into()),
-                },
-                () = tokio::time::sleep_until(oldest.unwrap_or_else(tokio::time::Instant::now)), if oldest.is_some() => {
-                    break SendError::Failed("no answer within 30 s".into());
-                }
-            }
-        };
-        read_task.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
-        let failed: Vec<RequestId> = lock(&in_flight)
-            .drain()
-            .map(|(id, _)| RequestId(id))
+        let error = run_lane(
+            stream,
+            peer,
+            &mut requests,
+            &events,
+            &accepted,
+            (first, bytes),
+        )
+        .await;
+        // What was written and not answered fails; what is still queued goes on a new stream,
+        // unless the peer disconnected.
+        let written: Vec<u64> = lock(&accepted)
+            .iter()
+            .filter(|(_, d)| d.is_some())
+            .map(|(id, _)| *id)
             .collect();
-        fail_all(&events, peer, failed, &error).await;
-        if requests.is_closed() && requests.is_empty() {
+        if let Some(reason) = &error {
+            fail(&events, &accepted, peer, written, reason).await;
+        }
+        if requests.is_closed() {
+            fail_queued(
+                &mut requests,
+                &events,
+                &accepted,
+                peer,
+                "the peer disconnected",
+            )
+            .await;
             return;
+        }
+    }
+}
+
+/// Drive one stream of a lane until it breaks (`Some(reason)`) or idles (`None`, nothing in
+/// flight).
+async fn run_lane(
+    stream: libp2p::Stream,
+    peer: PeerId,
+    requests: &mut mpsc::Receiver<(RequestId, Vec<u8>)>,
+    events: &mpsc::Sender<LaneEvent>,
+    accepted: &Accepted,
+    first: (RequestId, Vec<u8>),
+) -> Option<String> {
+    let (mut reader, mut writer) = stream.split();
+    // Answers, read by a task of their own (a read is not cancel-safe in a select).
+    let (answers_tx, mut answers) = mpsc::channel::<std::io::Result<(u64, Vec<u8>)>>(64);
+    let read_task = tokio::spawn(async move {
+        loop {
+            let r = match read_frame(&mut reader, MAX_RESPONSE_BYTES).await {
+                Ok(Some((id, DirectRequest::Frame(a)))) => Ok((id, a)),
+                Ok(Some((_, DirectRequest::TooLarge(n)))) => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("answer of {n} bytes over {MAX_RESPONSE_BYTES}"),
+                )),
+                Ok(None) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Err(e) => Err(e),
+            };
+            let stop = r.is_err();
+            if answers_tx.send(r).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let mut next = Some(first);
+    let outcome = loop {
+        if let Some((id, bytes)) = next.take() {
+            if requests.is_closed() {
+                // Disconnected meanwhile: this one is failed with the queue, unsent.
+                fail(events, accepted, peer, [id.0], "the peer disconnected").await;
+                break Some("the peer disconnected".to_string());
+            }
+            let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+            if let Some(d) = lock(accepted).get_mut(&id.0) {
+                *d = Some(deadline);
+            }
+            // A peer that stops reading fills the stream's window: the write stalls, and the
+            // lane breaks at the deadline like an answer that does not come.
+            match tokio::time::timeout_at(deadline, write_frame(&mut writer, id.0, &bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break Some(e.to_string()),
+                Err(_) => break Some("the peer does not read (write timed out)".into()),
+            }
+        }
+        let oldest = lock(accepted).values().flatten().min().copied();
+        tokio::select! {
+            biased;
+            a = answers.recv() => match a {
+                Some(Ok((id, answer))) => {
+                    let ours = lock(accepted).remove(&id).is_some();
+                    if ours {
+                        let (id, result) = (RequestId(id), Ok(answer));
+                        let _ = events.send(LaneEvent::Answered { peer, id, result }).await;
+                    }
+                }
+                Some(Err(e)) => break Some(e.to_string()),
+                None => break Some("the lane's reader stopped".into()),
+            },
+            r = requests.recv() => match r {
+                Some(req) => next = Some(req),
+                None => break Some("the peer disconnected".into()),
+            },
+            () = tokio::time::sleep_until(oldest.unwrap_or_else(tokio::time::Instant::now)), if oldest.is_some() => {
+                break Some(format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()));
+            }
+            () = tokio::time::sleep(LANE_IDLE), if oldest.is_none() => break None,
+        }
+    };
+    read_task.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
+    outcome
+}
+
+/// An inbound lane's place in its peer's count, given back when the lane ends (even by a
+/// panic).
+struct Slot {
+    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
         }
     }
 }
@@ -344,9 +503,7 @@ async fn accept(mut incoming: libp2p_stream::IncomingStreams, events: mpsc::Send
     let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
     while let Some((peer, stream)) = incoming.next().await {
         {
-            let mut open = open
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut open = lock(&open);
             let n = open.entry(peer).or_default();
             if *n >= MAX_INBOUND_STREAMS_PER_PEER {
                 tracing::debug!(%peer, "too many lanes from one peer; closed");
@@ -354,35 +511,31 @@ async fn accept(mut incoming: libp2p_stream::IncomingStreams, events: mpsc::Send
             }
             *n += 1;
         }
-        let (open, events) = (open.clone(), events.clone());
+        let slot = Slot {
+            open: open.clone(),
+            peer,
+        };
+        let events = events.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             inbound(peer, stream, events).await;
-            let mut open = open
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(n) = open.get_mut(&peer) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    open.remove(&peer);
-                }
-            }
         });
     }
 }
 
-/// One peer's inbound lane: frames handed over in order, answers written as they come.
+/// One peer's inbound lane: frames handed over in order, answers written as they come; at most
+/// [`MAX_UNANSWERED`] frames wait for their answers (reading waits beyond that).
 async fn inbound(peer: PeerId, stream: libp2p::Stream, events: mpsc::Sender<LaneEvent>) {
     let (mut reader, mut writer) = stream.split();
-    let (pending_tx, mut pending_rx) =
-        mpsc::channel::<(u64, oneshot::Receiver<Vec<u8>>)>(MAX_UNANSWERED);
+    let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, oneshot::Receiver<Vec<u8>>)>(1);
     let write_task = tokio::spawn(async move {
         let mut waiting = FuturesUnordered::new();
         let mut more = true;
         while more || !waiting.is_empty() {
             tokio::select! {
-                p = pending_rx.recv(), if more => match p {
+                p = pending_rx.recv(), if more && waiting.len() < MAX_UNANSWERED => match p {
                     Some((id, rx)) => waiting.push(async move {
-                        (id, rx.await.unwrap_or_else(|_| DROPPED_ANSWER.to_vec()))
+                        (id, rx.await.unwrap_or_else(|_| UNSTORED.to_vec()))
                     }),
                     None => more = false,
                 },
@@ -406,7 +559,7 @@ async fn inbound(peer: PeerId, stream: libp2p::Stream, events: mpsc::Sender<Lane
         };
         let too_large = matches!(frame, DirectRequest::TooLarge(_));
         let (answer, rx) = oneshot::channel();
-        // Backpressure: beyond MAX_UNANSWERED frames waiting for answers, reading waits.
+        // Backpressure: with MAX_UNANSWERED frames waiting for answers, this waits.
         if pending_tx.send((id, rx)).await.is_err() {
             break;
         }
