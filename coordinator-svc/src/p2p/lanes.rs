@@ -47,6 +47,8 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 4;
 /// Frames of one inbound lane handed to the event loop and not answered yet.
 pub const MAX_UNANSWERED: usize = 64;
+/// Why what a lane still held failed when its peer disconnected.
+const DISCONNECTED: &str = "the peer disconnected";
 /// Requests waiting for a lane's writer.
 const LANE_QUEUE: usize = 256;
 /// An outbound lane with nothing in flight for this long closes its stream.
@@ -224,13 +226,14 @@ fn open_lane(
     }
 }
 
-/// Report the requests `ids` failed, each only if it is still in `accepted` (taken out here).
-async fn fail(
+/// Report the requests `ids` failed with `error`, each only if it is still in `accepted`
+/// (taken out here).
+async fn fail_with(
     events: &mpsc::Sender<LaneEvent>,
     accepted: &Accepted,
     peer: PeerId,
     ids: impl IntoIterator<Item = u64>,
-    reason: &str,
+    error: &SendError,
 ) {
     let taken: Vec<u64> = {
         let mut table = lock(accepted);
@@ -239,25 +242,38 @@ async fn fail(
             .collect()
     };
     for id in taken {
-        let result = Err(SendError::Failed(reason.to_string()));
-        let id = RequestId(id);
+        let (id, result) = (RequestId(id), Err(error.clone()));
         let _ = events.send(LaneEvent::Answered { peer, id, result }).await;
     }
 }
 
-/// Fail everything queued on the lane now (its ids, taken from the channel).
+/// [`fail_with`] a [`SendError::Failed`] of `reason`.
+async fn fail(
+    events: &mpsc::Sender<LaneEvent>,
+    accepted: &Accepted,
+    peer: PeerId,
+    ids: impl IntoIterator<Item = u64>,
+    reason: &str,
+) {
+    let error = SendError::Failed(reason.to_string());
+    fail_with(events, accepted, peer, ids, &error).await;
+}
+
+/// Fail `first` (already taken from the channel, if any) and everything still queued on the
+/// lane, with `error`.
 async fn fail_queued(
     requests: &mut mpsc::Receiver<(RequestId, Vec<u8>)>,
     events: &mpsc::Sender<LaneEvent>,
     accepted: &Accepted,
     peer: PeerId,
-    reason: &str,
+    first: Option<RequestId>,
+    error: &SendError,
 ) {
-    let mut ids = Vec::new();
+    let mut ids: Vec<u64> = first.map(|id| id.0).into_iter().collect();
     while let Ok((id, _)) = requests.try_recv() {
         ids.push(id.0);
     }
-    fail(events, accepted, peer, ids, reason).await;
+    fail_with(events, accepted, peer, ids, error).await;
 }
 
 /// Write one frame: id, length and bytes in one write (one Yamux and one Noise frame).
@@ -320,83 +336,42 @@ async fn outbound(
     while let Some((first, bytes)) = requests.recv().await {
         if requests.is_closed() {
             // The peer disconnected: nothing more is sent on this lane.
-            fail(&events, &accepted, peer, [first.0], "the peer disconnected").await;
-            fail_queued(
-                &mut requests,
-                &events,
-                &accepted,
-                peer,
-                "the peer disconnected",
-            )
-            .await;
+            let error = SendError::Failed(DISCONNECTED.into());
+            fail_queued(&mut requests, &events, &accepted, peer, Some(first), &error).await;
             return;
         }
         let opened =
             tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol.clone())).await;
-        let stream = match opened {
-            Ok(Ok(s)) => s,
+        // What waits fails at once, so the outbox's backoff applies to all of it ("unsupported"
+        // is never delivered, and never will be).
+        let error = match opened {
+            Ok(Ok(stream)) => {
+                let first = (first, bytes);
+                let error = run_lane(stream, peer, &mut requests, &events, &accepted, first).await;
+                // What was written and not answered fails; what is still queued goes on a new
+                // stream, unless the peer disconnected.
+                let written: Vec<u64> = lock(&accepted)
+                    .iter()
+                    .filter(|(_, d)| d.is_some())
+                    .map(|(id, _)| *id)
+                    .collect();
+                if let Some(reason) = &error {
+                    fail(&events, &accepted, peer, written, reason).await;
+                }
+                if requests.is_closed() {
+                    let error = SendError::Failed(DISCONNECTED.into());
+                    fail_queued(&mut requests, &events, &accepted, peer, None, &error).await;
+                    return;
+                }
+                continue;
+            }
             Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
-                // Never delivered, and never will be: each is answered "unsupported".
-                let mut ids = vec![first];
-                while let Ok((id, _)) = requests.try_recv() {
-                    ids.push(id);
-                }
-                let ids: Vec<RequestId> = {
-                    let mut table = lock(&accepted);
-                    ids.into_iter()
-                        .filter(|id| table.remove(&id.0).is_some())
-                        .collect()
-                };
-                for id in ids {
-                    let result = Err(SendError::Unsupported);
-                    let _ = events.send(LaneEvent::Answered { peer, id, result }).await;
-                }
-                continue;
+                SendError::Unsupported
             }
-            Ok(Err(e)) => {
-                // What waits fails at once, so the outbox's backoff applies to all of it.
-                let reason = e.to_string();
-                fail(&events, &accepted, peer, [first.0], &reason).await;
-                fail_queued(&mut requests, &events, &accepted, peer, &reason).await;
-                continue;
-            }
-            Err(_) => {
-                let reason = "opening the lane timed out";
-                fail(&events, &accepted, peer, [first.0], reason).await;
-                fail_queued(&mut requests, &events, &accepted, peer, reason).await;
-                continue;
-            }
+            Ok(Err(e)) => SendError::Failed(e.to_string()),
+            Err(_) => SendError::Failed("opening the lane timed out".into()),
         };
-        let error = run_lane(
-            stream,
-            peer,
-            &mut requests,
-            &events,
-            &accepted,
-            (first, bytes),
-        )
-        .await;
-        // What was written and not answered fails; what is still queued goes on a new stream,
-        // unless the peer disconnected.
-        let written: Vec<u64> = lock(&accepted)
-            .iter()
-            .filter(|(_, d)| d.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        if let Some(reason) = &error {
-            fail(&events, &accepted, peer, written, reason).await;
-        }
-        if requests.is_closed() {
-            fail_queued(
-                &mut requests,
-                &events,
-                &accepted,
-                peer,
-                "the peer disconnected",
-            )
-            .await;
-            return;
-        }
+        fail_queued(&mut requests, &events, &accepted, peer, Some(first), &error).await;
     }
 }
 
@@ -435,8 +410,8 @@ async fn run_lane(
         if let Some((id, bytes)) = next.take() {
             if requests.is_closed() {
                 // Disconnected meanwhile: this one is failed with the queue, unsent.
-                fail(events, accepted, peer, [id.0], "the peer disconnected").await;
-                break Some("the peer disconnected".to_string());
+                fail(events, accepted, peer, [id.0], DISCONNECTED).await;
+                break Some(DISCONNECTED.to_string());
             }
             let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
             if let Some(d) = lock(accepted).get_mut(&id.0) {
@@ -466,7 +441,7 @@ async fn run_lane(
             },
             r = requests.recv() => match r {
                 Some(req) => next = Some(req),
-                None => break Some("the peer disconnected".into()),
+                None => break Some(DISCONNECTED.into()),
             },
             () = tokio::time::sleep_until(oldest.unwrap_or_else(tokio::time::Instant::now)), if oldest.is_some() => {
                 break Some(format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()));
