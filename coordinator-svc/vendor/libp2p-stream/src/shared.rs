@@ -60,7 +60,9 @@ impl Shared {
             return Err(AlreadyRegistered);
         }
 
-        let (sender, receiver) = mpsc::channel(0);
+        // Patched (musig2, see ../PATCHED.md): room for inbound streams not yet accepted;
+        // with none, a stream arriving while the previous one waits was dropped.
+        let (sender, receiver) = mpsc::channel(64);
         self.supported_inbound_protocols
             .insert(protocol.clone(), sender);
 
