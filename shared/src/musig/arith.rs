@@ -48,6 +48,25 @@ pub(crate) fn base_mul(s: &Scalar) -> Point {
     point
 }
 
+/// The generator `G`.
+static GENERATOR: std::sync::LazyLock<Point> =
+    std::sync::LazyLock::new(|| parse33(&join(&[&[0x02], &secp256k1::constants::GENERATOR_X])));
+
+/// `s * G` for a public scalar (verification, tweaks): `G + (s - 1) * G` through
+/// libsecp256k1's tweak-add, which multiplies with the precomputed tables of `G` in variable
+/// time. [`base_mul`] goes through the secret-key path instead, which also re-randomises the
+/// global context on every call; that doubles its cost and protects nothing when `s` is public.
+pub(crate) fn base_mul_public(s: &Scalar) -> Point {
+    if is_zero(s) {
+        return None;
+    }
+    let Some(g) = *GENERATOR else {
+        return base_mul(s);
+    };
+    let tweak = secp256k1::Scalar::from_be_bytes(scalar_bytes(&(*s - Scalar::ONE))).ok()?;
+    g.add_exp_tweak(&tweak).ok()
+}
+
 /// `s * P` (public inputs only).
 pub(crate) fn mul(p: &PublicKey, s: &Scalar) -> Point {
     let tweak = secp256k1::Scalar::from_be_bytes(scalar_bytes(s)).ok()?;
@@ -181,4 +200,28 @@ pub(crate) mod tags {
     pub(crate) static CHALLENGE: LazyLock<Sha256> =
         LazyLock::new(|| tagged_prefix("BIP0340/challenge"));
     pub(crate) static TAP_TWEAK: LazyLock<Sha256> = LazyLock::new(|| tagged_prefix("TapTweak"));
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The public path agrees with the secret-key path on the edge scalars and random ones.
+    #[test]
+    fn base_mul_public_agrees_with_base_mul() {
+        let mut scalars = vec![
+            Scalar::ZERO,
+            Scalar::ONE,
+            -Scalar::ONE,
+            Scalar::ONE + Scalar::ONE,
+        ];
+        for i in 0..64u8 {
+            scalars.push(scalar_reduce(&sha256(&[b"base_mul", &[i]])));
+        }
+        for s in &scalars {
+            assert_eq!(base_mul_public(s), base_mul(s), "{:?}", scalar_bytes(s));
+        }
+        assert_eq!(base_mul_public(&Scalar::ZERO), None);
+    }
 }

@@ -4,8 +4,8 @@
 use secp256k1::PublicKey;
 
 use super::arith::{
-    self, Scalar, add, base_mul, has_even_y, mul, parse33, scalar_checked, scalar_reduce, ser33,
-    tagged, tags, x32,
+    self, Scalar, add, base_mul_public, has_even_y, mul, parse33, scalar_checked, scalar_reduce,
+    ser33, tagged, tags, x32,
 };
 use super::{Contribution, Error, SignatureFormat, invalid};
 
@@ -166,7 +166,8 @@ impl KeyAggContext {
                 let root = merkle_root.unwrap_or([0u8; 32]);
                 let t_bytes = tagged(&tags::TAP_TWEAK, &[&ser33(&self.aggregate), &root]);
                 let t = scalar_checked(&t_bytes).ok_or(Error::TweakOutOfRange)?;
-                let c = add(&Some(self.aggregate), &base_mul(&t)).ok_or(Error::TweakInfinity)?;
+                let c =
+                    add(&Some(self.aggregate), &base_mul_public(&t)).ok_or(Error::TweakInfinity)?;
                 self.tweaked = c;
                 self.lotus_taproot = Some(t);
                 Ok(())
@@ -185,7 +186,7 @@ impl KeyAggContext {
         } else {
             self.tweaked
         };
-        let q = add(&Some(q), &base_mul(&t)).ok_or(Error::TweakInfinity)?;
+        let q = add(&Some(q), &base_mul_public(&t)).ok_or(Error::TweakInfinity)?;
         let g = if negate { -Scalar::ONE } else { Scalar::ONE };
         self.tweaked = q;
         self.gacc = g * self.gacc;

@@ -6,8 +6,8 @@ use secp256k1::PublicKey;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::arith::{
-    Point, Scalar, add, base_mul, has_even_y, has_square_y, is_zero, join, mul, mul_point, neg,
-    scalar_bytes, scalar_checked, scalar_reduce, ser33, sha256, tagged, tags, x32,
+    Point, Scalar, add, base_mul_public, has_even_y, has_square_y, is_zero, join, mul, mul_point,
+    neg, scalar_bytes, scalar_checked, scalar_reduce, ser33, sha256, tagged, tags, x32,
 };
 use super::nonce::{AggNonce, PubNonce, SecNonce, SecretKey};
 use super::{Contribution, Error, KeyAggContext, SignatureFormat, Tweak, invalid};
@@ -100,7 +100,7 @@ impl<'a> SigningSession<'a> {
                 // BIP327: an infinite final nonce is replaced by G.
                 let r = match r {
                     Some(r) => r,
-                    None => base_mul(&Scalar::ONE).ok_or(Error::NonceInfinity)?,
+                    None => base_mul_public(&Scalar::ONE).ok_or(Error::NonceInfinity)?,
                 };
                 let e = scalar_reduce(&tagged(&tags::CHALLENGE, &[&x32(&r), &xq, msg]));
                 Ok(SigningSession {
@@ -284,7 +284,7 @@ impl<'a> SigningSession<'a> {
             }
         };
         let rhs = add(&re, &mul(p, &factor));
-        let lhs = base_mul(&s);
+        let lhs = base_mul_public(&s);
         if lhs.map(|p| p.serialize()) == rhs.map(|p| p.serialize()) {
             Ok(())
         } else {

@@ -3,7 +3,7 @@
 use secp256k1::XOnlyPublicKey;
 
 use super::arith::{
-    add, base_mul, has_square_y, is_field_element, mul, neg, parse33, scalar_checked,
+    add, base_mul_public, has_square_y, is_field_element, mul, neg, parse33, scalar_checked,
     scalar_reduce, sha256, x32,
 };
 use super::{Error, Signature, SignatureFormat};
@@ -52,7 +52,7 @@ pub fn lotus_schnorr_verify(key: &[u8; 33], msg: &[u8], sig: &Signature) -> Resu
     let s = scalar_checked(&s).ok_or(Error::InvalidSignature)?;
     let p = parse33(key).ok_or(Error::InvalidSignature)?;
     let e = scalar_reduce(&sha256(&[&r, key, msg]));
-    let big_r = add(&base_mul(&s), &neg(&mul(&p, &e))).ok_or(Error::InvalidSignature)?;
+    let big_r = add(&base_mul_public(&s), &neg(&mul(&p, &e))).ok_or(Error::InvalidSignature)?;
     if has_square_y(&big_r) && x32(&big_r) == r {
         Ok(())
     } else {
