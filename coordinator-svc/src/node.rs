@@ -648,10 +648,9 @@ impl Node {
         }
     }
 
-    /// A peer's frame, or the answer to one of ours.
-    /// The lanes' events of one batch, in order. The envelope signatures of its frames are
-    /// checked together first ([`crate::envelope::verify_batch`]): at 100 parties, Ed25519
-    /// was a sixth of a node's CPU.
+    /// The lanes' events of one turn of the loop, in order. The envelope signatures of its
+    /// frames are checked first, together ([`crate::envelope::verify_signatures`]): at 100
+    /// parties, Ed25519 was a sixth of a node's CPU.
     fn on_lanes(&mut self, events: &mut Vec<LaneEvent>, fx: &mut Vec<Effect>) {
         let frames: Vec<&[u8]> = events
             .iter()
@@ -663,7 +662,8 @@ impl Node {
                 _ => None,
             })
             .collect();
-        let mut proven = crate::envelope::verify_batch(&frames, &mut self.keys_seen).into_iter();
+        let mut proven =
+            crate::envelope::verify_signatures(&frames, &mut self.keys_seen).into_iter();
         for ev in events.drain(..) {
             let is_frame = matches!(
                 ev,
@@ -677,6 +677,7 @@ impl Node {
         }
     }
 
+    /// A peer's frame, or the answer to one of ours.
     fn on_lane(&mut self, ev: LaneEvent, signature_proven: bool, fx: &mut Vec<Effect>) {
         match ev {
             LaneEvent::Request {

@@ -79,7 +79,7 @@ pub fn open_with(
 }
 
 /// [`open_with`], skipping the envelope signature check when `signature_proven` (the node
-/// proved it with [`verify_batch`]); every other check is made.
+/// proved it with [`verify_signatures`]); every other check is made.
 ///
 /// # Errors
 /// As [`open`].
@@ -204,20 +204,20 @@ impl KeyCache {
 /// Fewer envelopes than this are checked one by one: a batch's fixed cost only pays off beyond.
 pub const MIN_BATCH: usize = 4;
 
-/// Check the Ed25519 signatures of several envelopes at once: one multi-scalar multiplication
-/// for the whole batch (ed25519-dalek's `verify_batch`), instead of one double-scalar
-/// multiplication and one key decompression each. Returns, per envelope, whether the batch
-/// proved its signature by the key it carries over its payload: every `true` when the batch
-/// verified; all `false` when it did not, for fewer than [`MIN_BATCH`] envelopes, and for an
-/// envelope that does not decode, carries no Ed25519 key, or a weak (small-order) one. Those
-/// get the full check one by one in [`open_with`], which counts and names the bad one; a
-/// peer that spoils a batch costs its neighbours one extra check each, and is counted for it.
-/// Nothing else about an envelope is judged here: [`open_checked`] still makes every other
-/// check, the key's peer among them. Batches use the cofactorless equation, as single checks
-/// do; unlike a single check, a signature with a small-order component could pass a batch,
-/// which only its key's holder can make, for its own messages.
-pub fn verify_batch(envelopes: &[&[u8]], keys_seen: &mut KeyCache) -> Vec<bool> {
-    use ed25519_dalek::Signature;
+/// Check the Ed25519 signatures of the envelopes of one turn of the event loop, with keys
+/// decompressed once ([`KeyCache`]): [`MIN_BATCH`] or more at once in one multi-scalar
+/// multiplication (ed25519-dalek's `verify_batch`), fewer, or those of a batch that failed,
+/// one by one. Returns, per envelope, whether its signature by the key it carries over its
+/// payload verified. `false` for a bad signature and for an envelope that does not decode,
+/// carries no Ed25519 key, or a weak (small-order) one: those get the full check in
+/// [`open_with`], which counts and names the bad one (a peer that spoils a batch costs its
+/// neighbours one more check each). Nothing else about an envelope is judged here:
+/// [`open_checked`] still makes every other check, the key's peer among them. Batches use the
+/// cofactorless equation, as single checks do; unlike a single check, a batch could pass a
+/// signature with a small-order component, which only its key's holder can make, for its own
+/// messages.
+pub fn verify_signatures(envelopes: &[&[u8]], keys_seen: &mut KeyCache) -> Vec<bool> {
+    use ed25519_dalek::{Signature, Verifier as _};
     use prost::Message as _;
     let mut proven = vec![false; envelopes.len()];
     let mut at = Vec::with_capacity(envelopes.len());
@@ -245,15 +245,17 @@ pub fn verify_batch(envelopes: &[&[u8]], keys_seen: &mut KeyCache) -> Vec<bool> 
         signatures.push(signature);
         keys.push(key);
     }
-    if at.len() < MIN_BATCH {
-        return proven;
-    }
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok() {
-        for i in at {
-            if let Some(p) = proven.get_mut(i) {
-                *p = true;
-            }
+    let batch =
+        at.len() >= MIN_BATCH && ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok();
+    for (j, i) in at.into_iter().enumerate() {
+        let ok = batch
+            || match (keys.get(j), refs.get(j), signatures.get(j)) {
+                (Some(k), Some(m), Some(s)) => k.verify(m, s).is_ok(),
+                _ => false,
+            };
+        if let Some(p) = proven.get_mut(i) {
+            *p = ok;
         }
     }
     proven
@@ -372,15 +374,15 @@ mod tests {
             .collect();
         let mut batch: Vec<Vec<u8>> = (0..6u64).map(|i| sealed(&kps[i as usize % 3], i)).collect();
         assert_eq!(
-            verify_batch(&refs(&batch), &mut KeyCache::default()),
+            verify_signatures(&refs(&batch), &mut KeyCache::default()),
             vec![true; 6]
         );
-        // One altered payload: nothing is proven, and one by one only that one is refused
-        // for its signature.
+        // One altered payload spoils the batch: one by one, only that one is not proven, and
+        // the full check refuses it for its signature, and only it.
         batch[4] = tampered(&batch[4]);
         assert_eq!(
-            verify_batch(&refs(&batch), &mut KeyCache::default()),
-            vec![false; 6]
+            verify_signatures(&refs(&batch), &mut KeyCache::default()),
+            [true, true, true, true, false, true]
         );
         let refused: Vec<bool> = batch.iter().map(|b| signature_refused(b)).collect();
         assert_eq!(refused, [false, false, false, false, true, false]);
@@ -391,8 +393,8 @@ mod tests {
             .signature;
         batch[4] = moved.encode_to_vec();
         assert_eq!(
-            verify_batch(&refs(&batch), &mut KeyCache::default()),
-            vec![false; 6]
+            verify_signatures(&refs(&batch), &mut KeyCache::default()),
+            [true, true, true, true, false, true]
         );
     }
 
@@ -434,13 +436,20 @@ mod tests {
         batch.push(no_sig.encode_to_vec());
         let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
         assert_eq!(
-            verify_batch(&refs, &mut KeyCache::default()),
+            verify_signatures(&refs, &mut KeyCache::default()),
             [true, true, true, true, true, false, false, false]
         );
         // Too few to batch: checked one by one.
         assert_eq!(
-            verify_batch(&refs[..MIN_BATCH - 1], &mut KeyCache::default()),
-            vec![false; MIN_BATCH - 1]
+            verify_signatures(&refs[..MIN_BATCH - 1], &mut KeyCache::default()),
+            vec![true; MIN_BATCH - 1]
+        );
+        let mut few = refs[..MIN_BATCH - 1].to_vec();
+        let spoiled = tampered(few[1]);
+        few[1] = &spoiled;
+        assert_eq!(
+            verify_signatures(&few, &mut KeyCache::default()),
+            [true, false, true]
         );
     }
 }

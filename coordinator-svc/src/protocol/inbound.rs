@@ -18,7 +18,7 @@ pub enum Frame<'a> {
     /// Its bytes.
     Bytes(&'a [u8]),
     /// Its bytes, whose envelope signature the node proved in a batch with others
-    /// ([`crate::envelope::verify_batch`]): every other check is made.
+    /// ([`crate::envelope::verify_signatures`]): every other check is made.
     Proven(&'a [u8]),
     /// It exceeded the frame limit (its size).
     TooLarge(usize),
