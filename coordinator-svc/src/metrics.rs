@@ -34,6 +34,8 @@ pub struct Metrics {
     attestation_failures: Counter,
     /// The node's session tables at the last cleanup.
     tables: Family<NameLabel, Gauge>,
+    /// Direct frames' envelope signatures by how they were checked.
+    signature_checks: Family<NameLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -63,6 +65,12 @@ impl Metrics {
             "memory_tables",
             "Entries of the node's session tables at the last cleanup: sessions (in memory), clocks_out_of_memory (finished sessions whose broadcast clock runs, read back from the store when it fires), departed (finished sessions remembered until their announcement expires)",
             tables.clone(),
+        );
+        let signature_checks = Family::<NameLabel, Gauge>::default();
+        registry.register(
+            "envelope_signature_checks",
+            "Direct frames' envelope signatures by how they were checked: batched (proven in one batch), one_by_one (proven alone, or after a batch failed), full_check (left to the core's full check: bad, or unreadable to the batch)",
+            signature_checks.clone(),
         );
         let attestation_failures = Counter::default();
         registry.register("sessions", "Sessions in memory by phase", sessions.clone());
@@ -112,6 +120,7 @@ impl Metrics {
             failovers,
             attestation_failures,
             tables,
+            signature_checks,
         }
     }
 
@@ -139,6 +148,11 @@ impl Metrics {
                 };
                 me.accepted
                     .set(i64::try_from(node.accepted_messages()).unwrap_or(i64::MAX));
+                for (name, v) in node.signature_checks() {
+                    me.signature_checks
+                        .get_or_create(&NameLabel { name: name.into() })
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
                 let (commits, records) = node.store_writes();
                 for (name, v) in [("commits", commits), ("records", records)] {
                     me.store

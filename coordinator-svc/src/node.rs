@@ -155,6 +155,9 @@ struct Node {
     writes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
     /// The core's memory tables after the last cleanup ([`NodeHandle::memory_tables`]).
     tables: std::sync::Arc<[std::sync::atomic::AtomicU64; 3]>,
+    /// Direct frames' envelope signatures: proven in batches, proven one by one, left to the
+    /// core's full check ([`NodeHandle::signature_checks`]).
+    signature_checks: std::sync::Arc<[std::sync::atomic::AtomicU64; 3]>,
 }
 
 /// Start a node: ask the signer for its keys and attestations, bind, dial bootstrap peers and
@@ -255,6 +258,9 @@ pub async fn start(
     let tables = std::sync::Arc::new(std::array::from_fn(|_| {
         std::sync::atomic::AtomicU64::new(0)
     }));
+    let signature_checks = std::sync::Arc::new(std::array::from_fn(|_| {
+        std::sync::atomic::AtomicU64::new(0)
+    }));
     let (events, _) = broadcast::channel(4096);
     let log = std::sync::Arc::new(events::EventLog::new(now, events::RETAINED_EVENTS));
     let (internal_tx, internal_rx) = mpsc::channel(1024);
@@ -283,6 +289,7 @@ pub async fn start(
         accepted: accepted.clone(),
         writes: writes.clone(),
         tables: tables.clone(),
+        signature_checks: signature_checks.clone(),
     };
     node.note_tables();
     node.execute(fx);
@@ -293,6 +300,7 @@ pub async fn start(
             accepted,
             writes,
             tables,
+            signature_checks,
             events,
             log,
             peer_id,
@@ -662,8 +670,19 @@ impl Node {
                 _ => None,
             })
             .collect();
-        let mut proven =
-            crate::envelope::verify_signatures(&frames, &mut self.keys_seen).into_iter();
+        let checked = crate::envelope::verify_signatures(&frames, &mut self.keys_seen);
+        let proven_count = checked.proven.iter().filter(|p| **p).count() as u64;
+        let slot = usize::from(!checked.batched);
+        if let Some(c) = self.signature_checks.get(slot) {
+            c.fetch_add(proven_count, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(c) = self.signature_checks.get(2) {
+            c.fetch_add(
+                checked.proven.len() as u64 - proven_count,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        let mut proven = checked.proven.into_iter();
         for ev in events.drain(..) {
             let is_frame = matches!(
                 ev,

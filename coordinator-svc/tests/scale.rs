@@ -147,9 +147,18 @@ async fn a_hundred_party_session_completes_and_a_wrong_partial_signature_is_name
         &signatures[0][0],
     )
     .unwrap();
+    let checks = ps.iter().fold([0u64; 3], |mut acc, p| {
+        for (a, (_, v)) in acc.iter_mut().zip(p.node.signature_checks()) {
+            *a += v;
+        }
+        acc
+    });
     eprintln!(
-        "{n} parties: started in {up:?}, meshed in {meshed:?}; session from CreateSession to complete on every node in {session:?}, {messages} messages accepted, {commits} store commits writing {records} records"
+        "{n} parties: started in {up:?}, meshed in {meshed:?}; session from CreateSession to complete on every node in {session:?}, {messages} messages accepted, {commits} store commits writing {records} records; envelope signatures since start: {} batched, {} one by one, {} left to the full check",
+        checks[0], checks[1], checks[2]
     );
+    // Every frame a peer sent was signed correctly: none was left to the full check.
+    assert_eq!(checks[2], 0, "{checks:?}");
 
     // A party (the last one, driven by hand) joins, shares a real nonce, then a wrong partial
     // signature: every honest node aborts and names it.

@@ -158,6 +158,7 @@ pub struct NodeHandle {
     pub(super) accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(super) writes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
     pub(super) tables: std::sync::Arc<[std::sync::atomic::AtomicU64; 3]>,
+    pub(super) signature_checks: std::sync::Arc<[std::sync::atomic::AtomicU64; 3]>,
     pub(super) events: broadcast::Sender<NodeEvent>,
     pub(super) log: std::sync::Arc<EventLog>,
     pub(super) peer_id: PeerId,
@@ -191,6 +192,14 @@ impl NodeHandle {
     pub fn store_writes(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.writes[0].load(Relaxed), self.writes[1].load(Relaxed))
+    }
+
+    /// Direct frames' envelope signatures so far: proven in batches, proven one by one, and
+    /// left to the full check (bad, or unreadable to the batch).
+    pub fn signature_checks(&self) -> [(&'static str, u64); 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let names = ["batched", "one_by_one", "full_check"];
+        std::array::from_fn(|i| (names[i], self.signature_checks[i].load(Relaxed)))
     }
 
     /// Messages from peers accepted so far.

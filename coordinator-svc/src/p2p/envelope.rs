@@ -204,6 +204,15 @@ impl KeyCache {
 /// Fewer envelopes than this are checked one by one: a batch's fixed cost only pays off beyond.
 pub const MIN_BATCH: usize = 4;
 
+/// What [`verify_signatures`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Per envelope, whether its signature verified.
+    pub proven: Vec<bool>,
+    /// Whether they were proven in one batch (else one by one).
+    pub batched: bool,
+}
+
 /// Check the Ed25519 signatures of the envelopes of one turn of the event loop, with keys
 /// decompressed once ([`KeyCache`]): [`MIN_BATCH`] or more at once in one multi-scalar
 /// multiplication (ed25519-dalek's `verify_batch`), fewer, or those of a batch that failed,
@@ -216,7 +225,7 @@ pub const MIN_BATCH: usize = 4;
 /// cofactorless equation, as single checks do; unlike a single check, a batch could pass a
 /// signature with a small-order component, which only its key's holder can make, for its own
 /// messages.
-pub fn verify_signatures(envelopes: &[&[u8]], keys_seen: &mut KeyCache) -> Vec<bool> {
+pub fn verify_signatures(envelopes: &[&[u8]], keys_seen: &mut KeyCache) -> Checked {
     use ed25519_dalek::{Signature, Verifier as _};
     use prost::Message as _;
     let mut proven = vec![false; envelopes.len()];
@@ -246,10 +255,10 @@ pub fn verify_signatures(envelopes: &[&[u8]], keys_seen: &mut KeyCache) -> Vec<b
         keys.push(key);
     }
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let batch =
+    let batched =
         at.len() >= MIN_BATCH && ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok();
     for (j, i) in at.into_iter().enumerate() {
-        let ok = batch
+        let ok = batched
             || match (keys.get(j), refs.get(j), signatures.get(j)) {
                 (Some(k), Some(m), Some(s)) => k.verify(m, s).is_ok(),
                 _ => false,
@@ -258,7 +267,7 @@ pub fn verify_signatures(envelopes: &[&[u8]], keys_seen: &mut KeyCache) -> Vec<b
             *p = ok;
         }
     }
-    proven
+    Checked { proven, batched }
 }
 
 /// A DHT record must be a valid, signed, attested announcement stored under its own session id
@@ -375,15 +384,17 @@ mod tests {
         let mut batch: Vec<Vec<u8>> = (0..6u64).map(|i| sealed(&kps[i as usize % 3], i)).collect();
         assert_eq!(
             verify_signatures(&refs(&batch), &mut KeyCache::default()),
-            vec![true; 6]
+            Checked {
+                proven: vec![true; 6],
+                batched: true
+            }
         );
         // One altered payload spoils the batch: one by one, only that one is not proven, and
         // the full check refuses it for its signature, and only it.
         batch[4] = tampered(&batch[4]);
-        assert_eq!(
-            verify_signatures(&refs(&batch), &mut KeyCache::default()),
-            [true, true, true, true, false, true]
-        );
+        let checked = verify_signatures(&refs(&batch), &mut KeyCache::default());
+        assert_eq!(checked.proven, [true, true, true, true, false, true]);
+        assert!(!checked.batched);
         let refused: Vec<bool> = batch.iter().map(|b| signature_refused(b)).collect();
         assert_eq!(refused, [false, false, false, false, true, false]);
         // A signature moved to another envelope of the same key does not verify either.
@@ -393,7 +404,7 @@ mod tests {
             .signature;
         batch[4] = moved.encode_to_vec();
         assert_eq!(
-            verify_signatures(&refs(&batch), &mut KeyCache::default()),
+            verify_signatures(&refs(&batch), &mut KeyCache::default()).proven,
             [true, true, true, true, false, true]
         );
     }
@@ -436,19 +447,19 @@ mod tests {
         batch.push(no_sig.encode_to_vec());
         let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
         assert_eq!(
-            verify_signatures(&refs, &mut KeyCache::default()),
+            verify_signatures(&refs, &mut KeyCache::default()).proven,
             [true, true, true, true, true, false, false, false]
         );
         // Too few to batch: checked one by one.
         assert_eq!(
-            verify_signatures(&refs[..MIN_BATCH - 1], &mut KeyCache::default()),
+            verify_signatures(&refs[..MIN_BATCH - 1], &mut KeyCache::default()).proven,
             vec![true; MIN_BATCH - 1]
         );
         let mut few = refs[..MIN_BATCH - 1].to_vec();
         let spoiled = tampered(few[1]);
         few[1] = &spoiled;
         assert_eq!(
-            verify_signatures(&few, &mut KeyCache::default()),
+            verify_signatures(&few, &mut KeyCache::default()).proven,
             [true, false, true]
         );
     }
