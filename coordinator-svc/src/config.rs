@@ -364,6 +364,14 @@ impl Config {
                 errs.push(format!("{k}: must be positive"));
             }
         }
+        if self.max_sequence_gap > 0 && self.max_sequence_gap < crate::protocol::MIN_SEQUENCE_GAP {
+            errs.push(format!(
+                "max_sequence_gap: at least {} (a restarted node skips {} sequence numbers of each unfinished session), got {}",
+                crate::protocol::MIN_SEQUENCE_GAP,
+                crate::protocol::RESTART_SEQUENCE_SKIP,
+                self.max_sequence_gap
+            ));
+        }
         let t = &self.session_resource_type;
         if t.is_empty()
             || t.len() > 64

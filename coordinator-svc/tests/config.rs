@@ -45,6 +45,8 @@ fn example_parses_and_errors_name_keys() {
         ),
         ("ATTESTATION_TTL_MS", "2592000001", "attestation_ttl_ms"),
         ("ATTESTATION_TTL_MS", "999", "attestation_ttl_ms"),
+        // No room for the sequence numbers a restart skips.
+        ("MAX_SEQUENCE_GAP", "3", "max_sequence_gap: at least 4"),
         ("SESSION_RETENTION_MS", "1000", "session_retention_ms"),
         (
             "SESSION_RESOURCE_TYPE",

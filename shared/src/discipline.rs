@@ -42,6 +42,12 @@ pub enum Refused {
     /// The signing request does not carry this signer's nonce at its index.
     #[error("public_nonces[{0}] is not this signer's nonce for the session")]
     NotOurNonce(usize),
+    /// A nonce was issued for this session and key before the signer restarted; its secret is
+    /// gone, and another would be a second nonce for the same session and key.
+    #[error(
+        "a nonce for this session and key was issued before the signer restarted and is lost; a session gets one nonce per key"
+    )]
+    NonceLost,
     /// No nonce was issued (or it expired, or the signer restarted).
     #[error(
         "no nonce for this session and key: never issued, expired, or lost when the signer restarted"
@@ -302,6 +308,9 @@ pub struct MemorySigner {
     slots: BTreeMap<([u8; 16], [u8; 33]), SlotState>,
     /// Partial signatures produced, per public nonce (an audit: more than one is a violation).
     signed: BTreeMap<[u8; 66], u32>,
+    /// Slots whose nonces a restart lost: never issued again (as the signer service does from
+    /// its journal).
+    lost: std::collections::BTreeSet<([u8; 16], [u8; 33])>,
 }
 
 impl std::fmt::Debug for MemorySigner {
@@ -323,6 +332,7 @@ impl MemorySigner {
             keys: keys.into_iter().map(|k| (k.public_key(), k)).collect(),
             slots: BTreeMap::new(),
             signed: BTreeMap::new(),
+            lost: std::collections::BTreeSet::new(),
         }
     }
 
@@ -331,8 +341,10 @@ impl MemorySigner {
         self.keys.keys().copied().collect()
     }
 
-    /// Forget every nonce (a restart).
+    /// Forget every nonce (a restart). A slot's nonce is not issued again: a request for it is
+    /// refused ([`Refused::NonceLost`]), signing with it finds no nonce.
     pub fn restart(&mut self) {
+        self.lost.extend(self.slots.keys().copied());
         self.slots.clear();
     }
 
@@ -400,6 +412,9 @@ impl MemorySigner {
         let (sk, _, key_agg) = self.check(key, context)?;
         let context_hash = context.hash();
         let slot = (*session_id, *key);
+        if self.lost.contains(&slot) {
+            return Err(Refused::NonceLost);
+        }
         if let Some(s) = self.slots.get(&slot) {
             let existing = s.check_nonce_request(&context_hash)?;
             return PubNonce::from_bytes(&existing).map_err(|e| Refused::Invalid(e.to_string()));
@@ -434,6 +449,9 @@ impl MemorySigner {
         let (sk, _, key_agg) = self.check(key, context)?;
         let pool_hash = context.pool_hash();
         let slot = (*slot_id, *key);
+        if self.lost.contains(&slot) {
+            return Err(Refused::NonceLost);
+        }
         if let Some(s) = self.slots.get(&slot) {
             let existing = s.check_nonce_request(&pool_hash)?;
             return PubNonce::from_bytes(&existing).map_err(|e| Refused::Invalid(e.to_string()));

@@ -45,6 +45,11 @@ struct Map {
     pool_order: VecDeque<(Instant, SlotKey)>,
     /// Live pooled slots.
     pooled: std::collections::HashSet<SlotKey>,
+    /// Slots whose nonces were issued before a restart (from the journal), until they would
+    /// have expired: never issued again ([`NonceStore::is_lost`]).
+    lost: HashMap<SlotKey, Instant>,
+    /// The same in expiry order.
+    lost_order: VecDeque<(Instant, SlotKey)>,
 }
 
 /// Why a slot could not be created.
@@ -58,6 +63,75 @@ pub enum InsertError {
         "nonce pool is full ({0} pooled nonces, nonces.pool_capacity); use or release some first"
     )]
     PoolFull(usize),
+}
+
+/// Nonces the journal says were issued and would still live (a restart's replay, for
+/// [`NonceStore::with_lost`]): the newest `keep`, in journal order.
+#[derive(Debug)]
+pub struct IssuedBefore {
+    ttls: (Duration, Duration),
+    keep: usize,
+    now_ms: i64,
+    slots: VecDeque<(SlotKey, i64)>,
+}
+
+impl IssuedBefore {
+    /// Collect with the ordinary and pooled TTLs, keeping at most `keep`.
+    pub fn new(ttls: (Duration, Duration), keep: usize) -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        IssuedBefore {
+            ttls,
+            keep,
+            now_ms,
+            slots: VecDeque::new(),
+        }
+    }
+
+    /// One journal record (only issued nonces count).
+    pub fn note(&mut self, r: &crate::journal::Record) {
+        if r.kind != crate::journal::RecordKind::Nonce {
+            return;
+        }
+        let ttl = if r.event.pooled == Some(true) {
+            self.ttls.1
+        } else {
+            self.ttls.0
+        };
+        let expires_ms = r
+            .time_ms
+            .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        if expires_ms <= self.now_ms {
+            return;
+        }
+        let (Some(session), Some(key)) = (r.event.session_id.as_deref(), r.event.key.as_deref())
+        else {
+            return;
+        };
+        let (mut id, mut k) = ([0u8; 16], [0u8; 33]);
+        if hex::decode_to_slice(session, &mut id).is_err()
+            || hex::decode_to_slice(key, &mut k).is_err()
+        {
+            return;
+        }
+        self.slots.push_back(((id, k), expires_ms));
+        if self.slots.len() > self.keep {
+            self.slots.pop_front();
+        }
+    }
+
+    /// The slots with when they would expire, on this process's clock.
+    pub fn into_slots(self) -> Vec<(SlotKey, Instant)> {
+        let now = Instant::now();
+        self.slots
+            .into_iter()
+            .map(|(key, exp_ms)| {
+                let left = u64::try_from(exp_ms.saturating_sub(self.now_ms)).unwrap_or(0);
+                (key, now + Duration::from_millis(left))
+            })
+            .collect()
+    }
 }
 
 /// The store.
@@ -91,6 +165,32 @@ impl NonceStore {
         self
     }
 
+    /// Nonces issued before a restart (slot, when it would have expired), newest last: their
+    /// slots are never issued a nonce again while they would have lived. At most half the
+    /// capacity is kept, the newest (the sessions in flight at the restart), so that new
+    /// nonces always have room.
+    #[must_use]
+    pub fn with_lost(self, mut issued: Vec<(SlotKey, Instant)>) -> Self {
+        issued.sort_by_key(|(_, exp)| *exp);
+        let keep = issued.len().saturating_sub(self.capacity / 2);
+        {
+            let mut map = self.lock();
+            for (key, exp) in issued.drain(keep..) {
+                map.lost.insert(key, exp);
+                map.lost_order.push_back((exp, key));
+            }
+        }
+        self
+    }
+
+    /// Whether the slot's nonce was issued before a restart (and would still live): a request
+    /// for it must be refused, not answered with a second nonce.
+    pub fn is_lost(&self, key: &SlotKey) -> bool {
+        let mut map = self.lock();
+        Self::purge(&mut map, Instant::now());
+        map.lost.contains_key(key)
+    }
+
     /// The pooled slots' TTL.
     pub fn pool_ttl(&self) -> Duration {
         self.pool_ttl
@@ -116,6 +216,13 @@ impl NonceStore {
 
     /// Drop expired slots (their secret nonces are zeroized on drop).
     fn purge(map: &mut Map, now: Instant) {
+        while let Some((exp, key)) = map.lost_order.front().copied() {
+            if exp > now {
+                break;
+            }
+            map.lost_order.pop_front();
+            map.lost.remove(&key);
+        }
         for pool in [false, true] {
             loop {
                 let queue = if pool {
@@ -298,5 +405,38 @@ impl NonceStore {
     /// Whether empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_issued_before_a_restart_stay_refused_until_they_would_have_expired() {
+        let now = Instant::now();
+        let key = |b: u8| ([b; 16], [2u8; 33]);
+        // 0..7 would have expired by now (7 - b seconds ago), 7..10 live on.
+        let issued: Vec<(SlotKey, Instant)> = (0..10u8)
+            .map(|b| {
+                let exp = match 7u64.checked_sub(u64::from(b)).filter(|s| *s > 0) {
+                    Some(ago) => now.checked_sub(Duration::from_secs(ago)).unwrap_or(now),
+                    None => now + Duration::from_secs(60 + u64::from(b)),
+                };
+                (key(b), exp)
+            })
+            .collect();
+        // Capacity 8: the newest 4 are kept (6, 7, 8, 9), and 6 has expired.
+        let store = NonceStore::new(Duration::from_secs(60), 8).with_lost(issued);
+        for b in 0..7 {
+            assert!(
+                !store.is_lost(&key(b)),
+                "{b}: expired or not among the newest half"
+            );
+        }
+        for b in 7..10 {
+            assert!(store.is_lost(&key(b)), "{b}");
+        }
+        assert!(!store.is_lost(&key(11)));
     }
 }

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::journal::{Journal, RecordKind};
 use crate::keystore::KeyStore;
 use crate::metrics::Metrics;
-use crate::nonces::NonceStore;
+use crate::nonces::{IssuedBefore, NonceStore};
 use crate::policy::Released;
 use crate::service::{Faults, Signer};
 
@@ -79,9 +79,16 @@ pub async fn start_with_faults(
         tracing::info!(dir = %dir.display(), "created the audit journal's directory (0700)");
     }
     let replay = policy.clone();
-    let (journal, replayed) = tokio::task::spawn_blocking(move || {
+    let keep_lost = config.nonces.capacity / 2;
+    let ttls = (
+        Duration::from_secs(config.nonces.ttl_secs),
+        Duration::from_secs(config.nonces.pool_ttl_secs),
+    );
+    let (journal, replayed, issued) = tokio::task::spawn_blocking(move || {
         let mut replayed = 0u64;
+        let mut issued = IssuedBefore::new(ttls, keep_lost);
         let journal = Journal::open_replaying(&journal_path, |r| {
+            issued.note(&r);
             let what = match r.kind {
                 RecordKind::PartialSignature => Released::PartialSignature,
                 RecordKind::Attestation => Released::Attestation,
@@ -96,7 +103,7 @@ pub async fn start_with_faults(
                 replayed += 1;
             }
         })?;
-        Ok::<_, crate::journal::JournalError>((journal, replayed))
+        Ok::<_, crate::journal::JournalError>((journal, replayed, issued.into_slots()))
     })
     .await??;
     let journal = Arc::new(journal);
@@ -110,6 +117,12 @@ pub async fn start_with_faults(
     .with_pool(
         Duration::from_secs(config.nonces.pool_ttl_secs),
         config.nonces.pool_capacity,
+    );
+    let lost = issued.len();
+    let nonces = nonces.with_lost(issued);
+    tracing::info!(
+        lost,
+        "nonces issued before this start that would still live: never issued again"
     );
     let keys = Arc::new(keys);
     for k in keys.keys() {

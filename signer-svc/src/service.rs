@@ -267,6 +267,14 @@ impl Inner {
             Stage::Nonce
         };
         drop(self.policy(stage, &c)?);
+        if self.nonces.is_lost(&(c.session_id, c.key)) {
+            return Err(Status::failed_precondition(format!(
+                "session {} and key {}: {}",
+                hex::encode(c.session_id),
+                hex::encode(c.key),
+                shared::discipline::Refused::NonceLost
+            )));
+        }
         // Made before taking the store lock; dropped (zeroized) if the slot already exists.
         let (secnonce, public) = if req.pooled {
             shared::musig::nonce_gen_pooled(&mut rand::rng(), c.secret, &c.key_agg)

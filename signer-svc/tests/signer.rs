@@ -443,7 +443,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn nonces_do_not_survive_a_restart() {
+async fn nonces_do_not_survive_a_restart_and_are_not_issued_again() {
     let h = Harness::start(2, "").await;
     let session = [4u8; 16];
     let ctx = context(&h.keys, SignatureFormat::Bip340, false, b"restart");
@@ -470,6 +470,33 @@ async fn nonces_do_not_survive_a_restart() {
         e.message().contains("lost when the signer restarted"),
         "{e}"
     );
+    // Nor is a second nonce issued for the same session and key: a coordinator that sent the
+    // first one and restarted before writing it would otherwise send a different nonce for
+    // the same session (found by review of the coordinator's unwritten own contributions).
+    for k in &h.keys {
+        let e = client
+            .generate_nonce(nonce_req(k, session, &ctx))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(
+            e.message().contains("issued before the signer restarted"),
+            "{e}"
+        );
+    }
+    // Another session gets its nonce.
+    client
+        .generate_nonce(nonce_req(&h.keys[0], [5u8; 16], &ctx))
+        .await
+        .unwrap();
+    // And a second restart still knows the first session's nonces (the journal holds them).
+    let h = h.restart().await;
+    let mut client = h.client().await;
+    let e = client
+        .generate_nonce(nonce_req(&h.keys[1], session, &ctx))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     assert!(
         std::fs::read_to_string(h.journal())
             .unwrap()

@@ -81,6 +81,15 @@ pub const FINISHED_RETENTION_MS: i64 = 3600 * 1000;
 /// `musig2-bench --messages 256 --duration-s`: +84 MB per coordinator in 50 s; and 200
 /// sessions/s of three parties for the hour would hold ~3.6 GB, past the deployment's 1 GiB).
 pub const MAX_FINISHED_VALUES: usize = 131_072;
+/// Sequence numbers a restart skips, per local key, in each unfinished session it resumes. Our
+/// signer's nonce or partial signature leaves before a write holds its sequence number
+/// (`Core::apply_own`): at most one such number per key is unwritten at a crash. After the
+/// restart the session's next message takes a higher number, so members that received the
+/// lost one do not refuse the next as a replay (with a different body, such as an abort). A
+/// configured `max_sequence_gap` must leave room for it ([`MIN_SEQUENCE_GAP`]).
+pub const RESTART_SEQUENCE_SKIP: u64 = 2;
+/// The smallest `max_sequence_gap` that lets a restarted member's next message through.
+pub const MIN_SEQUENCE_GAP: u64 = RESTART_SEQUENCE_SKIP + 2;
 /// How long a join of an unknown session waits for its announcement, ms.
 pub const JOIN_WAIT_MS: i64 = 2_000;
 /// A join of an unknown session looks it up in the DHT only after waiting this long for its

@@ -8,7 +8,10 @@ use super::{Core, Effect};
 use crate::store::SessionRecord;
 
 impl Core {
-    /// Send our past messages of live sessions to a participant that was not connected then.
+    /// Send our past messages of live sessions to a participant that was not connected then;
+    /// also of sessions that aborted here meanwhile, so that it hears of the abort rather than
+    /// waiting for the session to time out (a restart that finds its signer's nonce lost aborts
+    /// before any peer has reconnected). Messages it holds already change nothing there.
     pub(super) fn replay_history(&mut self, peer: PeerId, fx: &mut Vec<Effect>) {
         let Some(keys) = self.guard.peer_keys.get(&peer).cloned() else {
             return;
@@ -17,7 +20,7 @@ impl Core {
             let Some(s) = self.sessions.get(id) else {
                 continue;
             };
-            if s.phase.is_terminal()
+            if (s.phase.is_terminal() && s.phase != Phase::Aborted)
                 || delivered.contains(&peer)
                 || !keys.iter().any(|k| s.index_of(k).is_some())
             {
@@ -186,7 +189,7 @@ impl Core {
         for (id, rec) in records {
             let id = SessionId(id);
             match Session::from_record(id, &rec, &self.keys, now) {
-                Ok((s, sent)) => {
+                Ok((mut s, sent)) => {
                     if self.planted.forget_unfinished_on_restore && !s.phase.is_terminal() {
                         continue;
                     }
@@ -194,6 +197,7 @@ impl Core {
                         self.finished_at
                             .insert(id, rec.finished_at_ms.unwrap_or(now).min(now));
                     } else {
+                        s.skip_sequences(super::RESTART_SEQUENCE_SKIP);
                         // A slot still filling is not resumed: the pool setting is not restored
                         // with it, so asking the signer for a pooled nonce again would happen
                         // without the application's opt-in. It times out; filled slots stay.

@@ -354,6 +354,16 @@ impl Session {
         s
     }
 
+    /// Skip `n` outbound sequence numbers of every local key (a restart: the last ones taken
+    /// may not have been written, [`super::RESTART_SEQUENCE_SKIP`]).
+    pub fn skip_sequences(&mut self, n: u64) {
+        for &i in &self.local {
+            if let Some(key) = self.context.signer_keys.get(i) {
+                *self.next_seq.entry(*key).or_insert(1) += n;
+            }
+        }
+    }
+
     /// Last accepted inbound sequence per key (for persistence).
     pub fn sequences(&self) -> &HashMap<[u8; 33], u64> {
         &self.last_seq

@@ -140,6 +140,37 @@ impl Core {
         actions: Vec<Action>,
         fx: &mut Vec<Effect>,
     ) {
+        self.apply_storing(now, id, actions, true, fx);
+    }
+
+    /// [`Core::apply`] for our signer's nonce or partial signature. When all it causes is its
+    /// broadcast, the broadcast does not wait for a write of its own: the session is written
+    /// with its next record (the phase change its peers' contributions complete, or at the
+    /// latest [`super::unstored::HOLD_MS`] later), as a peer's contribution is. What a crash
+    /// before that write loses is recomputed, not lost: a restart resumes the session by its
+    /// phase and asks the signer again, which answers a repeated request with the same nonce or
+    /// partial signature (or refuses, and the session aborts with the reason), and the restart
+    /// skips [`super::RESTART_SEQUENCE_SKIP`] sequence numbers, so that no number leaves twice with
+    /// different messages. Anything else (a phase change) is written first, as always.
+    fn apply_own(&mut self, now: i64, id: SessionId, actions: Vec<Action>, fx: &mut Vec<Effect>) {
+        let only_broadcasts = !actions.is_empty()
+            && actions
+                .iter()
+                .all(|a| matches!(a, Action::Broadcast { .. }));
+        if only_broadcasts {
+            self.mark_unstored(now, id, Vec::new());
+        }
+        self.apply_storing(now, id, actions, !only_broadcasts, fx);
+    }
+
+    fn apply_storing(
+        &mut self,
+        now: i64,
+        id: SessionId,
+        actions: Vec<Action>,
+        store: bool,
+        fx: &mut Vec<Effect>,
+    ) {
         if actions.is_empty() {
             self.schedule_timeout(id);
             return;
@@ -271,7 +302,9 @@ impl Core {
         }
         self.schedule_timeout(id);
         // On disk before anyone hears of it.
-        self.persist(id, fx);
+        if store {
+            self.persist(id, fx);
+        }
         if self.settings.dht
             && self
                 .sessions
@@ -643,7 +676,11 @@ impl Core {
                 a
             }
         };
-        self.apply(now, id, actions, fx);
+        if contributed {
+            self.apply_own(now, id, actions, fx);
+        } else {
+            self.apply(now, id, actions, fx);
+        }
         fx.extend(release);
         if contributed {
             Self::emit(fx, NodeEvent::Contributed { id });

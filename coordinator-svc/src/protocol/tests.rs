@@ -339,6 +339,21 @@ impl Net {
         self.run(i, fx);
     }
 
+    /// Node `i` and every other node connect again (after [`Net::restart`]).
+    fn reconnect(&mut self, i: usize) {
+        for j in 0..self.cores.len() {
+            if j == i {
+                continue;
+            }
+            for (a, b) in [(i, j), (j, i)] {
+                let mut fx = Vec::new();
+                let (now, peer) = (self.now, self.peers[b]);
+                self.cores[a].on_connected(now, peer, true, &mut fx);
+                self.run(a, fx);
+            }
+        }
+    }
+
     /// Failover events since the last call, per node, in a compact form.
     fn take_failover(&mut self) -> Vec<Vec<String>> {
         self.events

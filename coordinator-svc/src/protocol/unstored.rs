@@ -50,6 +50,12 @@ impl Core {
     /// The frame being handled changed session `id` in memory only: its answer, and `events`,
     /// wait for the session's next write.
     pub(super) fn keep_unstored(&mut self, now: i64, id: SessionId, events: Vec<NodeEvent>) {
+        self.mark_unstored(now, id, events);
+        self.unstored.hold = Some(id);
+    }
+
+    /// Session `id` changed in memory only; `events` wait for its next write.
+    pub(super) fn mark_unstored(&mut self, now: i64, id: SessionId, events: Vec<NodeEvent>) {
         let u = &mut self.unstored;
         match u.sessions.get_mut(&id) {
             Some((_, waiting)) => waiting.extend(events),
@@ -58,7 +64,6 @@ impl Core {
                 u.order.push_back((now, id));
             }
         }
-        u.hold = Some(id);
     }
 
     /// The frame being handled repeats one already accepted: its answer waits too while what

@@ -62,7 +62,12 @@ fn joined_at(fx: &[Effect]) -> Vec<usize> {
 #[test]
 fn a_contribution_that_completes_nothing_is_written_with_the_one_that_does_and_answered_after() {
     let (mut net, id, [from_0, from_1]) = nonces_missing_at_node_2();
-    assert_eq!(stored_nonces(&net, 2, id), 1, "its own nonce only");
+    assert_eq!(
+        stored_nonces(&net, 2, id),
+        0,
+        "its own nonce left without a write of its own"
+    );
+    assert_eq!(net.cores[2].unstored_sessions(), 1);
     let now = net.now;
 
     // Node 0's nonce: nothing written, the answer waits, and so does the "joined" event.
@@ -138,4 +143,110 @@ fn a_held_contribution_is_written_within_the_hold_time_when_nothing_completes_it
     let r = net.cores[2].on_direct(due, net.peers[1], Frame::Bytes(&from_1), &mut fx);
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(net.cores[2].take_hold(), None);
+}
+
+/// Our signer's nonce left before any write held it (`Core::apply_own`): node 2 sent its nonce,
+/// got none of the others', and crashes before the session's next write.
+fn own_nonce_unwritten_at_node_2(settings: Settings) -> (Net, SessionId) {
+    let mut net = Net::with_settings(3, settings);
+    net.lose = Some((2, "NONCE_SHARE"));
+    let mut fx = Vec::new();
+    let ctx = net.context();
+    let id = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+    net.run(0, fx);
+    net.lose = None;
+    // Nodes 0 and 1 hold node 2's nonce and moved on; node 2's store does not.
+    for node in [0, 1] {
+        assert_eq!(
+            net.cores[node].session(id).map(|s| s.phase),
+            Some(Phase::PartialSigExchange)
+        );
+    }
+    assert_eq!(stored_nonces(&net, 2, id), 0);
+    assert_eq!(net.cores[2].unstored_sessions(), 1);
+    (net, id)
+}
+
+#[test]
+fn a_restart_before_our_sent_nonce_is_written_sends_the_same_nonce_again_and_completes() {
+    let (mut net, id, [from_0, from_1]) = nonces_missing_at_node_2();
+    let partials: Vec<(usize, Vec<u8>)> = net
+        .delivered
+        .iter()
+        .filter(|(from, to, b)| *to == 2 && kind(net.peers[*from], b) == "PARTIAL_SIG_SHARE")
+        .map(|(from, _, b)| (*from, b.clone()))
+        .collect();
+    assert_eq!(partials.len(), 2, "both partial signatures reached node 2");
+    let sent_before = net.delivered.len();
+    net.restart(2);
+    net.reconnect(2);
+    // The restart asked the signer again and broadcast the same nonce: the others, holding
+    // it, accepted the copy (the harness fails on any refusal).
+    let again: Vec<&Vec<u8>> = net.delivered[sent_before..]
+        .iter()
+        .filter(|(from, _, b)| *from == 2 && kind(net.peers[2], b) == "NONCE_SHARE")
+        .map(|(_, _, b)| b)
+        .collect();
+    assert_eq!(again.len(), 2, "sent again to both members");
+    // The members that missed nothing re-send what node 2 lacked (their senders were never
+    // answered by the crashed node): the session completes there with the others' signature.
+    for (from, bytes) in [(0, from_0), (1, from_1)] {
+        let mut fx = Vec::new();
+        let r = net.cores[2].on_direct(net.now, net.peers[from], Frame::Bytes(&bytes), &mut fx);
+        assert!(r.is_ok(), "{r:?}");
+        net.run(2, fx);
+    }
+    for (from, bytes) in partials {
+        let mut fx = Vec::new();
+        let r = net.cores[2].on_direct(net.now, net.peers[from], Frame::Bytes(&bytes), &mut fx);
+        assert!(r.is_ok(), "{r:?}");
+        net.run(2, fx);
+    }
+    let views: Vec<_> = (0..3).map(|i| net.cores[i].session(id)).collect();
+    for v in &views {
+        assert_eq!(
+            v.as_ref().map(|s| s.phase),
+            Some(Phase::Complete),
+            "{views:?}"
+        );
+    }
+    assert_eq!(
+        views[2].as_ref().and_then(|v| v.signatures.clone()),
+        views[0].as_ref().and_then(|v| v.signatures.clone())
+    );
+    assert_eq!(net.signers[2].max_signatures_per_nonce(), 1);
+}
+
+#[test]
+fn after_a_restart_lost_our_sent_nonce_and_the_signer_s_the_abort_is_not_taken_for_a_replay() {
+    // Replay protection on: node 2's next message after the restart must take a sequence
+    // number the others have not seen with its nonce.
+    let (mut net, id) = own_nonce_unwritten_at_node_2(settings(false));
+    // The signer restarted too: it refuses a second nonce for the session, so node 2 aborts
+    // and tells the others, who must accept the abort (the harness fails on a refusal; before
+    // the restart skipped sequence numbers, the abort reused the nonce's number and was
+    // refused as a replay, and before the signer remembered its nonces it issued another).
+    net.signers[2].restart();
+    net.restart(2);
+    net.reconnect(2);
+    for node in 0..3 {
+        let v = net.cores[node].session(id);
+        assert_eq!(
+            v.as_ref().map(|s| s.phase),
+            Some(Phase::Aborted),
+            "node {node}: {v:?}"
+        );
+        let reason = v
+            .and_then(|s| s.abort)
+            .map(|a| a.reason)
+            .unwrap_or_default();
+        assert!(
+            reason.contains("issued before the signer restarted"),
+            "node {node}: {reason}"
+        );
+    }
+    assert_eq!(net.signers[2].max_signatures_per_nonce(), 0);
 }
