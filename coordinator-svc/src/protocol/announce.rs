@@ -1,5 +1,5 @@
 //! Peers' session announcements (direct, or a DHT record): checked, budgeted per peer and in
-//! total, stored before they are acknowledged, and auto-joined for pool slots and accepted
+//! total, written before they are acknowledged (with the session's next record), and auto-joined for pool slots and accepted
 //! signing requests.
 
 use shared::election::elect;
@@ -103,9 +103,14 @@ impl Core {
             let actions = slot.consume_slot(now);
             self.apply(now, slot_id, actions, fx);
         }
-        // Stored before the announcement is acknowledged (the acknowledgement is the reply
-        // that depends on it) and before the application hears of it.
-        self.persist(id, fx);
+        // Written with the session's next record: our join (an application that signs calls
+        // it at once), a refusal, or at the latest `HOLD_MS` later; the acknowledgement waits
+        // for that write (set below), so a crash before it makes the creator send the
+        // announcement again. Before, it took a commit of its own, one of the three in a row
+        // before our nonce could leave. The application hears of it at once: the session is
+        // the creator's, and what our application does with it (a join) is written before it
+        // is answered.
+        self.mark_unstored(now, id, Vec::new());
         Self::emit(fx, NodeEvent::SessionCreated(Box::new(view)));
         let was_refused = refused.is_some();
         if let Some(reason) = refused {
@@ -131,6 +136,7 @@ impl Core {
             tracing::warn!(session = %id, error = %e, "auto-join failed");
         }
         self.replay_orphans(now, id, fx);
+        self.hold_if_unstored(id);
         Ok(())
     }
 }

@@ -250,3 +250,92 @@ fn after_a_restart_lost_our_sent_nonce_and_the_signer_s_the_abort_is_not_taken_f
     }
     assert_eq!(net.signers[2].max_signatures_per_nonce(), 0);
 }
+
+/// Node 0 creates a session; the announcement it sends node 1, not delivered yet.
+fn announcement_to_node_1(net: &mut Net) -> (SessionId, Vec<u8>) {
+    let mut fx = Vec::new();
+    let ctx = net.context();
+    let id = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+    let bytes = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send { peer, bytes }
+                if *peer == net.peers[1] && kind(net.peers[0], bytes) == "SESSION_ANNOUNCE" =>
+            {
+                Some(bytes.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no announcement to node 1: {fx:?}"));
+    (id, bytes)
+}
+
+#[test]
+fn an_announcement_is_written_with_our_join_and_answered_after_it() {
+    let mut net = Net::new(3, false);
+    let (id, announce) = announcement_to_node_1(&mut net);
+    let now = net.now;
+    let mut fx = Vec::new();
+    let r = net.cores[1].on_direct(now, net.peers[0], Frame::Bytes(&announce), &mut fx);
+    assert!(r.is_ok(), "{r:?}");
+    // Not written yet, its answer waits, and the application hears of it at once.
+    assert_eq!(persisted(&fx, id), None, "{fx:?}");
+    assert_eq!(net.cores[1].take_hold(), Some(id));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Emit(NodeEvent::SessionCreated(v)) if v.id == id)),
+        "{fx:?}"
+    );
+    // The application signs: one write holds the announcement and the join, and the nonce
+    // request goes out.
+    let mut fx = Vec::new();
+    let joined = net.cores[1].join(now, id, &mut fx);
+    assert!(
+        matches!(joined, crate::protocol::Pending::Ready(Ok(_))),
+        "{joined:?}"
+    );
+    let at = persisted(&fx, id).unwrap_or_else(|| panic!("not written: {fx:?}"));
+    let Some(Effect::Persist { record, .. }) = fx.get(at) else {
+        unreachable!()
+    };
+    assert!(record.locally_joined);
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::Nonce { .. })),
+        "{fx:?}"
+    );
+    assert_eq!(net.cores[1].unstored_sessions(), 0);
+}
+
+#[test]
+fn an_announcement_nobody_joins_is_written_within_the_hold_time_and_a_restart_before_takes_it_again()
+ {
+    let mut net = Net::new(3, false);
+    let (id, announce) = announcement_to_node_1(&mut net);
+    let now = net.now;
+    let mut fx = Vec::new();
+    let r = net.cores[1].on_direct(now, net.peers[0], Frame::Bytes(&announce), &mut fx);
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(net.cores[1].take_hold(), Some(id));
+    // A crash before the write: the restarted node does not know the session, and the
+    // creator, never answered, sends the announcement again; it is taken as new.
+    net.restart(1);
+    assert!(net.cores[1].session(id).is_none());
+    let mut fx = Vec::new();
+    let r = net.cores[1].on_direct(now, net.peers[0], Frame::Bytes(&announce), &mut fx);
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(net.cores[1].take_hold(), Some(id));
+    // Nobody joins: written at the end of the hold time.
+    let due = now + crate::protocol::unstored::HOLD_MS;
+    let mut fx = Vec::new();
+    net.cores[1].on_deadline(due - 1, &mut fx);
+    assert_eq!(persisted(&fx, id), None, "{fx:?}");
+    net.cores[1].on_deadline(due, &mut fx);
+    let at = persisted(&fx, id).unwrap_or_else(|| panic!("not written: {fx:?}"));
+    let Some(Effect::Persist { record, .. }) = fx.get(at) else {
+        unreachable!()
+    };
+    assert!(!record.locally_joined);
+}
