@@ -283,7 +283,8 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-fn now_ms() -> i64 {
+/// Wall-clock time, ms since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

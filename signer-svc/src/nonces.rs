@@ -78,13 +78,10 @@ pub struct IssuedBefore {
 impl IssuedBefore {
     /// Collect with the ordinary and pooled TTLs, keeping at most `keep`.
     pub fn new(ttls: (Duration, Duration), keep: usize) -> Self {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         IssuedBefore {
             ttls,
             keep,
-            now_ms,
+            now_ms: crate::journal::now_ms(),
             slots: VecDeque::new(),
         }
     }

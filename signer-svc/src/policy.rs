@@ -291,12 +291,6 @@ impl Drop for Admission<'_> {
 
 mod compile;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Policy {
     /// A policy with no rules (the built-in attestation limit still holds).
     pub fn allow_all() -> Self {
@@ -392,7 +386,7 @@ impl Policy {
         }
         let aggregate = key_agg.aggregate_key();
         let output = key_agg.output_key();
-        let now = now_ms();
+        let now = crate::journal::now_ms();
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.applies_to(key) {
                 continue;
@@ -462,7 +456,7 @@ impl Policy {
             policy: self,
             held: Vec::new(),
         };
-        let now = now_ms();
+        let now = crate::journal::now_ms();
         {
             let mut c = self.lock();
             let AttestLimit { max, window_ms } = self.attest_limit;
@@ -517,7 +511,7 @@ impl Policy {
     /// Count an item released at `time_ms` (read back from the audit journal at start) in every
     /// rate window that covers `key`, so limits survive a restart.
     pub fn replay_released(&self, what: Released, key: &[u8; 33], time_ms: i64) {
-        let now = now_ms();
+        let now = crate::journal::now_ms();
         let mut c = self.lock();
         let push = |c: &mut Counters, slot: (Window, [u8; 33]), window_ms: i64| {
             if now.saturating_sub(time_ms) < window_ms {
@@ -692,7 +686,7 @@ mod tests {
         }
         .compile()
         .unwrap();
-        let now = now_ms();
+        let now = crate::journal::now_ms();
         policy.replay_released(Released::PartialSignature, &key, now - 10_000);
         policy.replay_released(Released::PartialSignature, &key, now - 7_200_000);
         policy.replay_released(Released::Attestation, &key, now - 10_000);

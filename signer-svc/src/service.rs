@@ -55,12 +55,6 @@ struct Inner {
     faults: Faults,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn key33(field: &str, b: &[u8]) -> Result<[u8; 33], Status> {
     b.try_into()
         .map_err(|_| Status::invalid_argument(format!("{field} must be 33 bytes, got {}", b.len())))
@@ -463,7 +457,7 @@ impl Inner {
                 req.peer_id.len()
             )));
         }
-        let now = now_ms();
+        let now = crate::journal::now_ms();
         if req.expires_at_ms <= now
             || req.expires_at_ms > now.saturating_add(MAX_ATTESTATION_LIFETIME_MS)
         {

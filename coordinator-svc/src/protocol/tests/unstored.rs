@@ -9,22 +9,10 @@ use super::*;
 /// shares (the same bytes went to every member). Sequence numbers are not checked here: the
 /// partial signatures got ahead of the lost nonces, which lanes prevent in the real network.
 fn nonces_missing_at_node_2() -> (Net, SessionId, [Vec<u8>; 2]) {
-    let mut net = Net::with_settings(
-        3,
-        Settings {
-            enable_replay_protection: false,
-            ..settings(false)
-        },
-    );
-    net.lose = Some((2, "NONCE_SHARE"));
-    let mut fx = Vec::new();
-    let ctx = net.context();
-    let id = net.cores[0]
-        .create(net.now, ctx, None, None, &mut fx)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .id;
-    net.run(0, fx);
-    net.lose = None;
+    let (net, id) = session_losing_nonces_at_node_2(Settings {
+        enable_replay_protection: false,
+        ..settings(false)
+    });
     let share = |net: &Net, from: usize| {
         net.delivered
             .iter()
@@ -38,6 +26,22 @@ fn nonces_missing_at_node_2() -> (Net, SessionId, [Vec<u8>; 2]) {
         Some(Phase::NonceExchange)
     );
     (net, id, shares)
+}
+
+/// Node 0 creates a 3-party session that runs to its end, except that node 2 gets none of the
+/// others' nonce shares.
+fn session_losing_nonces_at_node_2(settings: Settings) -> (Net, SessionId) {
+    let mut net = Net::with_settings(3, settings);
+    net.lose = Some((2, "NONCE_SHARE"));
+    let mut fx = Vec::new();
+    let ctx = net.context();
+    let id = net.cores[0]
+        .create(net.now, ctx, None, None, &mut fx)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+    net.run(0, fx);
+    net.lose = None;
+    (net, id)
 }
 
 fn stored_nonces(net: &Net, node: usize, id: SessionId) -> usize {
@@ -148,16 +152,7 @@ fn a_held_contribution_is_written_within_the_hold_time_when_nothing_completes_it
 /// Our signer's nonce left before any write held it (`Core::apply_own`): node 2 sent its nonce,
 /// got none of the others', and crashes before the session's next write.
 fn own_nonce_unwritten_at_node_2(settings: Settings) -> (Net, SessionId) {
-    let mut net = Net::with_settings(3, settings);
-    net.lose = Some((2, "NONCE_SHARE"));
-    let mut fx = Vec::new();
-    let ctx = net.context();
-    let id = net.cores[0]
-        .create(net.now, ctx, None, None, &mut fx)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .id;
-    net.run(0, fx);
-    net.lose = None;
+    let (net, id) = session_losing_nonces_at_node_2(settings);
     // Nodes 0 and 1 hold node 2's nonce and moved on; node 2's store does not.
     for node in [0, 1] {
         assert_eq!(
