@@ -4,9 +4,13 @@
 //!
 //! Line format: `<body JSON>\t<chain hash hex>\n`. The body holds a sequence number (from 1,
 //! consecutive) and the previous hash, so an edited, removed or reordered line breaks the chain
-//! at that line. A torn final line (a crash mid-write) is reported by `verify`; on start the
-//! signer cuts it off, fsyncs, and journals a `recovered_torn_tail` record naming its length and
-//! hash, so the journal is never silently extended past a torn record.
+//! at that line. A torn tail (a crash mid-write) is reported by `verify`; on start the signer
+//! cuts it off, fsyncs, and journals a `recovered_torn_tail` record naming its length and hash,
+//! so the journal is never silently extended past a torn record. A torn tail is a final line
+//! without its newline, or everything from the first line holding a zero byte on: records never
+//! hold one (JSON escapes control characters), and a power cut during a group commit can leave
+//! several unsynced lines on disk with a hole of zeros in any of them. Every byte from such a
+//! hole on was written after the last completed fsync, so none of it was acknowledged.
 //!
 //! Removing the *last* whole lines is not detectable from the file alone: compare the head
 //! (`audit verify` prints it; the signer logs it at start and exports the sequence number) with
@@ -158,7 +162,8 @@ pub struct Report {
     pub records: u64,
     /// Hash of the last whole record (hex), or the genesis value.
     pub head: String,
-    /// Bytes of a torn final line, if any.
+    /// Bytes of a torn tail, if any: a final line without its newline, or everything from the
+    /// first line holding a zero byte (a power cut's hole) on.
     pub torn_tail: Option<usize>,
     /// Byte length of the whole records.
     pub valid_len: u64,
@@ -200,7 +205,14 @@ fn walk(path: &str, data: &[u8], mut each: impl FnMut(Record)) -> Result<Report,
         line,
         reason,
     };
-    let mut rest = data;
+    // From the line of the first zero byte on: a hole left by a power cut (see the module).
+    let whole = data.iter().position(|b| *b == 0).map_or(data, |z| {
+        let start = data
+            .get(..z)
+            .and_then(|d| d.iter().rposition(|b| *b == b'\n'));
+        data.get(..start.map_or(0, |n| n + 1)).unwrap_or(&[])
+    });
+    let mut rest = whole;
     let mut line_no = 0usize;
     while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
         line_no += 1;
@@ -242,7 +254,7 @@ fn walk(path: &str, data: &[u8], mut each: impl FnMut(Record)) -> Result<Report,
     Ok(Report {
         records: seq,
         head: hex::encode(prev),
-        torn_tail: (!rest.is_empty()).then_some(rest.len()),
+        torn_tail: (offset < data.len()).then_some(data.len() - offset),
         valid_len: offset as u64,
     })
 }
@@ -260,18 +272,100 @@ pub fn verify_file(path: &Path) -> Result<Report, JournalError> {
     verify_bytes(&p, &data)
 }
 
-struct Inner {
-    file: std::fs::File,
-    prev: [u8; 32],
-    seq: u64,
-    /// Length of the whole records: a failed append is cut back to it.
-    len: u64,
+/// Where the journal's bytes go: the journal file in production, a model of a disk that
+/// keeps only what was synced in the power-cut tests. Appends only; `set_len` cuts back a
+/// failed batch.
+pub trait JournalFile: Send + 'static {
+    /// Append bytes at the end.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Make everything written so far durable.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn sync_data(&mut self) -> std::io::Result<()>;
+    /// Cut the file back to `len` bytes.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn set_len(&mut self, len: u64) -> std::io::Result<()>;
 }
 
-/// An open journal. Appends are serialised (the chain needs an order) and fsynced.
+impl JournalFile for std::fs::File {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        Write::write_all(self, bytes)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        std::fs::File::sync_data(self)
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        std::fs::File::set_len(self, len)
+    }
+}
+
+/// Who waits for a record to be durable.
+enum Waiter {
+    Blocking(std::sync::mpsc::SyncSender<Result<u64, JournalError>>),
+    Async(tokio::sync::oneshot::Sender<Result<u64, JournalError>>),
+}
+
+impl Waiter {
+    fn send(self, r: Result<u64, JournalError>) {
+        // A waiter that went away (a cancelled request) needs no answer; its record is written
+        // all the same.
+        match self {
+            Waiter::Blocking(tx) => {
+                let _ = tx.send(r);
+            }
+            Waiter::Async(tx) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+/// The chain as queued and as durable, and the batch the writer takes next.
+struct Queue {
+    /// Chain hash and sequence number of the last record queued.
+    prev: [u8; 32],
+    seq: u64,
+    /// Chain hash and sequence number of the last record fsynced.
+    durable_prev: [u8; 32],
+    durable_seq: u64,
+    /// Lines queued and not yet taken by the writer, with who waits for each.
+    lines: Vec<u8>,
+    waiting: Vec<(u64, Waiter)>,
+    /// Set by `Drop`: the writer writes what is queued, then stops.
+    closing: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer sleeps on it while nothing is queued.
+    wake: std::sync::Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An open journal. Appends are chained in the order they are queued and made durable by group
+/// commit: one writer thread writes every record queued while the previous fsync ran, fsyncs
+/// once, then answers each of them. No append is answered before its bytes are durable; when a
+/// write or fsync fails, the file is cut back to the last durable record and every record
+/// queued since fails (each chained on one that was lost).
 pub struct Journal {
     path: PathBuf,
-    inner: Mutex<Inner>,
+    shared: std::sync::Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
     /// Set when an append failed: the signer releases nothing until it is restarted and the
     /// operator has looked (readiness reports it).
     broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -281,6 +375,43 @@ impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal").field("path", &self.path).finish()
     }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
+        if let Some(w) = self.writer.take() {
+            // The writer answers what is queued and closes the file (its lock with it).
+            let _ = w.join();
+        }
+    }
+}
+
+/// One record's line (`<body JSON>\t<chain hash hex>\n`) and chain hash.
+fn line(
+    path: &str,
+    prev: &[u8; 32],
+    seq: u64,
+    kind: RecordKind,
+    event: Event,
+) -> Result<(Vec<u8>, [u8; 32]), JournalError> {
+    let body = Body {
+        seq,
+        time_ms: now_ms(),
+        kind,
+        prev: hex::encode(prev),
+        event,
+    };
+    let body = serde_json::to_string(&body).map_err(|e| JournalError::Io {
+        path: path.to_string(),
+        source: std::io::Error::other(e),
+    })?;
+    let hash = chain(prev, body.as_bytes());
+    Ok((
+        format!("{body}\t{}\n", hex::encode(hash)).into_bytes(),
+        hash,
+    ))
 }
 
 /// Wall-clock time, ms since the Unix epoch (0 before it).
@@ -306,6 +437,19 @@ impl Journal {
     /// # Errors
     /// As [`Journal::open`].
     pub fn open_replaying(path: &Path, each: impl FnMut(Record)) -> Result<Self, JournalError> {
+        Self::open_on(path, each, |f| f)
+    }
+
+    /// [`Journal::open_replaying`], with the appends after the opening going through `wrap`
+    /// of the file: how the power-cut tests see which bytes were synced when.
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_on<F: JournalFile>(
+        path: &Path,
+        each: impl FnMut(Record),
+        wrap: impl FnOnce(std::fs::File) -> F,
+    ) -> Result<Self, JournalError> {
         let p = path.display().to_string();
         let io = |source| JournalError::Io {
             path: p.clone(),
@@ -345,89 +489,124 @@ impl Journal {
             line: 0,
             reason: "bad head".into(),
         })?;
-        let journal = Journal {
-            broken: std::sync::Arc::default(),
-            path: path.to_path_buf(),
-            inner: Mutex::new(Inner {
-                file,
-                prev,
-                seq: report.records,
-                len: report.valid_len,
-            }),
-        };
+        let mut seq = report.records;
+        let mut len = report.valid_len;
+        let mut opening = Vec::new();
         if let Some(torn) = report.torn_tail {
             let tail = data
                 .get(usize::try_from(report.valid_len).unwrap_or(usize::MAX)..)
                 .unwrap_or(&[]);
             let digest = hex::encode(Sha256::digest(tail));
             tracing::warn!(journal = %p, bytes = torn, sha256 = %digest, "audit journal ends in a torn record (crash mid-write); cutting it off");
-            {
-                let inner = journal.lock();
-                inner.file.set_len(report.valid_len).map_err(io)?;
-                inner.file.sync_all().map_err(io)?;
-            }
-            journal.append(
+            file.set_len(report.valid_len)
+                .and_then(|()| file.sync_all())
+                .map_err(io)?;
+            opening.push((
                 RecordKind::RecoveredTornTail,
                 Event {
                     detail: Some(format!("cut {torn} bytes, sha256 {digest}")),
                     ..Event::default()
                 },
-            )?;
+            ));
         }
-        journal.append(
+        opening.push((
             RecordKind::Start,
             Event {
                 detail: Some(format!("head {} at seq {}", report.head, report.records)),
                 ..Event::default()
             },
-        )?;
-        Ok(journal)
+        ));
+        // Written here, before the writer starts, so that opening never waits on a thread.
+        for (kind, event) in opening {
+            let (bytes, hash) = line(&p, &prev, seq + 1, kind, event)?;
+            Write::write_all(&mut file, &bytes)
+                .and_then(|()| file.sync_data())
+                .map_err(io)?;
+            prev = hash;
+            seq += 1;
+            len += bytes.len() as u64;
+        }
+        let shared = std::sync::Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                prev,
+                seq,
+                durable_prev: prev,
+                durable_seq: seq,
+                lines: Vec::new(),
+                waiting: Vec::new(),
+                closing: false,
+            }),
+            wake: std::sync::Condvar::new(),
+        });
+        let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (shared, broken, path) = (shared.clone(), broken.clone(), p.clone());
+            let file = wrap(file);
+            std::thread::Builder::new()
+                .name("journal-writer".into())
+                .spawn(move || write_batches(&shared, file, len, &broken, &path))
+                .map_err(io)?
+        };
+        Ok(Journal {
+            path: path.to_path_buf(),
+            shared,
+            writer: Some(writer),
+            broken,
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Chain one record onto the queue for the writer.
+    fn queue(&self, kind: RecordKind, event: Event, waiter: Waiter) {
+        let mut q = self.shared.lock();
+        match line(
+            &self.path.display().to_string(),
+            &q.prev,
+            q.seq + 1,
+            kind,
+            event,
+        ) {
+            Ok((bytes, hash)) => {
+                q.seq += 1;
+                q.prev = hash;
+                q.lines.extend_from_slice(&bytes);
+                let seq = q.seq;
+                q.waiting.push((seq, waiter));
+                drop(q);
+                self.shared.wake.notify_one();
+            }
+            Err(e) => {
+                drop(q);
+                waiter.send(Err(e));
+            }
+        }
     }
 
-    /// Append one record and fsync it. Blocking: call from `spawn_blocking` in async code.
+    /// Append one record and wait until it is durable (fsynced, possibly together with
+    /// others). Blocks the calling thread: async code uses [`Journal::append_async`].
     ///
     /// # Errors
     /// I/O errors; the caller must then not release what the record was about.
     pub fn append(&self, kind: RecordKind, event: Event) -> Result<u64, JournalError> {
-        let p = self.path.display().to_string();
-        let mut inner = self.lock();
-        let body = Body {
-            seq: inner.seq + 1,
-            time_ms: now_ms(),
-            kind,
-            prev: hex::encode(inner.prev),
-            event,
-        };
-        let body = serde_json::to_string(&body).map_err(|e| JournalError::Io {
-            path: p.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let hash = chain(&inner.prev, body.as_bytes());
-        let line = format!("{body}\t{}\n", hex::encode(hash));
-        if let Err(source) = inner
-            .file
-            .write_all(line.as_bytes())
-            .and_then(|()| inner.file.sync_data())
-        {
-            // Never leave a partial line for the next record to extend.
-            let _ = inner
-                .file
-                .set_len(inner.len)
-                .and_then(|()| inner.file.sync_data());
-            self.broken
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(JournalError::Io { path: p, source });
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.queue(kind, event, Waiter::Blocking(tx));
+        rx.recv().unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// [`Journal::append`] for async code: resolves once the record is durable.
+    ///
+    /// # Errors
+    /// As [`Journal::append`].
+    pub async fn append_async(&self, kind: RecordKind, event: Event) -> Result<u64, JournalError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue(kind, event, Waiter::Async(tx));
+        rx.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    fn stopped(&self) -> JournalError {
+        JournalError::Io {
+            path: self.path.display().to_string(),
+            source: std::io::Error::other("the journal writer stopped"),
         }
-        inner.prev = hash;
-        inner.seq += 1;
-        inner.len += line.len() as u64;
-        Ok(inner.seq)
     }
 
     /// A flag that turns true once an append has failed (for readiness).
@@ -435,8 +614,71 @@ impl Journal {
         self.broken.clone()
     }
 
-    /// Sequence number of the last record.
+    /// Sequence number of the last durable record.
     pub fn head_seq(&self) -> u64 {
-        self.lock().seq
+        self.shared.lock().durable_seq
+    }
+}
+
+/// The writer thread: take every queued line, write them, fsync once, answer them; until the
+/// journal is dropped and its queue is empty. `len` is the length of the durable records.
+fn write_batches(
+    shared: &Shared,
+    mut file: impl JournalFile,
+    mut len: u64,
+    broken: &std::sync::atomic::AtomicBool,
+    path: &str,
+) {
+    loop {
+        let (bytes, waiters, seq, prev) = {
+            let mut q = shared.lock();
+            while q.lines.is_empty() && !q.closing {
+                q = shared
+                    .wake
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if q.lines.is_empty() {
+                return;
+            }
+            (
+                std::mem::take(&mut q.lines),
+                std::mem::take(&mut q.waiting),
+                q.seq,
+                q.prev,
+            )
+        };
+        match file.write_all(&bytes).and_then(|()| file.sync_data()) {
+            Ok(()) => {
+                len += bytes.len() as u64;
+                {
+                    let mut q = shared.lock();
+                    q.durable_seq = seq;
+                    q.durable_prev = prev;
+                }
+                for (seq, w) in waiters {
+                    w.send(Ok(seq));
+                }
+            }
+            Err(source) => {
+                // Never leave a partial line for the next record to extend.
+                let _ = file.set_len(len).and_then(|()| file.sync_data());
+                broken.store(true, std::sync::atomic::Ordering::Relaxed);
+                let later = {
+                    let mut q = shared.lock();
+                    q.lines.clear();
+                    q.seq = q.durable_seq;
+                    q.prev = q.durable_prev;
+                    std::mem::take(&mut q.waiting)
+                };
+                tracing::error!(journal = %path, records = waiters.len() + later.len(), error = %source, "audit journal write failed; the batch and everything queued after it fail");
+                for (_, w) in waiters.into_iter().chain(later) {
+                    w.send(Err(JournalError::Io {
+                        path: path.to_string(),
+                        source: std::io::Error::new(source.kind(), source.to_string()),
+                    }));
+                }
+            }
+        }
     }
 }

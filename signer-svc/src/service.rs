@@ -223,22 +223,17 @@ impl Inner {
     }
 
     async fn journal(&self, kind: RecordKind, event: Event) -> Result<(), Status> {
-        let journal = self.journal.clone();
-        let res = tokio::task::spawn_blocking(move || journal.append(kind, event)).await;
-        match res {
-            Ok(Ok(seq)) => {
+        match self.journal.append_async(kind, event).await {
+            Ok(seq) => {
                 self.metrics.journal_seq(seq);
                 Ok(())
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::error!(error = %e, "audit journal write failed");
                 Err(Status::unavailable(
                     "audit journal write failed; nothing was released",
                 ))
             }
-            Err(_) => Err(Status::internal(
-                "audit journal task failed; nothing was released",
-            )),
         }
     }
 
