@@ -10,7 +10,6 @@ use musig2_proto::v1::coordinator_service_server::CoordinatorService;
 use musig2_proto::v1::{self as pb, watch_events_response::Event as Ev};
 use shared::election::{ElectionMethod, SessionId, elect};
 use shared::wire::{self, SessionContext};
-use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
@@ -182,9 +181,11 @@ impl Api {
         if wait_ms > MAX_ROUND_WAIT_MS {
             return Err(invalid("wait_ms", format!("at most {MAX_ROUND_WAIT_MS}")));
         }
-        let mut rx = self.node.events();
+        let watch = self.node.watch_session(id);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
         loop {
+            let mut next = std::pin::pin!(watch.notified());
+            next.as_mut().enable();
             let v = self.view(id).await?;
             if ready(&v) {
                 return Ok(v);
@@ -192,7 +193,7 @@ impl Api {
             if v.phase.is_terminal() {
                 return Err(ended(&v));
             }
-            if next_event_of(&mut rx, id, deadline).await.is_err() {
+            if tokio::time::timeout_at(deadline, next).await.is_err() {
                 return Err(status(
                     Code::DeadlineExceeded,
                     ErrorReason::RoundNotReady,
@@ -206,14 +207,12 @@ impl Api {
         }
     }
 
-    async fn wait_complete(
-        &self,
-        id: SessionId,
-        rx: &mut broadcast::Receiver<NodeEvent>,
-        timeout: Duration,
-    ) -> Result<SessionView, Status> {
+    async fn wait_complete(&self, id: SessionId, timeout: Duration) -> Result<SessionView, Status> {
+        let watch = self.node.watch_session(id);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            let mut next = std::pin::pin!(watch.notified());
+            next.as_mut().enable();
             let v = self.view(id).await?;
             match v.phase {
                 Phase::Complete | Phase::Closed if v.signatures.is_some() => return Ok(v),
@@ -242,7 +241,7 @@ impl Api {
                 }
                 _ => {}
             }
-            if next_event_of(rx, id, deadline).await.is_err() {
+            if tokio::time::timeout_at(deadline, next).await.is_err() {
                 return Err(status(
                     Code::DeadlineExceeded,
                     ErrorReason::SignTimeout,
@@ -250,22 +249,6 @@ impl Api {
                     &[("session_id", id.to_string())],
                 ));
             }
-        }
-    }
-}
-
-/// Wait for the next event about session `id` (or a lag, which may have hidden one): a waiting
-/// call looks at its session again only when something happened to it, not on every event of
-/// every session. `Err` at the deadline.
-async fn next_event_of(
-    rx: &mut broadcast::Receiver<NodeEvent>,
-    id: SessionId,
-    deadline: tokio::time::Instant,
-) -> Result<(), tokio::time::error::Elapsed> {
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await? {
-            Ok(ev) if ev.session_id() != Some(id) => {}
-            _ => return Ok(()),
         }
     }
 }
@@ -407,7 +390,6 @@ impl CoordinatorService for Api {
     ) -> Result<Response<pb::SignResponse>, Status> {
         let r = r.into_inner();
         let wait = timeout(r.timeout_ms, "timeout_ms", 1)?.unwrap_or(DEFAULT_SIGN_TIMEOUT);
-        let mut rx = self.node.events();
         let id = if r.session_id.is_empty() {
             let ctx = context(
                 &r.signer_keys,
@@ -448,7 +430,7 @@ impl CoordinatorService for Api {
             }
             id
         };
-        let v = self.wait_complete(id, &mut rx, wait).await?;
+        let v = self.wait_complete(id, wait).await?;
         let signatures: Vec<Vec<u8>> = v
             .signatures
             .iter()

@@ -43,7 +43,7 @@ pub use crate::protocol::{
     SIGNER_KEY_PREFIX, SessionView,
 };
 use handle::Command;
-pub use handle::{NodeHandle, NodeInfo, SessionPage};
+pub use handle::{NodeHandle, NodeInfo, SessionPage, SessionWatch};
 
 pub use crate::p2p::outbox::MAX_OUTBOX;
 
@@ -149,6 +149,8 @@ struct Node {
     queries: HashMap<kad::QueryId, u64>,
     internal_tx: mpsc::Sender<Internal>,
     events: broadcast::Sender<NodeEvent>,
+    /// Calls waiting for one session's events ([`NodeHandle::watch_session`]).
+    waiters: std::sync::Arc<handle::SessionWaiters>,
     log: std::sync::Arc<events::EventLog>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Store transactions committed, and session records they wrote.
@@ -262,6 +264,7 @@ pub async fn start(
         std::sync::atomic::AtomicU64::new(0)
     }));
     let (events, _) = broadcast::channel(4096);
+    let waiters = std::sync::Arc::new(handle::SessionWaiters::default());
     let log = std::sync::Arc::new(events::EventLog::new(now, events::RETAINED_EVENTS));
     let (internal_tx, internal_rx) = mpsc::channel(1024);
     let (lane_tx, lane_rx) = mpsc::channel(1024);
@@ -285,6 +288,7 @@ pub async fn start(
         queries: HashMap::new(),
         internal_tx,
         events: events.clone(),
+        waiters: waiters.clone(),
         log: log.clone(),
         accepted: accepted.clone(),
         writes: writes.clone(),
@@ -296,6 +300,7 @@ pub async fn start(
     let task = tokio::spawn(node.run(rx, internal_rx, lane_rx, cfg.cleanup_interval, shutdown));
     Ok((
         NodeHandle {
+            waiters,
             tx,
             accepted,
             writes,

@@ -254,6 +254,9 @@ impl Node {
                 if e.for_applications() {
                     self.log.push(now_ms(), e.clone());
                 }
+                if let Some(id) = e.session_id() {
+                    self.waiters.wake(id);
+                }
                 let _ = self.events.send(e);
             }
             Effect::JoinAnswer { query, result } => {

@@ -151,9 +151,80 @@ pub struct NodeInfo {
     pub connected_peers: usize,
 }
 
+/// Calls waiting for news of one session (`Sign`, a round's wait), by session: the node wakes
+/// those of an event's session only. Before, each waiting call took every event of every
+/// session from the broadcast channel and looked at its id: with K calls waiting, every event
+/// woke K tasks (and re-armed K timers).
+#[derive(Debug, Default)]
+pub(crate) struct SessionWaiters(
+    std::sync::Mutex<HashMap<SessionId, (std::sync::Arc<tokio::sync::Notify>, usize)>>,
+);
+
+impl SessionWaiters {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SessionId, (std::sync::Arc<tokio::sync::Notify>, usize)>>
+    {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn watch(this: &std::sync::Arc<Self>, id: SessionId) -> SessionWatch {
+        let notify = {
+            let mut w = this.lock();
+            let e = w.entry(id).or_default();
+            e.1 += 1;
+            e.0.clone()
+        };
+        SessionWatch {
+            id,
+            notify,
+            waiters: this.clone(),
+        }
+    }
+
+    /// Something happened to session `id`: wake the calls waiting for it.
+    pub(crate) fn wake(&self, id: SessionId) {
+        if let Some((n, _)) = self.lock().get(&id) {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// A call's interest in one session's events ([`NodeHandle::watch_session`]); dropped, it
+/// stops being woken.
+#[derive(Debug)]
+pub struct SessionWatch {
+    id: SessionId,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    waiters: std::sync::Arc<SessionWaiters>,
+}
+
+impl SessionWatch {
+    /// Resolves at the session's next event after this future is enabled (enable it, then
+    /// read the session, then await it: nothing in between is missed).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for SessionWatch {
+    fn drop(&mut self) {
+        let mut w = self.waiters.lock();
+        if let Some((_, n)) = w.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// Cloneable handle to a running node.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
+    pub(super) waiters: std::sync::Arc<SessionWaiters>,
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(super) writes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
@@ -220,6 +291,11 @@ impl NodeHandle {
     /// Subscribe to events (slow subscribers lose the oldest ones).
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
+    }
+
+    /// Be woken by session `id`'s events only (see [`SessionWatch::notified`]).
+    pub fn watch_session(&self, id: SessionId) -> SessionWatch {
+        SessionWaiters::watch(&self.waiters, id)
     }
 
     /// Subscribe to the numbered events applications see, resuming after `after`.
@@ -531,5 +607,53 @@ impl NodeHandle {
             .ok_or_else(|| {
                 NodeError::NotFound(ErrorReason::SessionNotFound, format!("session {id}"))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future as _;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn ready(f: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> bool {
+        matches!(
+            f.poll(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(())
+        )
+    }
+
+    #[test]
+    fn a_session_s_event_wakes_only_its_own_waiters_and_a_dropped_watch_is_forgotten() {
+        let waiters = std::sync::Arc::new(SessionWaiters::default());
+        let (a, b) = (SessionId([1; 16]), SessionId([2; 16]));
+        let (wa, wa2, wb) = (
+            SessionWaiters::watch(&waiters, a),
+            SessionWaiters::watch(&waiters, a),
+            SessionWaiters::watch(&waiters, b),
+        );
+        let mut na = Box::pin(wa.notified());
+        let mut na2 = Box::pin(wa2.notified());
+        let mut nb = Box::pin(wb.notified());
+        for n in [na.as_mut(), na2.as_mut(), nb.as_mut()] {
+            n.enable();
+        }
+        waiters.wake(a);
+        assert!(ready(na.as_mut()) && ready(na2.as_mut()));
+        assert!(!ready(nb.as_mut()), "b's waiter woke for a's event");
+        // An event before a waiter enabled its future is not replayed to it (the caller reads
+        // the session after enabling, so nothing is missed).
+        waiters.wake(b);
+        assert!(ready(nb.as_mut()));
+        drop((na, na2, nb));
+        drop((wa, wa2));
+        assert!(
+            !waiters.lock().contains_key(&a),
+            "a's entry outlived its watches"
+        );
+        assert!(waiters.lock().contains_key(&b));
+        drop(wb);
+        assert!(waiters.lock().is_empty());
     }
 }
