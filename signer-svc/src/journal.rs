@@ -602,7 +602,11 @@ impl Journal {
         rx.await.unwrap_or_else(|_| Err(self.stopped()))
     }
 
+    /// The writer is gone (it never returns early; a panic would be a bug): readiness must
+    /// say so, as for a failed write.
     fn stopped(&self) -> JournalError {
+        self.broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         JournalError::Io {
             path: self.path.display().to_string(),
             source: std::io::Error::other("the journal writer stopped"),
