@@ -341,6 +341,8 @@ struct Queue {
     waiting: Vec<(u64, Waiter)>,
     /// Set by `Drop`: the writer writes what is queued, then stops.
     closing: bool,
+    /// The writer thread died (a panic, a bug): nothing queued would ever be answered.
+    dead: bool,
 }
 
 struct Shared {
@@ -535,6 +537,7 @@ impl Journal {
                 lines: Vec::new(),
                 waiting: Vec::new(),
                 closing: false,
+                dead: false,
             }),
             wake: std::sync::Condvar::new(),
         });
@@ -558,6 +561,11 @@ impl Journal {
     /// Chain one record onto the queue for the writer.
     fn queue(&self, kind: RecordKind, event: Event, waiter: Waiter) {
         let mut q = self.shared.lock();
+        if q.dead {
+            // Nobody would ever answer a record queued now.
+            drop(q);
+            return waiter.send(Err(self.stopped()));
+        }
         match line(
             &self.path.display().to_string(),
             &q.prev,
@@ -624,6 +632,36 @@ impl Journal {
     }
 }
 
+/// If the writer thread panics (a bug), fail what is queued and everything queued later
+/// instead of leaving it waiting forever, and mark the journal broken (readiness).
+struct Dying<'a> {
+    shared: &'a Shared,
+    broken: &'a std::sync::atomic::AtomicBool,
+    path: &'a str,
+}
+
+impl Drop for Dying<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let waiting = {
+            let mut q = self.shared.lock();
+            q.dead = true;
+            q.lines.clear();
+            std::mem::take(&mut q.waiting)
+        };
+        for (_, w) in waiting {
+            w.send(Err(JournalError::Io {
+                path: self.path.to_string(),
+                source: std::io::Error::other("the journal writer stopped"),
+            }));
+        }
+    }
+}
+
 /// The writer thread: take every queued line, write them, fsync once, answer them; until the
 /// journal is dropped and its queue is empty. `len` is the length of the durable records.
 fn write_batches(
@@ -633,6 +671,11 @@ fn write_batches(
     broken: &std::sync::atomic::AtomicBool,
     path: &str,
 ) {
+    let _dying = Dying {
+        shared,
+        broken,
+        path,
+    };
     loop {
         let (bytes, waiters, seq, prev) = {
             let mut q = shared.lock();

@@ -305,3 +305,44 @@ fn a_power_cut_during_a_group_commit_loses_nothing_acknowledged() {
         report.records
     );
 }
+
+/// A disk whose every write panics: the writer thread dies with the first batch.
+struct PanickingFile(std::fs::File);
+
+impl journal::JournalFile for PanickingFile {
+    fn write_all(&mut self, _: &[u8]) -> std::io::Result<()> {
+        panic!("the disk driver panicked (test)");
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+/// If the writer thread ever dies (a bug), no append hangs or is reported done, and readiness
+/// says the journal is broken.
+#[test]
+fn a_journal_whose_writer_died_fails_every_append_and_reports_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.log");
+    let j = Journal::open_on(&path, |_| {}, PanickingFile).unwrap();
+    let broken = j.broken_flag();
+    let mut rng = StdRng::seed_from_u64(13);
+    let first = j.append(RecordKind::Nonce, event(&mut rng));
+    assert!(
+        first.is_err(),
+        "an append was reported done by a dead writer"
+    );
+    assert!(broken.load(std::sync::atomic::Ordering::Relaxed));
+    // Later appends fail at once instead of waiting for a writer that is gone.
+    for _ in 0..3 {
+        let e = j.append(RecordKind::Nonce, event(&mut rng)).unwrap_err();
+        assert!(e.to_string().contains("writer stopped"), "{e}");
+    }
+    let report = journal::verify_file(&path).unwrap();
+    assert_eq!(report.records, 1, "only the start record is on disk");
+}
