@@ -28,12 +28,17 @@ fn event(rng: &mut StdRng) -> Event {
     }
 }
 
-#[test]
-fn a_power_cut_during_an_append_never_loses_an_acknowledged_record() {
-    let rounds: usize = std::env::var("MUSIG2_CRASH_ROUNDS")
+/// `MUSIG2_CRASH_ROUNDS`, or `default`.
+fn crash_rounds(default: usize) -> usize {
+    std::env::var("MUSIG2_CRASH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(default)
+}
+
+#[test]
+fn a_power_cut_during_an_append_never_loses_an_acknowledged_record() {
+    let rounds = crash_rounds(200);
     let mut rng = StdRng::seed_from_u64(11);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.log");
@@ -175,10 +180,7 @@ impl journal::JournalFile for CutFile {
 /// this tested nothing. `MUSIG2_CRASH_ROUNDS` sets the rounds (default 40 here).
 #[test]
 fn a_power_cut_during_a_group_commit_loses_nothing_acknowledged() {
-    let rounds: usize = std::env::var("MUSIG2_CRASH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+    let rounds = crash_rounds(40);
     let mut rng = StdRng::seed_from_u64(12);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.log");

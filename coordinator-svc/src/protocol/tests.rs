@@ -281,17 +281,22 @@ impl Net {
         }
     }
 
-    fn complete_a_session(&mut self) -> SessionId {
+    /// Node 0 creates a session of `ctx`, and everything that follows is delivered.
+    fn create_and_run(&mut self, ctx: SessionContext) -> SessionId {
         let mut fx = Vec::new();
-        let ctx = self.context();
         let view = self.cores[0]
             .create(self.now, ctx, None, None, &mut fx)
             .unwrap_or_else(|e| panic!("{e}"));
         self.run(0, fx);
-        for c in &self.cores {
-            assert_eq!(c.session(view.id).map(|s| s.phase), Some(Phase::Complete));
-        }
         view.id
+    }
+
+    fn complete_a_session(&mut self) -> SessionId {
+        let id = self.create_and_run(self.context());
+        for c in &self.cores {
+            assert_eq!(c.session(id).map(|s| s.phase), Some(Phase::Complete));
+        }
+        id
     }
 
     fn advance(&mut self, to: i64) {

@@ -26,15 +26,6 @@ fn bip340_messages() -> Vec<Vec<u8>> {
     ]
 }
 
-fn create(net: &mut Net, ctx: SessionContext) -> SessionId {
-    let mut fx = Vec::new();
-    let view = net.cores[0]
-        .create(net.now, ctx, None, None, &mut fx)
-        .unwrap_or_else(|e| panic!("{e}"));
-    net.run(0, fx);
-    view.id
-}
-
 fn delivered(net: &Net, what: &str) -> usize {
     net.delivered
         .iter()
@@ -53,7 +44,7 @@ fn a_batch_signs_every_message_in_one_round_trip_per_round() {
     ] {
         let mut net = Net::new(3, false);
         let ctx = batch_context(&net, format, messages.clone());
-        let id = create(&mut net, ctx.clone());
+        let id = net.create_and_run(ctx.clone());
         let mut first = None;
         for c in &net.cores {
             let v = c.session(id).unwrap_or_else(|| panic!("known everywhere"));
@@ -106,7 +97,7 @@ fn a_wrong_partial_signature_names_the_party_and_the_message() {
         .iter()
         .position(|k| *k == net.keys[2])
         .unwrap_or_else(|| unreachable!());
-    let id = create(&mut net, ctx);
+    let id = net.create_and_run(ctx);
     let mut checked = 0;
     for (i, c) in net.cores.iter().enumerate() {
         let v = c.session(id).unwrap_or_else(|| panic!("known everywhere"));
@@ -139,7 +130,7 @@ fn a_refused_message_releases_the_nonces_of_the_others() {
     // Node 1's signer issues nonces for messages 0 to 2 of 5, then refuses message 3.
     net.refuse_nonce = Some((1, 3));
     let ctx = batch_context(&net, SignatureFormat::Bip340, bip340_messages());
-    let id = create(&mut net, ctx.clone());
+    let id = net.create_and_run(ctx.clone());
     for c in &net.cores {
         let v = c.session(id).unwrap_or_else(|| panic!("known everywhere"));
         assert_eq!(v.phase, Phase::Aborted);
@@ -211,7 +202,7 @@ fn a_batch_survives_the_store_in_every_phase() {
     // Node 1 never sees partial signatures: it stays in PARTIAL_SIG_EXCHANGE.
     net.lose = Some((1, "PARTIAL_SIG_SHARE"));
     let ctx = batch_context(&net, SignatureFormat::Bip340, bip340_messages());
-    let id = create(&mut net, ctx);
+    let id = net.create_and_run(ctx);
     let keys = |i: usize| vec![net.keys[i]];
     for (i, want) in [(0, Phase::Complete), (1, Phase::PartialSigExchange)] {
         let rec = net.cores[i].record(id).unwrap_or_else(|| panic!("stored"));
@@ -338,7 +329,7 @@ fn finished_batches_leave_memory_by_their_values() {
         let mut messages = bip340_messages();
         messages[0] = vec![k];
         let ctx = batch_context(&net, SignatureFormat::Bip340, messages);
-        ids.push(create(&mut net, ctx));
+        ids.push(net.create_and_run(ctx));
     }
     for c in &mut net.cores {
         for id in &ids {

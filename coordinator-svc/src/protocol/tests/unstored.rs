@@ -33,13 +33,7 @@ fn nonces_missing_at_node_2() -> (Net, SessionId, [Vec<u8>; 2]) {
 fn session_losing_nonces_at_node_2(settings: Settings) -> (Net, SessionId) {
     let mut net = Net::with_settings(3, settings);
     net.lose = Some((2, "NONCE_SHARE"));
-    let mut fx = Vec::new();
-    let ctx = net.context();
-    let id = net.cores[0]
-        .create(net.now, ctx, None, None, &mut fx)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .id;
-    net.run(0, fx);
+    let id = net.create_and_run(net.context());
     net.lose = None;
     (net, id)
 }

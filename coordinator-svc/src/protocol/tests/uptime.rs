@@ -67,13 +67,7 @@ fn a_failed_or_invalid_renewal_keeps_the_old_attestations_and_is_retried() {
 fn a_member_that_missed_the_end_gets_the_final_signature_when_it_sends_again() {
     let mut net = Net::new(3, false);
     net.lose = Some((2, "PARTIAL_SIG_SHARE"));
-    let mut fx = Vec::new();
-    let ctx = net.context();
-    let id = net.cores[0]
-        .create(net.now, ctx, None, None, &mut fx)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .id;
-    net.run(0, fx);
+    let id = net.create_and_run(net.context());
     let phase = |net: &Net, i: usize| net.cores[i].session(id).map(|s| s.phase);
     assert_eq!(phase(&net, 0), Some(Phase::Complete));
     assert_eq!(phase(&net, 1), Some(Phase::Complete));
