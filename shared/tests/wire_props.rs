@@ -633,3 +633,52 @@ fn batch_contexts_and_values_are_bounded() {
         Ok(a)
     );
 }
+
+#[test]
+fn remembered_keys_never_let_an_invalid_key_through() {
+    let parse = |keys: &[[u8; 33]]| {
+        SessionContext::from_pb(&pb::SessionContext {
+            signer_keys: keys.iter().map(|k| k.to_vec()).collect(),
+            message: vec![7u8; 32],
+            format: pb::SignatureFormat::Bip340 as i32,
+            ..Default::default()
+        })
+    };
+    let (_, good) = keys(3);
+    // Keys no parse accepts, close to one that parsed: x past the field size, a prefix of an
+    // uncompressed key, and an x with no point on the curve (5 is not a cube plus 7 mod p).
+    let mut past = good[0];
+    past[1..].copy_from_slice(&[0xff; 32]);
+    let mut prefix = good[0];
+    prefix[0] = 4;
+    let mut off_curve = [0u8; 33];
+    off_curve[0] = 2;
+    off_curve[32] = 5;
+    assert!(secp256k1::PublicKey::from_slice(&off_curve).is_err());
+    // Many more keys than are remembered, parsed twice each; the bad ones are refused before,
+    // between and after, every time.
+    let many: Vec<[u8; 33]> = (1u32..=5_000)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[28..].copy_from_slice(&i.to_be_bytes());
+            SecretKey::from_bytes(&b).unwrap().public_key()
+        })
+        .collect();
+    for round in 0..2 {
+        for bad in [past, prefix, off_curve] {
+            let mut keys = vec![good[1], bad];
+            keys.sort();
+            assert!(
+                matches!(parse(&keys), Err(WireError::InvalidPoint(_))),
+                "round {round}: {}",
+                hex::encode(bad)
+            );
+        }
+        for chunk in many.chunks(50) {
+            let mut keys = chunk.to_vec();
+            keys.sort();
+            assert_eq!(parse(&keys).unwrap().signer_keys, keys, "round {round}");
+        }
+        assert!(parse(&good).is_ok());
+    }
+}
