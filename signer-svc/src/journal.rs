@@ -613,12 +613,7 @@ impl Journal {
     /// The writer is gone (it never returns early; a panic would be a bug): readiness must
     /// say so, as for a failed write.
     fn stopped(&self) -> JournalError {
-        self.broken
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        JournalError::Io {
-            path: self.path.display().to_string(),
-            source: std::io::Error::other("the journal writer stopped"),
-        }
+        writer_stopped(&self.broken, &self.path.display().to_string())
     }
 
     /// A flag that turns true once an append has failed (for readiness).
@@ -654,11 +649,18 @@ impl Drop for Dying<'_> {
             std::mem::take(&mut q.waiting)
         };
         for (_, w) in waiting {
-            w.send(Err(JournalError::Io {
-                path: self.path.to_string(),
-                source: std::io::Error::other("the journal writer stopped"),
-            }));
+            w.send(Err(writer_stopped(self.broken, self.path)));
         }
+    }
+}
+
+/// The error of an append the writer thread will never answer; marks the journal broken
+/// (readiness), as a failed write does.
+fn writer_stopped(broken: &std::sync::atomic::AtomicBool, path: &str) -> JournalError {
+    broken.store(true, std::sync::atomic::Ordering::Relaxed);
+    JournalError::Io {
+        path: path.to_string(),
+        source: std::io::Error::other("the journal writer stopped"),
     }
 }
 
