@@ -16,6 +16,7 @@ use crate::musig::{
 
 mod attestation;
 mod context;
+mod memo;
 pub use attestation::{ATTESTATION_TAG, Attestation, VerifiedAttestations, attestation_digest};
 pub use context::{SessionContext, election_from_pb, election_to_pb, format_from_pb, format_to_pb};
 
@@ -221,32 +222,19 @@ fn chunks<'a, const N: usize>(
 /// Every message names its sender's key and every session context its signers' keys: the
 /// same few keys, again and again, and parsing one takes a square root (5 µs; 3 % of a
 /// coordinator's and 4 % of a signer's CPU at 48 sessions in flight, by `perf`). Keys that
-/// parsed are remembered: only successes, exact bytes, at most [`VALID_POINTS`], then it
-/// starts over (a flood of distinct keys costs what it did before, and no more memory).
+/// parsed are remembered: only successes, exact bytes, at most 4,096, then it starts
+/// over (a flood of distinct keys costs what it did before, and no more memory).
 fn point(field: &'static str, b: &[u8]) -> Result<[u8; 33], WireError> {
-    static VALID: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<[u8; 33]>>> =
-        std::sync::LazyLock::new(Default::default);
+    static VALID: memo::Memo<[u8; 33], ()> = memo::Memo::new(4096);
     let k: [u8; 33] = arr(field, b)?;
-    let valid = || {
-        VALID
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
-    if valid().contains(&k) {
+    if VALID.get(&k).is_some() {
         return Ok(k);
     }
     secp256k1::PublicKey::from_byte_array_compressed(k)
         .map_err(|_| WireError::InvalidPoint(field))?;
-    let mut v = valid();
-    if v.len() >= VALID_POINTS {
-        v.clear();
-    }
-    v.insert(k);
+    VALID.insert(k, ());
     Ok(k)
 }
-
-/// Parsed keys [`point`] remembers at most.
-const VALID_POINTS: usize = 4096;
 
 fn text(field: &'static str, s: &str, max: usize) -> Result<String, WireError> {
     if s.len() > max {

@@ -266,28 +266,14 @@ impl SessionContext {
         /// KeyAgg of recent key sets: a session's context is aggregated when it is validated,
         /// when its session is built and for every signer call, always to the same result
         /// (a twentieth of a coordinator's CPU under load). Keyed by the full input; only
-        /// successes are kept; at most this many, then it starts over.
-        const CAPACITY: usize = 256;
-        static CACHE: std::sync::LazyLock<
-            std::sync::Mutex<std::collections::HashMap<Input, KeyAggContext>>,
-        > = std::sync::LazyLock::new(Default::default);
+        /// successes are kept; at most 256, then it starts over.
+        static CACHE: super::memo::Memo<Input, KeyAggContext> = super::memo::Memo::new(256);
         let input: Input = (self.format, self.signer_keys.clone(), self.tweaks.clone());
-        let cached = CACHE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&input)
-            .cloned();
-        if let Some(ctx) = cached {
+        if let Some(ctx) = CACHE.get(&input) {
             return Ok(ctx);
         }
         let ctx = KeyAggContext::with_tweaks(self.format, &self.signer_keys, &self.tweaks)?;
-        let mut cache = CACHE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= CAPACITY {
-            cache.clear();
-        }
-        cache.insert(input, ctx.clone());
+        CACHE.insert(input, ctx.clone());
         Ok(ctx)
     }
 
